@@ -1,0 +1,32 @@
+"""simclr_jax: SimCLR in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name='simclr_jax',
+    version='0.1.0',
+    description='SimCLR contrastive self-supervised learning in JAX/Flax, sharded over devices.',
+    long_description=open('README.md').read(),
+    long_description_content_type='text/markdown',
+    packages=setuptools.find_packages(include=['simclr_jax', 'simclr_jax.*']),
+    python_requires='>=3.10',
+    # Versions tested together (Python 3.11, CPU); see README for GPU/TPU jaxlib installs.
+    install_requires=[
+        'jax==0.10.2',
+        'jaxlib==0.10.2',
+        'flax==0.12.8',
+        'optax==0.2.8',
+        'orbax-checkpoint==0.12.8',
+        'ml-collections==1.1.0',
+        'clu==0.0.12',
+        'tensorflow-cpu==2.21.0',  # tf.data only; never touches an accelerator.
+        'tensorflow-datasets==4.9.10',
+        'tensorboard==2.21.0',  # clu's summary writer needs it.
+        'importlib_resources==7.1.0',  # TFDS builders need it with etils 1.15.
+        'numpy==2.4.6',
+        'pillow==13.0.0',
+    ],
+    extras_require={
+        'test': ['pytest==9.0.3'],
+    },
+)

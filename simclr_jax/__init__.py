@@ -1,0 +1,1 @@
+"""SimCLR in JAX/Flax: contrastive self-supervised learning of image representations."""

@@ -1,0 +1,189 @@
+"""SimCLR pretraining augmentations as stateless TensorFlow ops.
+
+Every random function takes `seed`, an int32/int64 tensor of shape [2], and is a
+pure function of (inputs, seed): the same seed always gives the same output, on
+any machine and independently of TF's global seed. Images are float32 in [0, 1]
+with shape [H, W, 3].
+"""
+
+import tensorflow as tf
+
+_NUM_JITTER_OPS = 4  # brightness, contrast, saturation, hue.
+
+
+def _split(seed, num):
+  """Returns `num` independent [2] seeds derived from `seed`."""
+  return tf.unstack(tf.random.experimental.stateless_split(seed, num), num=num)
+
+
+def _coin(seed, prob):
+  """Returns a scalar bool tensor that is True with probability `prob`."""
+  return tf.random.stateless_uniform([], seed) < prob
+
+
+def _random_apply(fn, image, seed, prob):
+  """Applies `fn(image, seed)` with probability `prob`."""
+  if prob <= 0:
+    return image
+  coin_seed, fn_seed = _split(seed, 2)
+  if prob >= 1:
+    return fn(image, fn_seed)
+  return tf.cond(_coin(coin_seed, prob), lambda: fn(image, fn_seed),
+                 lambda: image)
+
+
+def sample_crop_window(image_shape, seed, area_range, aspect_ratio_range):
+  """Samples a crop window as SimCLR does; returns (begin, size), each [3]."""
+  whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      image_shape,
+      bounding_boxes=whole_image,
+      seed=seed,
+      min_object_covered=0.1,
+      aspect_ratio_range=tuple(aspect_ratio_range),
+      area_range=tuple(area_range),
+      max_attempts=100,
+      use_image_if_no_bounding_boxes=True)
+  return begin, size
+
+
+def random_resized_crop(image, seed, size, area_range=(0.08, 1.0),
+                        aspect_ratio_range=(3 / 4, 4 / 3)):
+  """Random crop (area/aspect ranges as fractions) resized bicubic to size x size.
+
+  The official `crop_and_resize` multiplies the aspect range by the width/height
+  of the *output* (not of the input image); the output is square, so that factor
+  is 1. min_object_covered=0.1 on the whole-image box rejects crops under 10% of
+  the image, so the effective area range is [max(area_range[0], 0.1), area_range[1]].
+  """
+  begin, crop_size = sample_crop_window(tf.shape(image), seed, area_range,
+                                        aspect_ratio_range)
+  image = tf.slice(image, begin, crop_size)
+  image = tf.image.resize(image[None], [size, size],
+                          method=tf.image.ResizeMethod.BICUBIC)[0]
+  return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def random_flip(image, seed, prob=0.5):
+  """Flips the image left-right with probability `prob`."""
+  return _random_apply(lambda x, s: tf.image.flip_left_right(x), image, seed,
+                       prob)
+
+
+def random_brightness(image, seed, max_delta):
+  """Multiplies by a factor in U[max(0, 1 - max_delta), 1 + max_delta] (SimCLRv2)."""
+  factor = tf.random.stateless_uniform([], seed, minval=max(0.0, 1.0 - max_delta),
+                                       maxval=1.0 + max_delta)
+  return image * factor
+
+
+def random_permutation(seed, n):
+  """A uniformly random permutation of range(n) as an int32 [n] tensor."""
+  return tf.argsort(tf.random.stateless_uniform([n], seed))
+
+
+def color_jitter(image, seed, strength):
+  """Brightness, contrast, saturation (0.8s) and hue (0.2s) in random order."""
+  b = c = s = 0.8 * strength
+  h = min(0.2 * strength, 0.5)  # TF's limit; a +-0.5 shift spans the hue circle.
+  perm_seed, *op_seeds = _split(seed, _NUM_JITTER_OPS + 1)
+
+  # A zero-strength op is skipped, as in the official code (TF's random
+  # contrast/saturation reject an empty range). The lower bounds are clamped
+  # at 0 because TF rejects negative factors (relevant only for s > 1.25).
+  def brightness(x):
+    return random_brightness(x, op_seeds[0], b) if b > 0 else x
+
+  def contrast(x):
+    if c <= 0:
+      return x
+    return tf.image.stateless_random_contrast(x, max(0.0, 1 - c), 1 + c,
+                                              op_seeds[1])
+
+  def saturation(x):
+    if s <= 0:
+      return x
+    return tf.image.stateless_random_saturation(x, max(0.0, 1 - s), 1 + s,
+                                                op_seeds[2])
+
+  def hue(x):
+    return tf.image.stateless_random_hue(x, h, op_seeds[3]) if h > 0 else x
+
+  ops = (brightness, contrast, saturation, hue)
+  perm = random_permutation(perm_seed, _NUM_JITTER_OPS)
+  # Unrolled: a tf.while_loop builds a 4x smaller graph but runs ~30% slower
+  # on small images, where per-op overhead dominates.
+  for i in range(_NUM_JITTER_OPS):
+    image = tf.switch_case(perm[i], [lambda op=op: op(image) for op in ops])
+    image = tf.clip_by_value(image, 0.0, 1.0)
+  return image
+
+
+def to_grayscale(image):
+  """Converts to grayscale, keeping 3 (equal) channels."""
+  return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])
+
+
+def random_color_distortion(image, seed, strength, jitter_prob=0.8,
+                            grayscale_prob=0.2):
+  """Colour jitter with p=jitter_prob, then independently grayscale with p=grayscale_prob."""
+  jitter_seed, gray_seed = _split(seed, 2)
+  image = _random_apply(lambda x, s: color_jitter(x, s, strength), image,
+                        jitter_seed, jitter_prob)
+  return _random_apply(lambda x, s: to_grayscale(x), image, gray_seed,
+                       grayscale_prob)
+
+
+def gaussian_blur(image, sigma, kernel_size):
+  """Separable Gaussian blur with zero 'SAME' padding, as the official code.
+
+  An even `kernel_size` is rounded up to the next odd size (2 * (k // 2) + 1).
+  """
+  radius = kernel_size // 2
+  x = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+  kernel = tf.exp(-tf.square(x) / (2.0 * tf.square(tf.cast(sigma, tf.float32))))
+  kernel /= tf.reduce_sum(kernel)
+  num_channels = tf.shape(image)[-1]
+  kernel_h = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, num_channels, 1])
+  kernel_v = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, num_channels, 1])
+  blurred = tf.nn.depthwise_conv2d(image[None], kernel_h, [1, 1, 1, 1], 'SAME')
+  blurred = tf.nn.depthwise_conv2d(blurred, kernel_v, [1, 1, 1, 1], 'SAME')
+  return blurred[0]
+
+
+def random_gaussian_blur(image, seed, prob=0.5, sigma_min=0.1, sigma_max=2.0):
+  """With p=prob, blurs with sigma ~ U[sigma_min, sigma_max], kernel ~10% of the height."""
+
+  def blur(x, s):
+    sigma = tf.random.stateless_uniform([], s, minval=sigma_min,
+                                        maxval=sigma_max)
+    return gaussian_blur(x, sigma, tf.shape(x)[0] // 10)
+
+  return _random_apply(blur, image, seed, prob)
+
+
+def pretrain_view(image, seed, config_augment, size):
+  """One SimCLR view: crop -> flip -> colour distortion -> blur -> clip to [0, 1].
+
+  Args:
+    image: float32 [H, W, 3] in [0, 1], any H and W.
+    seed: int32/int64 [2] stateless seed.
+    config_augment: the `config.augment` ConfigDict.
+    size: side of the square output.
+
+  Returns:
+    float32 [size, size, 3] in [0, 1].
+  """
+  c = config_augment
+  crop_seed, flip_seed, color_seed, blur_seed = _split(seed, 4)
+  image = random_resized_crop(image, crop_seed, size,
+                              (c.crop_area_min, c.crop_area_max),
+                              (c.aspect_ratio_min, c.aspect_ratio_max))
+  image = random_flip(image, flip_seed, c.flip_prob)
+  image = random_color_distortion(image, color_seed, c.color_strength,
+                                  c.color_jitter_prob, c.grayscale_prob)
+  if c.blur_prob > 0:
+    image = random_gaussian_blur(image, blur_seed, c.blur_prob,
+                                 c.blur_sigma_min, c.blur_sigma_max)
+  image = tf.clip_by_value(image, 0.0, 1.0)
+  return tf.ensure_shape(image, [size, size, 3])

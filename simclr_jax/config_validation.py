@@ -1,0 +1,68 @@
+"""Checks a config before any expensive work, with messages that name the value and the fix."""
+
+from simclr_jax import models
+from simclr_jax import optim
+
+
+def _require(ok: bool, message: str):
+  if not ok:
+    raise ValueError(message)
+
+
+def validate_config(config, *, num_devices: int):
+  """Raises ValueError naming the first bad value in `config` and what is allowed."""
+  _require(config.model.name in models.MODEL_NAMES,
+           f'config.model.name={config.model.name!r} is not a known model; '
+           f'use one of {", ".join(models.MODEL_NAMES)}.')
+  _require(config.model.width_multiplier > 0,
+           f'config.model.width_multiplier={config.model.width_multiplier} must be > 0 '
+           '(1.0 is the standard width; 0.25 gives a 16-channel stem).')
+  _require(config.model.head_layers >= 1,
+           f'config.model.head_layers={config.model.head_layers} must be >= 1 (SimCLRv2: 3).')
+  _require(config.model.head_output_dim >= 1,
+           f'config.model.head_output_dim={config.model.head_output_dim} must be >= 1 (128).')
+  _require(config.temperature > 0,
+           f'config.temperature={config.temperature} must be > 0 '
+           '(0.5 for CIFAR-10, 0.1 for ImageNet).')
+  _require(isinstance(config.image_size, int) and config.image_size >= 8,
+           f'config.image_size={config.image_size!r} must be an integer >= 8 '
+           '(32 for CIFAR, 224 for ImageNet).')
+  _require(isinstance(config.batch_size, int) and config.batch_size >= 2,
+           f'config.batch_size={config.batch_size!r} must be an integer >= 2.')
+  _require(config.batch_size % num_devices == 0,
+           f'config.batch_size={config.batch_size} is not divisible by the {num_devices} '
+           'devices; use a multiple of the device count (e.g. '
+           f'{max(1, config.batch_size // num_devices) * num_devices}).')
+  _require(config.optimizer in optim.OPTIMIZERS,
+           f'config.optimizer={config.optimizer!r} is not known; use one of {optim.OPTIMIZERS}.')
+  _require(config.lr_scaling in optim.LR_SCALINGS,
+           f'config.lr_scaling={config.lr_scaling!r} is not known; '
+           f'use one of {optim.LR_SCALINGS}.')
+  _require(config.learning_rate > 0,
+           f'config.learning_rate={config.learning_rate} must be > 0.')
+  _require(config.weight_decay >= 0,
+           f'config.weight_decay={config.weight_decay} must be >= 0.')
+  _require(config.warmup_epochs >= 0,
+           f'config.warmup_epochs={config.warmup_epochs} must be >= 0.')
+  _require(config.num_train_steps > 0 or config.num_epochs > 0,
+           f'config.num_epochs={config.num_epochs} must be > 0 '
+           '(or set config.num_train_steps > 0).')
+  for name in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+               'shuffle_buffer_size', 'prefetch_batches'):
+    _require(config[name] >= 1, f'config.{name}={config[name]} must be >= 1.')
+
+  aug = config.augment
+  for name in ('flip_prob', 'color_jitter_prob', 'grayscale_prob', 'blur_prob'):
+    _require(0 <= aug[name] <= 1, f'config.augment.{name}={aug[name]} must be in [0, 1].')
+  _require(0 < aug.crop_area_min <= aug.crop_area_max <= 1,
+           f'config.augment.crop_area_min={aug.crop_area_min} and crop_area_max='
+           f'{aug.crop_area_max} must satisfy 0 < min <= max <= 1 (reference: 0.08, 1.0).')
+  _require(0 < aug.aspect_ratio_min <= aug.aspect_ratio_max,
+           f'config.augment.aspect_ratio_min={aug.aspect_ratio_min} and aspect_ratio_max='
+           f'{aug.aspect_ratio_max} must satisfy 0 < min <= max (reference: 3/4, 4/3).')
+  _require(aug.color_strength >= 0,
+           f'config.augment.color_strength={aug.color_strength} must be >= 0 '
+           '(0.5 for CIFAR, 1.0 for ImageNet).')
+  _require(0 < aug.blur_sigma_min <= aug.blur_sigma_max,
+           f'config.augment.blur_sigma_min={aug.blur_sigma_min} and blur_sigma_max='
+           f'{aug.blur_sigma_max} must satisfy 0 < min <= max (reference: 0.1, 2.0).')

@@ -1,0 +1,318 @@
+"""tf.data input pipeline for SimCLR pretraining: image folders and TFDS.
+
+The per-host element stream is a pure function of (config.seed, process_index,
+position): epoch e is this host's shard permuted with a seed derived from
+(config.seed, e), and the k-th element of the stream is augmented with a seed
+derived from (config.seed, process_index, k). Resuming at a step therefore
+reproduces the uninterrupted stream exactly, without replaying earlier epochs.
+All randomness is stateless, so TF's global seed (tf.random.set_seed) has no
+effect. Image folders get a full permutation per epoch; TFDS datasets, read
+sequentially, a permutation within each block of config.shuffle_buffer_size.
+"""
+
+import collections
+import dataclasses
+import itertools
+import logging
+import os
+
+import jax
+import tensorflow as tf
+
+from simclr_jax import augment
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+_FOLDER_EXAMPLE = '../shared/data/cifar10-jpeg'
+# Distinct streams so the shuffle and augmentation seeds are independent.
+_SHUFFLE_STREAM = 1
+_AUGMENT_STREAM = 2
+
+
+def _hide_gpus_from_tf():
+  # tf.data runs on the host; a TF that grabs GPU memory starves JAX.
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except (RuntimeError, ValueError) as e:  # Already initialised elsewhere.
+    logging.warning('Could not hide GPUs from TensorFlow: %s', e)
+
+
+_hide_gpus_from_tf()
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_examples: int  # Global number of examples in the split.
+  num_classes: int  # 0 when the dataset has no labels.
+
+
+def _is_image_folder(dataset):
+  """Whether `config.dataset` names an image folder rather than a TFDS dataset."""
+  if dataset.startswith(('.', '~', os.sep)) or os.path.isdir(dataset):
+    return True
+  if os.sep in dataset or (os.altsep and os.altsep in dataset):
+    # TFDS builder configs are also written 'name/config'.
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    name = dataset.split('/')[0].split(':')[0]
+    return name not in tfds.list_builders(with_community_datasets=False)
+  return False
+
+
+def _list_image_folder(dataset, split):
+  """Returns (sorted file paths, labels, class names) of root/<split>/<class>/<image>."""
+  root = os.path.expanduser(dataset)
+  if not os.path.isdir(root):
+    raise ValueError(
+        f'config.dataset={dataset!r} does not exist; point --config.dataset at '
+        'a folder laid out as root/<split>/<class>/<image> or use a TFDS name.')
+  split_dir = os.path.join(root, split)
+  if not os.path.isdir(split_dir):
+    found = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    raise ValueError(
+        f'config.dataset={dataset!r} has no split folder {split!r} '
+        f'({split_dir} is missing; sub-folders found: {found}). Set the split '
+        'with --config.train_split or lay the data out as '
+        'root/<split>/<class>/<image>.')
+  classes = sorted(e.name for e in os.scandir(split_dir)
+                   if e.is_dir() and not e.name.startswith('.'))
+  paths, labels = [], []
+  for label, name in enumerate(classes):
+    class_dir = os.path.join(split_dir, name)
+    files = sorted(e.name for e in os.scandir(class_dir)
+                   if e.name.lower().endswith(IMAGE_EXTENSIONS)
+                   and not e.name.startswith('.'))
+    paths.extend(os.path.join(class_dir, f) for f in files)
+    labels.extend([label] * len(files))
+  if not paths:
+    raise ValueError(
+        f'config.dataset={dataset!r}: no images in {split_dir}/<class>/ '
+        f'(classes found: {classes}; extensions searched: {IMAGE_EXTENSIONS}). '
+        'Put the images in one sub-folder per class.')
+  return paths, labels, classes
+
+
+def _tfds_builder(config):
+  """Returns the prepared TFDS builder for config.dataset, or raises ValueError."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    builder = tfds.builder(config.dataset, data_dir=config.tfds_data_dir or None)
+  except ValueError as e:  # DatasetNotFoundError subclasses ValueError.
+    first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise ValueError(
+        f'config.dataset={config.dataset!r} is neither an existing image folder '
+        f'nor a known TFDS dataset ({first_line}). Use a TFDS name such as '
+        f"'cifar10' or a folder such as {_FOLDER_EXAMPLE}.") from None
+  # Checked here because tfds.load on an unprepared dataset would try to
+  # download it, which offline means minutes of retries before failing.
+  if not builder.is_prepared():
+    raise ValueError(
+        f'TFDS dataset config.dataset={config.dataset!r} is not prepared in '
+        f'{builder.data_dir} (config.tfds_data_dir={config.tfds_data_dir!r}). '
+        f'Prepare it with `tfds build {config.dataset} --data_dir=DIR` on a '
+        'machine with internet and copy DIR here (then set '
+        '--config.tfds_data_dir=DIR), or set --config.dataset to an image '
+        f'folder such as {_FOLDER_EXAMPLE}.')
+  return builder
+
+
+def _tfds_split_info(builder, config, split):
+  try:
+    return builder.info.splits[split]
+  except (KeyError, ValueError) as e:
+    raise ValueError(
+        f'TFDS dataset {config.dataset!r} has no split {split!r} '
+        f'(available: {sorted(builder.info.splits.keys())}; error: {e}).'
+    ) from None
+
+
+def _tfds_num_classes(builder):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  features = builder.info.features
+  if 'label' in features and isinstance(features['label'],
+                                        tfds.features.ClassLabel):
+    return features['label'].num_classes
+  return 0
+
+
+def get_dataset_info(config, split):
+  """Counts the examples and classes of `split` without decoding any image."""
+  if _is_image_folder(config.dataset):
+    paths, _, classes = _list_image_folder(config.dataset, split)
+    return DatasetInfo(num_examples=len(paths), num_classes=len(classes))
+  builder = _tfds_builder(config)
+  return DatasetInfo(
+      num_examples=_tfds_split_info(builder, config, split).num_examples,
+      num_classes=_tfds_num_classes(builder))
+
+
+def _stream_seed(config_seed, stream, *data):
+  """A [2] int64 stateless seed derived from (config_seed, stream, *data)."""
+  seed = tf.constant([config_seed, stream], tf.int64)
+  for d in data:
+    seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(d, tf.int64))
+  return seed
+
+
+def _local_source(config, split, process_index, process_count):
+  """Returns (raw dataset of (bytes or path, label), n_local, from_files, block)."""
+  if _is_image_folder(config.dataset):
+    paths, labels, _ = _list_image_folder(config.dataset, split)
+    n_local = len(paths) // process_count
+    paths = paths[process_index::process_count][:n_local]
+    labels = labels[process_index::process_count][:n_local]
+    source = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
+    # The file list is sorted by class, so anything short of a full
+    # permutation per epoch would give class-skewed batches.
+    return source, n_local, True, max(n_local, 1)
+
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = _tfds_builder(config)
+  n_local = _tfds_split_info(builder, config, split).num_examples // process_count
+  has_label = _tfds_num_classes(builder) > 0
+  if n_local == 0:
+    return None, 0, False, 1
+  sub_split = tfds.even_splits(split, n=process_count,
+                               drop_remainder=True)[process_index]
+  options = tf.data.Options()
+  options.deterministic = True
+  source = builder.as_dataset(
+      split=sub_split,
+      shuffle_files=False,
+      decoders={'image': tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(options=options))
+
+  @tf.autograph.experimental.do_not_convert
+  def to_pair(example):
+    label = (tf.cast(example['label'], tf.int32) if has_label
+             else tf.constant(-1, tf.int32))
+    return example['image'], label
+
+  source = source.map(to_pair).take(n_local)
+  # Records are read sequentially, so shuffling is per block of
+  # shuffle_buffer_size encoded records (held in memory, like a shuffle buffer).
+  block = max(1, min(int(config.shuffle_buffer_size), n_local))
+  return source, n_local, False, block
+
+
+def _shuffled_stream(source, n_local, block, config_seed, start_index):
+  """Epochs of `source`, each permuted blockwise, starting at element start_index.
+
+  Epoch e splits the shard into consecutive blocks of `block` elements and
+  permutes each with a seed from (config_seed, e, block index); stateless, so
+  independent of TF's global seed. Resuming skips whole blocks before reading
+  them and only the remainder inside the first block.
+  """
+  start_epoch, offset = divmod(start_index, n_local)
+  first_block, offset_in_block = divmod(offset, block)
+
+  @tf.autograph.experimental.do_not_convert
+  def epoch(e):
+    is_first = tf.equal(e, start_epoch)
+    block0 = tf.where(is_first, tf.constant(first_block, tf.int64), 0)
+    skip = tf.where(is_first, tf.constant(offset_in_block, tf.int64), 0)
+    epoch_seed = _stream_seed(config_seed, _SHUFFLE_STREAM, e)
+
+    @tf.autograph.experimental.do_not_convert
+    def permute(b, elements):
+      seed = tf.random.experimental.stateless_fold_in(epoch_seed, b)
+      size = tf.shape(elements[0], out_type=tf.int64)[0]
+      perm = tf.random.experimental.index_shuffle(
+          tf.range(size), seed, tf.maximum(size - 1, 0))
+      return tuple(tf.gather(x, perm) for x in elements)
+
+    blocks = tf.data.Dataset.zip(
+        tf.data.Dataset.counter(block0),
+        source.skip(block0 * block).batch(block))
+    return blocks.map(permute).unbatch().skip(skip)
+
+  return tf.data.Dataset.counter(start_epoch).flat_map(epoch)
+
+
+def create_pretrain_dataset(config, *, local_batch_size: int,
+                            start_step: int = 0, process_index=None,
+                            process_count=None) -> tf.data.Dataset:
+  """Infinite per-host dataset of {'views': [B, 2, S, S, 3], 'label': [B]}.
+
+  Args:
+    config: the experiment ConfigDict (dataset, tfds_data_dir, train_split,
+      image_size, shuffle_buffer_size, seed, augment).
+    local_batch_size: examples per batch on this host.
+    start_step: first step to produce; the batches equal those an
+      uninterrupted stream from step 0 yields at these steps.
+    process_index: this host's index (default jax.process_index()).
+    process_count: number of hosts (default jax.process_count()).
+
+  Returns:
+    A tf.data.Dataset of float32 views in [0, 1] and int32 labels (-1 when
+    the dataset has no labels).
+  """
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  if local_batch_size < 1:
+    raise ValueError(f'local_batch_size={local_batch_size} must be >= 1.')
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} is not in '
+                     f'[0, process_count={process_count}).')
+  source, n_local, from_files, block = _local_source(
+      config, config.train_split, process_index, process_count)
+  if n_local == 0:
+    raise ValueError(
+        f'Split {config.train_split!r} of config.dataset={config.dataset!r} has '
+        f'fewer examples than the {process_count} processes.')
+
+  start_index = int(start_step) * int(local_batch_size)
+  stream = _shuffled_stream(source, n_local, block, config.seed, start_index)
+  augment_seed = _stream_seed(config.seed, _AUGMENT_STREAM, process_index)
+  size = config.image_size
+
+  # Control flow is explicit (tf.cond, tf.switch_case), so AutoGraph has
+  # nothing to convert; skipping it saves tracing time.
+  @tf.autograph.experimental.do_not_convert
+  def make_example(index, element):
+    data, label = element
+    if from_files:
+      data = tf.io.read_file(data)
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    seed = tf.random.experimental.stateless_fold_in(augment_seed, index)
+    seed_a, seed_b = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 2), num=2)
+    views = tf.stack([
+        augment.pretrain_view(image, seed_a, config.augment, size),
+        augment.pretrain_view(image, seed_b, config.augment, size),
+    ])
+    return {'views': views, 'label': label}
+
+  ds = stream.enumerate(start=start_index)
+  ds = ds.map(make_example, num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True)
+  ds = ds.batch(local_batch_size, drop_remainder=True)
+  ds = ds.prefetch(tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options)
+
+
+def device_batches(dataset, sharding, prefetch=2):
+  """Yields global jax.Arrays per batch, keeping `prefetch` batches in flight.
+
+  Each host's local numpy batch becomes its part of a global array laid out by
+  `sharding` (jax.make_array_from_process_local_data), so host-to-device
+  copies of the next batches overlap the current step.
+  """
+  iterator = dataset.as_numpy_iterator()
+  queue = collections.deque()
+
+  def enqueue(n):
+    for batch in itertools.islice(iterator, n):
+      queue.append({
+          k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in batch.items()
+      })
+
+  enqueue(max(prefetch, 1))
+  while queue:
+    yield queue.popleft()
+    enqueue(1)

@@ -1,0 +1,35 @@
+r"""Command-line entry point.
+
+  python -m simclr_jax.main --config=configs/cifar10.py --workdir=/tmp/simclr_cifar10
+
+Any config value can be overridden, e.g. `--config.batch_size=256`. Running the same command
+again on the same workdir resumes from its latest checkpoint.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+import logging as std_logging
+from ml_collections import config_flags
+
+from simclr_jax import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the saved config.')
+config_flags.DEFINE_config_file('config', None, 'Path to a ml_collections config file.',
+                                lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Orbax logs every save at INFO; keep its warnings, drop the chatter.
+  logging.get_absl_handler().addFilter(
+      lambda record: record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname)
+  logging.info('Config:\n%s', FLAGS.config)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,34 @@
+"""SimCLR projection head (SimCLRv2 form)."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class ProjectionHead(nn.Module):
+  """`num_layers` x (dense without bias -> BN -> ReLU), the last without ReLU or BN centring.
+
+  Hidden layers are as wide as the representation; BN replaces the dense biases, and the last
+  BN is uncentred (scale only), as in the reference implementation.
+  """
+  num_layers: int
+  output_dim: int
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h, train: bool):
+    hidden_dim = h.shape[-1]
+    x = h
+    for i in range(self.num_layers):
+      last = i == self.num_layers - 1
+      x = nn.Dense(self.output_dim if last else hidden_dim, use_bias=False, dtype=self.dtype,
+                   name=f'dense{i + 1}')(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                       epsilon=self.bn_epsilon, use_bias=not last, dtype=self.dtype,
+                       name=f'bn{i + 1}')(x)
+      if not last:
+        x = nn.relu(x)
+    return x

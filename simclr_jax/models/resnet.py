@@ -1,0 +1,104 @@
+"""ResNet v1 encoders (He et al. 2016) as used by SimCLR, with a width multiplier.
+
+Images of side <= 32 get the CIFAR stem (3x3 stride-1 conv, no max-pool); larger images the
+ImageNet stem (7x7 stride-2 conv + 3x3 stride-2 max-pool). The stride of a bottleneck block sits
+on its 3x3 convolution, as in the official SimCLR code.
+"""
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# Conv kernels: He-normal (fan_out), as in the official TF ResNet.
+_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'truncated_normal')
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions; used by ResNet-18/34."""
+  filters: int
+  strides: int
+  norm: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init)
+    residual = x
+    y = conv(self.filters, (3, 3), (self.strides, self.strides), padding=1)(x)
+    y = nn.relu(self.norm()(y))
+    y = conv(self.filters, (3, 3), padding=1)(y)
+    # Zero-initialised last scale: every block starts as the identity.
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if residual.shape != y.shape:
+      residual = conv(self.filters, (1, 1), (self.strides, self.strides), name='proj_conv')(x)
+      residual = self.norm(name='proj_bn')(residual)
+    return nn.relu(residual + y)
+
+
+class BottleneckBlock(nn.Module):
+  """1x1 reduce, 3x3, 1x1 expand (x4); used by ResNet-50 and deeper."""
+  filters: int
+  strides: int
+  norm: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init)
+    residual = x
+    y = conv(self.filters, (1, 1))(x)
+    y = nn.relu(self.norm()(y))
+    y = conv(self.filters, (3, 3), (self.strides, self.strides), padding=1)(y)
+    y = nn.relu(self.norm()(y))
+    y = conv(self.filters * 4, (1, 1))(y)
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if residual.shape != y.shape:
+      residual = conv(self.filters * 4, (1, 1), (self.strides, self.strides), name='proj_conv')(x)
+      residual = self.norm(name='proj_bn')(residual)
+    return nn.relu(residual + y)
+
+
+class ResNet(nn.Module):
+  """ResNet v1 trunk; returns the global-average-pooled representation h."""
+  stage_sizes: Sequence[int]
+  block_cls: Any
+  width_multiplier: float = 1.0
+  cifar_stem: bool = False
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon, dtype=self.dtype)
+    width = max(1, int(round(64 * self.width_multiplier)))
+    x = x.astype(self.dtype)
+    if self.cifar_stem:
+      x = nn.Conv(width, (3, 3), padding=1, use_bias=False, dtype=self.dtype,
+                  kernel_init=_conv_init, name='stem_conv')(x)
+      x = nn.relu(norm(name='stem_bn')(x))
+    else:
+      x = nn.Conv(width, (7, 7), (2, 2), padding=3, use_bias=False, dtype=self.dtype,
+                  kernel_init=_conv_init, name='stem_conv')(x)
+      x = nn.relu(norm(name='stem_bn')(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for stage, num_blocks in enumerate(self.stage_sizes):
+      for block in range(num_blocks):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = self.block_cls(width * 2**stage, strides, norm, self.dtype,
+                           name=f'stage{stage + 1}_block{block + 1}')(x)
+    return jnp.mean(x, axis=(1, 2))
+
+
+STAGE_SIZES = {
+    'resnet18': ([2, 2, 2, 2], BasicBlock),
+    'resnet34': ([3, 4, 6, 3], BasicBlock),
+    'resnet50': ([3, 4, 6, 3], BottleneckBlock),
+    'resnet101': ([3, 4, 23, 3], BottleneckBlock),
+    'resnet152': ([3, 8, 36, 3], BottleneckBlock),
+    'resnet200': ([3, 24, 36, 3], BottleneckBlock),
+}

@@ -1,0 +1,68 @@
+"""Learning-rate schedule and optimisers (LARS, momentum SGD, AdamW) for SimCLR."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+OPTIMIZERS = ('lars', 'sgd', 'adamw')
+LR_SCALINGS = ('linear', 'sqrt')
+
+
+def scaled_learning_rate(base_lr: float, batch_size: int, scaling: str) -> float:
+  """Peak learning rate: base * B / 256 ('linear') or base * sqrt(B) ('sqrt')."""
+  if scaling == 'linear':
+    return base_lr * batch_size / 256
+  if scaling == 'sqrt':
+    return base_lr * math.sqrt(batch_size)
+  raise ValueError(f'config.lr_scaling={scaling!r} is not known; use one of {LR_SCALINGS}.')
+
+
+def total_train_steps(config, num_examples: int) -> int:
+  """config.num_train_steps if > 0, else num_examples * num_epochs // batch_size + 1."""
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  return num_examples * config.num_epochs // config.batch_size + 1
+
+
+def learning_rate_schedule(config, num_examples: int, total_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0 over `config.warmup_epochs`, then cosine decay to 0 at total_steps."""
+  peak = scaled_learning_rate(config.learning_rate, config.batch_size, config.lr_scaling)
+  warmup_steps = int(round(config.warmup_epochs * num_examples / config.batch_size))
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warmup = peak * step / max(warmup_steps, 1)
+    progress = jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
+    cosine = peak * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return jnp.where(step < warmup_steps, warmup, cosine)
+
+  return schedule
+
+
+def decay_mask(params):
+  """True for the conv and dense kernels of encoder and head.
+
+  BatchNorm parameters, biases and the online probe (a supervised head) are excluded from
+  weight decay and from the LARS trust ratio, as in the reference.
+  """
+  def is_decayed(path, _):
+    names = [str(getattr(k, 'key', k)) for k in path]
+    return names[-1] == 'kernel' and 'probe' not in names
+  return jax.tree_util.tree_map_with_path(is_decayed, params)
+
+
+def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """The optimiser named by config.optimizer, with decay masked as in `decay_mask`."""
+  if config.optimizer == 'lars':
+    return optax.lars(schedule, weight_decay=config.weight_decay, weight_decay_mask=decay_mask,
+                      trust_coefficient=config.lars_trust_coefficient,
+                      trust_ratio_mask=decay_mask, momentum=config.momentum)
+  if config.optimizer == 'sgd':
+    return optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+                       optax.sgd(schedule, momentum=config.momentum))
+  if config.optimizer == 'adamw':
+    return optax.adamw(schedule, b1=config.momentum, weight_decay=config.weight_decay,
+                       mask=decay_mask)
+  raise ValueError(f'config.optimizer={config.optimizer!r} is not known; use one of {OPTIMIZERS}.')

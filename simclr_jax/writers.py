@@ -1,0 +1,58 @@
+"""Metric writers: clu's TensorBoard + log writers, plus a JSON-lines file for scripts."""
+
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+from clu import metric_writers
+
+
+class JsonlWriter(metric_writers.MetricWriter):
+  """Appends each `write_scalars` call to a file as one JSON object with a `step` key."""
+
+  def __init__(self, path: str):
+    self._path = path
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    record = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
+    with open(self._path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+  # Only scalars go to the JSON-lines file; everything else is TensorBoard's business.
+  def write_summaries(self, step, values, metadata=None):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+def create_writer(workdir: str) -> metric_writers.MetricWriter:
+  """TensorBoard + log + WORKDIR/metrics.jsonl on process 0; the log alone elsewhere."""
+  if jax.process_index() > 0:
+    return metric_writers.create_default_writer(workdir, just_logging=True)
+  return metric_writers.MultiWriter([
+      metric_writers.create_default_writer(workdir),
+      JsonlWriter(os.path.join(workdir, 'metrics.jsonl')),
+  ])

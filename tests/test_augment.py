@@ -1,0 +1,248 @@
+"""Tests of the stateless SimCLR augmentations."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_jax import augment
+from conftest import load_config
+
+
+def _seed(a, b=0):
+  return tf.constant([a, b], tf.int64)
+
+
+def _image(height=20, width=24, seed=0):
+  return tf.random.stateless_uniform([height, width, 3], _seed(seed, 99))
+
+
+@pytest.fixture
+def aug_config():
+  config = load_config('cifar10').augment
+  config.blur_prob = 0.5  # Exercise every stage.
+  return config
+
+
+def test_pretrain_view_shape_dtype_range(aug_config):
+  for shape in [(20, 24), (40, 17), (8, 8)]:
+    for seed in range(5):
+      out = augment.pretrain_view(_image(*shape), _seed(seed), aug_config, 16)
+      assert out.shape == (16, 16, 3) and out.dtype == tf.float32
+      assert 0.0 <= float(tf.reduce_min(out)) and float(tf.reduce_max(out)) <= 1.0
+
+
+def test_individual_ops_shape_and_range():
+  image = _image()
+  s = _seed(3)
+  outputs = [
+      augment.random_resized_crop(image, s, 12),
+      augment.random_flip(image, s, 0.5),
+      augment.color_jitter(image, s, 1.0),
+      augment.to_grayscale(image),
+      augment.random_color_distortion(image, s, 1.0, 1.0, 0.5),
+      augment.random_gaussian_blur(image, s, 1.0, 0.1, 2.0),
+  ]
+  expected_shapes = [(12, 12, 3)] + [(20, 24, 3)] * 5
+  for out, shape in zip(outputs, expected_shapes):
+    assert out.shape == shape and out.dtype == tf.float32
+    assert 0.0 <= float(tf.reduce_min(out)) and float(tf.reduce_max(out)) <= 1.0 + 1e-6
+
+
+def _expected_mean_crop_area(height, width, area_range, aspect_range, grid=1000):
+  """Mean area fraction of the TF kernel's crop (sample_distorted_bounding_box_op.cc).
+
+  Per attempt the kernel draws the aspect ratio r ~ U[aspect_range] and then the
+  crop *height* uniformly over the integers that keep the area in range, so the
+  area is not uniform. min_object_covered=0.1 on the whole-image box rejects
+  crops below 10% of the image (and the attempt is retried), so the result is
+  the per-attempt distribution conditioned on acceptance. Integrates r on a grid.
+  """
+  lo, hi = aspect_range
+  min_area = area_range[0] * height * width
+  max_area = area_range[1] * height * width
+  total_p = total_area = 0.0
+  for r in lo + (hi - lo) * (np.arange(grid) + 0.5) / grid:
+    h_min = int(np.rint(np.sqrt(min_area / r)))
+    h_max = int(np.rint(np.sqrt(max_area / r)))
+    if np.rint(h_max * r) > width:
+      h_max = int((width + 0.5 - 1e-7) / r)
+      if np.rint(h_max * r) > width:
+        h_max -= 1
+    h_max = min(h_max, height)
+    h_min = min(h_min, h_max)
+    p = 1.0 / (h_max - h_min + 1)
+    for h in range(h_min, h_max + 1):
+      w = int(np.rint(h * r))
+      if w * h < min_area:
+        h += 1
+        w = int(np.rint(h * r))
+      if w * h > max_area:
+        h -= 1
+        w = int(np.rint(h * r))
+      area = w * h
+      if not (min_area <= area <= max_area and 0 < w <= width and 0 < h <= height):
+        continue
+      if area / (height * width) < 0.1:  # min_object_covered.
+        continue
+      total_p += p
+      total_area += p * area / (height * width)
+  return total_area / total_p
+
+
+def test_crop_area_statistics():
+  height, width, n = 32, 32, 3000
+  seeds = tf.random.experimental.stateless_split(_seed(5), n)
+
+  @tf.function
+  def windows(seeds):
+    def one(s):
+      _, size = augment.sample_crop_window(
+          tf.constant([height, width, 3]), s, (0.08, 1.0), (3 / 4, 4 / 3))
+      return size[:2]
+    return tf.map_fn(one, seeds, fn_output_signature=tf.int32)
+
+  sizes = windows(seeds).numpy().astype(np.float64)
+  area = sizes[:, 0] * sizes[:, 1] / (height * width)
+  aspect = sizes[:, 1] / sizes[:, 0]
+  # The 0.1 lower bound comes from min_object_covered (see the helper above).
+  assert area.min() >= 0.1 - 1e-6 and area.max() <= 1.0
+  assert area.min() < 0.12 and area.max() == 1.0  # Both ends are reached.
+  # Rounding the width to whole pixels moves the aspect a little past the range.
+  assert aspect.min() >= 3 / 4 - 0.05 and aspect.max() <= 4 / 3 + 0.05
+  expected = _expected_mean_crop_area(height, width, (0.08, 1.0), (3 / 4, 4 / 3))
+  # The kernel's distribution has mean ~0.43, far from the naive U[0.08, 1] 0.54.
+  assert 0.40 < expected < 0.46
+  standard_error = area.std() / np.sqrt(n)
+  assert abs(area.mean() - expected) < 4 * standard_error
+
+
+def test_crop_takes_the_sampled_window():
+  # Pixel values encode their coordinates, so the crop's content shows where it came from.
+  height, width = 20, 24
+  ys, xs = np.meshgrid(np.arange(height), np.arange(width), indexing='ij')
+  coords = np.stack([ys / (height - 1), xs / (width - 1), np.zeros_like(ys)], -1)
+  image = tf.constant(coords, tf.float32)
+  for seed in range(10):
+    begin, size = augment.sample_crop_window(tf.shape(image), _seed(seed), (0.08, 1.0),
+                                             (3 / 4, 4 / 3))
+    y0, x0, _ = begin.numpy()
+    h, w, _ = size.numpy()
+    out = augment.random_resized_crop(image, _seed(seed), 16).numpy()
+    # Bicubic resizing keeps the crop's corners' coordinates up to interpolation error.
+    tol = 1.0 / min(height, width)
+    assert abs(out[0, 0, 0] - y0 / (height - 1)) < tol
+    assert abs(out[-1, -1, 0] - (y0 + h - 1) / (height - 1)) < tol
+    assert abs(out[0, 0, 1] - x0 / (width - 1)) < tol
+    assert abs(out[-1, -1, 1] - (x0 + w - 1) / (width - 1)) < tol
+
+
+def test_same_seed_same_output_different_seed_different(aug_config):
+  image = _image()
+  a = augment.pretrain_view(image, _seed(7), aug_config, 16).numpy()
+  b = augment.pretrain_view(image, _seed(7), aug_config, 16).numpy()
+  c = augment.pretrain_view(image, _seed(8), aug_config, 16).numpy()
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+
+
+def test_same_seed_same_output_in_graph_mode(aug_config):
+  image = _image()
+  graph_fn = tf.function(lambda x, s: augment.pretrain_view(x, s, aug_config, 16),
+                         autograph=False)
+  np.testing.assert_array_equal(graph_fn(image, _seed(11)).numpy(),
+                                augment.pretrain_view(image, _seed(11), aug_config, 16).numpy())
+
+
+def test_two_views_differ(aug_config):
+  image = _image()
+  seed_a, seed_b = tf.unstack(tf.random.experimental.stateless_split(_seed(1), 2))
+  view_a = augment.pretrain_view(image, seed_a, aug_config, 16).numpy()
+  view_b = augment.pretrain_view(image, seed_b, aug_config, 16).numpy()
+  assert np.abs(view_a - view_b).mean() > 1e-3
+
+
+def test_grayscale_has_equal_channels():
+  out = augment.to_grayscale(_image()).numpy()
+  assert out.shape == (20, 24, 3)
+  np.testing.assert_array_equal(out[..., 0], out[..., 1])
+  np.testing.assert_array_equal(out[..., 0], out[..., 2])
+  forced = augment.random_color_distortion(_image(), _seed(2), 0.5, jitter_prob=0.0,
+                                           grayscale_prob=1.0).numpy()
+  np.testing.assert_array_equal(forced[..., 0], forced[..., 2])
+
+
+def test_color_jitter_strength_zero_is_identity():
+  image = _image()
+  for seed in range(3):
+    out = augment.color_jitter(image, _seed(seed), 0.0)
+    np.testing.assert_allclose(out.numpy(), image.numpy(), atol=1e-6)
+
+
+def test_color_jitter_changes_image_and_is_seeded():
+  image = _image()
+  a = augment.color_jitter(image, _seed(1), 0.5).numpy()
+  assert np.abs(a - image.numpy()).mean() > 1e-3
+  np.testing.assert_array_equal(a, augment.color_jitter(image, _seed(1), 0.5).numpy())
+
+
+def test_brightness_factor_range():
+  ones = tf.fill([2, 2, 3], 0.5)
+  factors = [float(augment.random_brightness(ones, _seed(i), 0.4)[0, 0, 0]) / 0.5
+             for i in range(50)]
+  assert min(factors) >= 0.6 - 1e-6 and max(factors) <= 1.4 + 1e-6
+  assert max(factors) - min(factors) > 0.3
+  # SimCLRv2 clamps the lower bound at 0 for max_delta > 1.
+  factors = [float(augment.random_brightness(ones, _seed(i), 1.6)[0, 0, 0]) / 0.5
+             for i in range(50)]
+  assert min(factors) >= 0.0
+
+
+def test_random_order_uses_many_permutations():
+  perms = {tuple(augment.random_permutation(_seed(i), 4).numpy()) for i in range(300)}
+  assert all(sorted(p) == [0, 1, 2, 3] for p in perms)
+  assert len(perms) == 24  # P(some order unseen in 300 draws) < 1e-4.
+
+
+def test_flip_probabilities():
+  image = _image()
+  np.testing.assert_array_equal(augment.random_flip(image, _seed(0), 1.0).numpy(),
+                                image.numpy()[:, ::-1])
+  np.testing.assert_array_equal(augment.random_flip(image, _seed(0), 0.0).numpy(),
+                                image.numpy())
+  flipped = [not np.array_equal(augment.random_flip(image, _seed(i), 0.5).numpy(),
+                                image.numpy()) for i in range(40)]
+  assert 5 < sum(flipped) < 35
+
+
+def _numpy_gaussian_blur(image, sigma, kernel_size):
+  """Reference: separable Gaussian, zero padding, output the input's size."""
+  radius = kernel_size // 2
+  x = np.arange(-radius, radius + 1, dtype=np.float64)
+  kernel = np.exp(-x**2 / (2 * sigma**2))
+  kernel /= kernel.sum()
+  height, width, _ = image.shape
+  padded = np.pad(image.astype(np.float64), ((radius, radius), (radius, radius), (0, 0)))
+  out = np.zeros_like(padded)
+  for i, k in enumerate(kernel):  # Horizontal pass.
+    out[:, radius:radius + width] += k * padded[:, i:i + width]
+  padded, out = out, np.zeros_like(out)
+  for i, k in enumerate(kernel):  # Vertical pass.
+    out[radius:radius + height] += k * padded[i:i + height]
+  return out[radius:radius + height, radius:radius + width]
+
+
+def test_gaussian_blur_matches_numpy_reference():
+  image = _image(23, 21)
+  for sigma, kernel_size in [(0.7, 3), (1.5, 5), (2.0, 4)]:  # 4 rounds up to 5.
+    out = augment.gaussian_blur(image, sigma, kernel_size).numpy()
+    np.testing.assert_allclose(out, _numpy_gaussian_blur(image.numpy(), sigma, kernel_size),
+                               atol=1e-5)
+
+
+def test_random_gaussian_blur_fixed_sigma_matches_reference():
+  image = _image(40, 30)  # Kernel side from the height: 2 * ((40 // 10) // 2) + 1 = 5.
+  out = augment.random_gaussian_blur(image, _seed(4), prob=1.0, sigma_min=1.3,
+                                     sigma_max=1.3).numpy()
+  np.testing.assert_allclose(out, _numpy_gaussian_blur(image.numpy(), 1.3, 4), atol=1e-5)
+  skipped = augment.random_gaussian_blur(image, _seed(4), prob=0.0).numpy()
+  np.testing.assert_array_equal(skipped, image.numpy())

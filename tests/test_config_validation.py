@@ -1,0 +1,46 @@
+"""Bad configs fail before anything is compiled or written, naming the value and the fix."""
+
+import pytest
+
+from simclr_jax import config_validation
+from simclr_jax import train
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('model.name', 'resnet19', r"config.model.name='resnet19' is not a known model; use one "
+                               r"of resnet18, resnet34"),
+    ('temperature', 0.0, r'config.temperature=0.0 must be > 0'),
+    ('model.width_multiplier', -0.5, r'config.model.width_multiplier=-0.5 must be > 0'),
+    ('optimizer', 'adam', r"config.optimizer='adam' is not known; use one of \('lars'"),
+    ('lr_scaling', 'cubic', r"config.lr_scaling='cubic' is not known"),
+    ('augment.grayscale_prob', 1.5, r'config.augment.grayscale_prob=1.5 must be in \[0, 1\]'),
+    ('augment.crop_area_min', 0.0, r'config.augment.crop_area_min=0.0 and crop_area_max=1.0'),
+    ('image_size', 4, r'config.image_size=4 must be an integer >= 8'),
+    ('dataset', '/nonexistent/cifar', r"config.dataset='/nonexistent/cifar' does not exist; "
+                                      r'point --config.dataset at a folder'),
+])
+def test_bad_config_fails_before_any_work(cifar_config, tmp_path, field, value, message):
+  node = cifar_config
+  *parents, leaf = field.split('.')
+  for name in parents:
+    node = node[name]
+  node[leaf] = value
+  workdir = tmp_path / 'workdir'
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(cifar_config, str(workdir))
+  assert not workdir.exists()  # Nothing was written, so nothing was compiled either.
+
+
+def test_batch_not_divisible_by_device_count(cifar_config):
+  cifar_config.batch_size = 100
+  with pytest.raises(ValueError, match=r'config.batch_size=100 is not divisible by the 8 '
+                                       r'devices; use a multiple of the device count'):
+    config_validation.validate_config(cifar_config, num_devices=8)
+  cifar_config.batch_size = 96
+  config_validation.validate_config(cifar_config, num_devices=8)
+
+
+def test_shipped_configs_are_valid(cifar_config):
+  from conftest import load_config
+  for config in (cifar_config, load_config('imagenet')):
+    config_validation.validate_config(config, num_devices=8)

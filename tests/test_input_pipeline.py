@@ -1,0 +1,366 @@
+"""Tests of the pretraining input pipeline on tiny image folders and TFDS datasets."""
+
+import os
+import time
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from conftest import load_config
+from simclr_jax import input_pipeline
+
+SIZE = 8  # Output side: tiny keeps the tests fast.
+
+# Image i is a constant colour whose red channel is 20 * i + 10, so every view of it,
+# whatever the crop or flip, tells which image it came from (colour ops are turned off).
+# (class, file name, PIL mode, (height, width)) per image; several modes and sizes.
+_TRAIN_IMAGES = [
+    ('cat', 'a0.png', 'RGB', (10, 12)),
+    ('cat', 'a1.PNG', 'L', (7, 9)),
+    ('cat', 'a2.png', 'RGBA', (16, 16)),
+    ('cat', 'a3.jpg', 'RGB', (20, 14)),
+    ('dog', 'b4.png', 'P', (12, 12)),
+    ('dog', 'b5.gif', 'P', (9, 11)),
+    ('dog', 'b6.bmp', 'RGB', (13, 8)),
+    ('dog', 'b7.jpeg', 'RGB', (8, 8)),
+    ('emu', 'c8.png', 'RGB', (11, 10)),
+    ('emu', 'c9.png', 'RGB', (6, 15)),
+    ('emu', 'c10.png', 'RGB', (9, 9)),
+]
+_NUM_TRAIN = len(_TRAIN_IMAGES)
+_CLASSES = ['cat', 'dog', 'emu']
+_LABEL_OF_ID = np.array([_CLASSES.index(c) for c, *_ in _TRAIN_IMAGES])
+
+
+def _red(i):
+  return 20 * i + 10
+
+
+def _constant_image(i, mode, hw):
+  height, width = hw
+  rgb = (_red(i), 100, 50)
+  if mode == 'L':
+    return Image.new('L', (width, height), _red(i))
+  if mode == 'RGBA':
+    return Image.new('RGBA', (width, height), rgb + (90,))
+  if mode == 'P':
+    image = Image.new('P', (width, height), 0)
+    image.putpalette(list(rgb) + [0, 0, 0] * 255)
+    return image
+  return Image.new('RGB', (width, height), rgb)
+
+
+def _write_image(path, i, mode, hw):
+  image = _constant_image(i, mode, hw)
+  if path.endswith(('.jpg', '.jpeg')):
+    image.save(path, quality=95)
+  else:
+    image.save(path)
+
+
+@pytest.fixture(scope='module')
+def image_folder(tmp_path_factory):
+  root = tmp_path_factory.mktemp('images')
+  for i, (cls, name, mode, hw) in enumerate(_TRAIN_IMAGES):
+    os.makedirs(root / 'train' / cls, exist_ok=True)
+    _write_image(str(root / 'train' / cls / name), i, mode, hw)
+  (root / 'train' / 'cat' / 'notes.txt').write_text('not an image')
+  for cls in ('cat', 'dog'):
+    os.makedirs(root / 'test' / cls)
+    _write_image(str(root / 'test' / cls / 'x.png'), 0, 'RGB', (5, 5))
+  return root
+
+
+def _config(dataset, **overrides):
+  config = load_config('cifar10')
+  config.dataset = str(dataset)
+  config.image_size = SIZE
+  config.seed = 3
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def _light_config(dataset, **overrides):
+  """Every stage but colour jitter, whose big graph dominates pipeline build time.
+
+  Enough to check the plumbing of the per-element seeds (crop, flip, grayscale and
+  blur all draw from them).
+  """
+  config = _config(dataset, **overrides)
+  config.augment.color_jitter_prob = 0.0
+  config.augment.blur_prob = 0.5
+  return config
+
+
+def _identity_config(dataset, **overrides):
+  """Crop and flip only: each view's red channel identifies its source image."""
+  config = _config(dataset, **overrides)
+  config.augment.color_jitter_prob = 0.0
+  config.augment.grayscale_prob = 0.0
+  config.augment.blur_prob = 0.0
+  return config
+
+
+def _ids(views):
+  """Image ids from views [..., S, S, 3] of the constant images."""
+  red = views[..., 0].reshape(views.shape[:-3] + (-1,)) * 255
+  assert np.ptp(red, axis=-1).max() < 3  # Still a constant image.
+  return np.rint((red.mean(-1) - 10) / 20).astype(int)
+
+
+def _batches(config, num, **kwargs):
+  kwargs.setdefault('process_index', 0)
+  kwargs.setdefault('process_count', 1)
+  dataset = input_pipeline.create_pretrain_dataset(config, **kwargs)
+  return list(dataset.take(num).as_numpy_iterator())
+
+
+def test_dataset_info_counts_images_and_classes(image_folder):
+  config = _config(image_folder)
+  assert input_pipeline.get_dataset_info(config, 'train') == input_pipeline.DatasetInfo(
+      num_examples=_NUM_TRAIN, num_classes=3)
+  assert input_pipeline.get_dataset_info(config, 'test') == input_pipeline.DatasetInfo(
+      num_examples=2, num_classes=2)
+
+
+def test_missing_folder_is_reported(tmp_path):
+  missing = tmp_path / 'nope'
+  with pytest.raises(ValueError, match='does not exist; point --config.dataset'):
+    input_pipeline.get_dataset_info(_config(missing), 'train')
+
+
+def test_missing_split_is_reported(image_folder):
+  with pytest.raises(ValueError, match="no split folder 'validation'"):
+    input_pipeline.get_dataset_info(_config(image_folder), 'validation')
+
+
+def test_empty_split_is_reported(tmp_path):
+  os.makedirs(tmp_path / 'train' / 'cat')
+  (tmp_path / 'train' / 'cat' / 'readme.txt').write_text('x')
+  with pytest.raises(ValueError, match='no images in'):
+    input_pipeline.get_dataset_info(_config(tmp_path), 'train')
+  with pytest.raises(ValueError, match='no images in'):
+    input_pipeline.create_pretrain_dataset(_config(tmp_path), local_batch_size=2,
+                                           process_index=0, process_count=1)
+
+
+def test_unknown_tfds_name_is_reported():
+  with pytest.raises(ValueError, match="config.dataset='no_such_dataset_xyz'"):
+    input_pipeline.get_dataset_info(_config('no_such_dataset_xyz'), 'train')
+
+
+def test_unprepared_tfds_dataset_fails_fast(tmp_path):
+  config = _config('cifar10', tfds_data_dir=str(tmp_path))
+  start = time.perf_counter()
+  with pytest.raises(ValueError, match='not prepared') as error:
+    input_pipeline.get_dataset_info(config, 'train')
+  message = str(error.value)
+  assert 'tfds build' in message and 'cifar10-jpeg' in message
+  with pytest.raises(ValueError, match='not prepared'):
+    input_pipeline.create_pretrain_dataset(config, local_batch_size=2, process_index=0,
+                                           process_count=1)
+  assert time.perf_counter() - start < 10
+
+
+def test_batches_have_shapes_dtypes_and_labels(image_folder):
+  batches = _batches(_identity_config(image_folder), 3, local_batch_size=4)
+  for batch in batches:
+    assert set(batch) == {'views', 'label'}
+    assert batch['views'].shape == (4, 2, SIZE, SIZE, 3)
+    assert batch['views'].dtype == np.float32
+    assert batch['label'].shape == (4,) and batch['label'].dtype == np.int32
+    assert batch['views'].min() >= 0 and batch['views'].max() <= 1
+    ids = _ids(batch['views'])
+    np.testing.assert_array_equal(ids[:, 0], ids[:, 1])  # Two views of one image.
+    np.testing.assert_array_equal(batch['label'], _LABEL_OF_ID[ids[:, 0]])
+
+
+def test_each_epoch_is_a_fresh_permutation(image_folder):
+  # One batch of the whole split is exactly one epoch.
+  epochs = [_ids(b['views'])[:, 0]
+            for b in _batches(_identity_config(image_folder), 3, local_batch_size=_NUM_TRAIN)]
+  for ids in epochs:
+    np.testing.assert_array_equal(np.sort(ids), np.arange(_NUM_TRAIN))
+  assert not np.array_equal(epochs[0], epochs[1])
+  assert not np.array_equal(epochs[0], np.arange(_NUM_TRAIN))
+
+
+def test_same_seed_same_batches_different_seed_different(image_folder):
+  a = _batches(_config(image_folder), 2, local_batch_size=4)
+  b = _batches(_config(image_folder), 2, local_batch_size=4)
+  c = _batches(_config(image_folder, seed=4), 2, local_batch_size=4)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x['views'], y['views'])
+    np.testing.assert_array_equal(x['label'], y['label'])
+  assert not np.array_equal(a[0]['views'], c[0]['views'])
+  views = a[0]['views']
+  assert np.abs(views[:, 0] - views[:, 1]).mean() > 1e-3  # The two views differ.
+
+
+def test_stream_ignores_tf_global_seed(image_folder):
+  a = _batches(_light_config(image_folder), 1, local_batch_size=4)[0]
+  tf.random.set_seed(1234)
+  try:
+    b = _batches(_light_config(image_folder), 1, local_batch_size=4)[0]
+  finally:
+    tf.random.set_seed(None)
+  np.testing.assert_array_equal(a['views'], b['views'])
+
+
+def test_resume_matches_uninterrupted_stream(image_folder):
+  config = _light_config(image_folder)
+  # 11 images, batches of 3: step 3 holds elements 9..11 and so straddles epochs 0 and 1.
+  full = _batches(config, 6, local_batch_size=3)
+  for step in (1, 3, 5):
+    resumed = _batches(config, 1, local_batch_size=3, start_step=step)[0]
+    np.testing.assert_array_equal(resumed['views'], full[step]['views'])
+    np.testing.assert_array_equal(resumed['label'], full[step]['label'])
+
+
+def test_resume_far_ahead_does_not_replay_epochs(image_folder):
+  config = _identity_config(image_folder)
+  start = time.perf_counter()
+  batch = _batches(config, 1, local_batch_size=_NUM_TRAIN, start_step=10**9)[0]
+  assert time.perf_counter() - start < 10
+  ids = _ids(batch['views'])[:, 0]
+  np.testing.assert_array_equal(np.sort(ids), np.arange(_NUM_TRAIN))
+
+
+def test_processes_get_disjoint_equal_shards(image_folder):
+  config = _identity_config(image_folder)
+  n_local = _NUM_TRAIN // 2
+  shards = []
+  for index in range(2):
+    epochs = _batches(config, 2, local_batch_size=n_local, process_index=index,
+                      process_count=2)
+    ids = [set(_ids(b['views'])[:, 0]) for b in epochs]
+    assert len(ids[0]) == n_local and ids[0] == ids[1]  # Same shard every epoch.
+    shards.append(ids[0])
+  assert not shards[0] & shards[1]
+
+
+def test_device_batches_are_sharded_global_arrays(image_folder):
+  dataset = input_pipeline.create_pretrain_dataset(
+      _light_config(image_folder), local_batch_size=4, process_index=0, process_count=1).take(3)
+  sharding = NamedSharding(Mesh(jax.devices(), ('data',)), P('data'))
+  expected = list(dataset.as_numpy_iterator())
+  produced = list(input_pipeline.device_batches(dataset, sharding, prefetch=2))
+  assert len(produced) == 3
+  for got, want in zip(produced, expected):
+    for key in ('views', 'label'):
+      assert isinstance(got[key], jax.Array)
+      assert got[key].sharding.is_equivalent_to(sharding, got[key].ndim)
+      np.testing.assert_array_equal(np.asarray(got[key]), want[key])
+
+
+# TFDS: tiny builders prepared locally (no download), registered under these names.
+
+
+class SimclrTestTinyLabeled(tfds.core.GeneratorBasedBuilder):
+  """11 constant-colour images of different sizes, 3 classes."""
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(None, None, 3)),
+        'label': tfds.features.ClassLabel(num_classes=3),
+    }))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {'train': self._generate_examples()}
+
+  def _generate_examples(self):
+    for i, (_, _, _, (height, width)) in enumerate(_TRAIN_IMAGES):
+      image = np.zeros((height, width, 3), np.uint8) + np.uint8([_red(i), 100, 50])
+      yield i, {'image': image, 'label': int(_LABEL_OF_ID[i])}
+
+
+class SimclrTestTinyUnlabeled(tfds.core.GeneratorBasedBuilder):
+  """5 images without labels."""
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(None, None, 3)),
+    }))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {'train': self._generate_examples()}
+
+  def _generate_examples(self):
+    for i in range(5):
+      yield i, {'image': np.full((6, 7, 3), _red(i), np.uint8)}
+
+
+@pytest.fixture(scope='module')
+def tfds_dir(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp('tfds')
+  tfds.disable_progress_bar()
+  for builder_cls in (SimclrTestTinyLabeled, SimclrTestTinyUnlabeled):
+    builder_cls(data_dir=str(data_dir)).download_and_prepare()
+  return data_dir
+
+
+def test_tfds_info_and_batches(tfds_dir):
+  config = _identity_config('simclr_test_tiny_labeled', tfds_data_dir=str(tfds_dir))
+  assert input_pipeline.get_dataset_info(config, 'train') == input_pipeline.DatasetInfo(
+      num_examples=_NUM_TRAIN, num_classes=3)
+  (batch,) = _batches(config, 1, local_batch_size=_NUM_TRAIN)
+  assert batch['views'].shape == (_NUM_TRAIN, 2, SIZE, SIZE, 3)
+  ids = _ids(batch['views'])[:, 0]
+  np.testing.assert_array_equal(np.sort(ids), np.arange(_NUM_TRAIN))
+  np.testing.assert_array_equal(batch['label'], _LABEL_OF_ID[ids])
+
+
+def test_tfds_resume_and_shards(tfds_dir):
+  # A 4-element shuffle block over 11 examples: blocks of 4, 4, 3 per epoch. Step 3
+  # (elements 9..11) straddles the epoch boundary; step 5 (15..17) a block boundary.
+  config = _light_config('simclr_test_tiny_labeled', tfds_data_dir=str(tfds_dir),
+                         shuffle_buffer_size=4)
+  full = _batches(config, 6, local_batch_size=3)
+  for step in (3, 5):
+    resumed = _batches(config, 1, local_batch_size=3, start_step=step)[0]
+    np.testing.assert_array_equal(resumed['views'], full[step]['views'])
+  config = _identity_config('simclr_test_tiny_labeled', tfds_data_dir=str(tfds_dir))
+  shards = [set(_ids(_batches(config, 1, local_batch_size=5, process_index=i,
+                              process_count=2)[0]['views'])[:, 0]) for i in range(2)]
+  assert len(shards[0]) == len(shards[1]) == 5 and not shards[0] & shards[1]
+
+
+def test_tfds_without_labels(tfds_dir):
+  config = _identity_config('simclr_test_tiny_unlabeled', tfds_data_dir=str(tfds_dir))
+  assert input_pipeline.get_dataset_info(config, 'train') == input_pipeline.DatasetInfo(
+      num_examples=5, num_classes=0)
+  (batch,) = _batches(config, 1, local_batch_size=4)
+  np.testing.assert_array_equal(batch['label'], -np.ones(4))
+
+
+def test_real_cifar10_subset(cifar10_dir, tmp_path):
+  # 64 real JPEGs linked into a fresh folder: the first 7 of each class, cut to 64.
+  classes = sorted(p.name for p in (cifar10_dir / 'train').iterdir() if p.is_dir())
+  assert len(classes) == 10
+  links = []
+  for cls in classes:
+    os.makedirs(tmp_path / 'train' / cls)
+    for src in sorted((cifar10_dir / 'train' / cls).iterdir())[:7]:
+      links.append((src, tmp_path / 'train' / cls / src.name))
+  for src, dst in links[:64]:
+    os.symlink(src, dst)
+  config = _config(tmp_path, image_size=32)
+  assert input_pipeline.get_dataset_info(config, 'train') == input_pipeline.DatasetInfo(
+      num_examples=64, num_classes=10)
+  (batch,) = _batches(config, 1, local_batch_size=32)
+  assert batch['views'].shape == (32, 2, 32, 32, 3)
+  assert batch['views'].min() >= 0 and batch['views'].max() <= 1
+  assert batch['views'].std() > 0.05  # Real pictures, not blank.
+  assert ((0 <= batch['label']) & (batch['label'] < 10)).all()

@@ -1,0 +1,113 @@
+"""NT-Xent against a naive numpy double loop, on one device and sharded over eight."""
+
+import json
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from simclr_jax import losses
+from multidevice import run_on_eight_cpu_devices
+
+
+def naive_nt_xent(z_a, z_b, temperature):
+  """Loss, accuracy and entropy by looping over anchors and candidates (float64)."""
+  z_a = z_a / np.linalg.norm(z_a, axis=1, keepdims=True)
+  z_b = z_b / np.linalg.norm(z_b, axis=1, keepdims=True)
+  n = len(z_a)
+  total_loss = correct = total_entropy = 0.0
+  for anchors, same, other in ((z_a, z_a, z_b), (z_b, z_b, z_a)):
+    for i in range(n):
+      # Candidates: every other-view row (positive at i) and every same-view row but i itself.
+      sims = [anchors[i] @ other[j] / temperature for j in range(n)]
+      sims += [anchors[i] @ same[j] / temperature for j in range(n) if j != i]
+      sims = np.array(sims)
+      log_z = np.log(np.sum(np.exp(sims - sims.max()))) + sims.max()
+      total_loss += log_z - sims[i]
+      correct += float(np.argmax(sims[:n]) == i)
+      probs = np.exp(sims - log_z)
+      total_entropy += -np.sum(probs * np.log(probs))
+  return total_loss / (2 * n), correct / (2 * n), total_entropy / (2 * n)
+
+
+@pytest.mark.parametrize('seed,n,d,temperature', [(0, 6, 5, 0.5), (1, 9, 16, 0.1),
+                                                  (2, 4, 3, 1.0)])
+def test_value_accuracy_entropy_match_naive_loop(seed, n, d, temperature):
+  rng = np.random.default_rng(seed)
+  z_b = rng.normal(size=(n, d))
+  z_a = z_b + 0.8 * rng.normal(size=(n, d))  # Correlated views: accuracy is neither 0 nor 1.
+  out = losses.nt_xent(jnp.asarray(z_a, jnp.float32), jnp.asarray(z_b, jnp.float32),
+                       temperature)
+  loss, acc, ent = naive_nt_xent(z_a, z_b, temperature)
+  np.testing.assert_allclose(out.loss, loss, rtol=1e-5)
+  np.testing.assert_allclose(out.accuracy, acc, atol=1e-7)
+  np.testing.assert_allclose(out.entropy, ent, rtol=1e-5)
+
+
+def test_gradient_matches_finite_differences_of_naive_loop():
+  rng = np.random.default_rng(3)
+  n, d, temperature = 5, 4, 0.2
+  z_a, z_b = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+  grad_a, grad_b = jax.grad(lambda a, b: losses.nt_xent(a, b, temperature).loss,
+                            argnums=(0, 1))(jnp.asarray(z_a, jnp.float32),
+                                            jnp.asarray(z_b, jnp.float32))
+  eps = 1e-6
+  for z, grad, which in ((z_a, grad_a, 0), (z_b, grad_b, 1)):
+    numeric = np.zeros_like(z)
+    for idx in np.ndindex(z.shape):
+      plus, minus = z.copy(), z.copy()
+      plus[idx] += eps
+      minus[idx] -= eps
+      args_plus = (plus, z_b) if which == 0 else (z_a, plus)
+      args_minus = (minus, z_b) if which == 0 else (z_a, minus)
+      numeric[idx] = (naive_nt_xent(*args_plus, temperature)[0] -
+                      naive_nt_xent(*args_minus, temperature)[0]) / (2 * eps)
+    assert np.abs(numeric).max() > 1e-2  # The check below is not vacuous.
+    np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=2e-5)
+
+
+def test_loss_is_invariant_to_scale_of_projections():
+  rng = np.random.default_rng(4)
+  z_a, z_b = (jnp.asarray(rng.normal(size=(8, 6)), jnp.float32) for _ in range(2))
+  np.testing.assert_allclose(losses.nt_xent(z_a, z_b, 0.5).loss,
+                             losses.nt_xent(3.0 * z_a, 0.1 * z_b, 0.5).loss, rtol=1e-5)
+
+
+_SHARDED_SCRIPT = textwrap.dedent('''
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    from simclr_jax import losses
+    from simclr_jax.sharding import create_mesh
+    assert jax.device_count() == 8, jax.devices()
+    rng = np.random.default_rng(5)
+    z_a, z_b = (jnp.asarray(rng.normal(size=(32, 16)), jnp.float32) for _ in range(2))
+    results = {}
+    for devices in (8, 1):
+      mesh = create_mesh(jax.devices()[:devices])
+      sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+      a, b = jax.device_put(z_a, sharding), jax.device_put(z_b, sharding)
+      fn = jax.jit(jax.value_and_grad(
+          lambda a, b: losses.nt_xent(a, b, 0.2, mesh).loss, argnums=(0, 1)))
+      loss, grads = fn(a, b)
+      out = losses.nt_xent(a, b, 0.2, mesh)
+      results[devices] = dict(loss=float(loss), acc=float(out.accuracy),
+                              entropy=float(out.entropy),
+                              grads=[np.asarray(g).tolist() for g in grads])
+    print(json.dumps(results))
+''')
+
+
+def test_sharded_loss_and_gradients_equal_single_device_and_naive():
+  results = json.loads(run_on_eight_cpu_devices(_SHARDED_SCRIPT))
+  sharded, single = results['8'], results['1']
+  rng = np.random.default_rng(5)
+  z_a, z_b = rng.normal(size=(32, 16)), rng.normal(size=(32, 16))
+  loss, acc, entropy = naive_nt_xent(z_a.astype(np.float32), z_b.astype(np.float32), 0.2)
+  np.testing.assert_allclose(sharded['loss'], loss, rtol=1e-5)
+  np.testing.assert_allclose(sharded['acc'], acc, atol=1e-7)
+  np.testing.assert_allclose(sharded['entropy'], entropy, rtol=1e-5)
+  np.testing.assert_allclose(sharded['loss'], single['loss'], rtol=1e-6)
+  for g8, g1 in zip(sharded['grads'], single['grads']):
+    np.testing.assert_allclose(np.array(g8), np.array(g1), rtol=1e-5, atol=1e-7)

@@ -1,0 +1,107 @@
+"""ResNet encoders and projection head: sizes, structure, initialisation, BatchNorm."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from simclr_jax import models
+from simclr_jax import train
+
+
+def _init_shapes(model_config, image_size, num_classes=0):
+  model = models.create_model(model_config, image_size=image_size, num_classes=num_classes)
+  return jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), jnp.zeros((2, image_size, image_size, 3)), train=False))
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize('name,image_size,expected', [
+    # torchvision's resnet18 (11,689,512) less its fc (513,000) with the 7x7 stem (9,408)
+    # replaced by the 3x3 CIFAR stem (1,728).
+    ('resnet18', 32, 11_168_832),
+    # torchvision's resnet50 (25,557,032) less its fc (2,049,000).
+    ('resnet50', 224, 23_508_032),
+])
+def test_encoder_parameter_counts_match_known_values(cifar_config, name, image_size, expected):
+  cifar_config.model.name = name
+  assert _count(_init_shapes(cifar_config.model, image_size)['params']['encoder']) == expected
+
+
+def test_projection_head_structure(cifar_config):
+  cifar_config.model.name = 'resnet50'
+  head = _init_shapes(cifar_config.model, 224)['params']['head']
+  assert sorted(head) == ['bn1', 'bn2', 'bn3', 'dense1', 'dense2', 'dense3']
+  assert all(set(head[f'dense{i}']) == {'kernel'} for i in (1, 2, 3))  # No bias before BN.
+  assert head['dense1']['kernel'].shape == (2048, 2048)
+  assert head['dense3']['kernel'].shape == (2048, 128)
+  assert set(head['bn1']) == set(head['bn2']) == {'scale', 'bias'}
+  assert set(head['bn3']) == {'scale'}  # Uncentred last BN.
+
+
+def test_stems_follow_image_size(cifar_config):
+  cifar_config.model.name = 'resnet18'
+  small = _init_shapes(cifar_config.model, 32)['params']['encoder']['stem_conv']['kernel']
+  large = _init_shapes(cifar_config.model, 64)['params']['encoder']['stem_conv']['kernel']
+  assert small.shape == (3, 3, 3, 64) and large.shape == (7, 7, 3, 64)
+
+
+def test_width_multiplier_scales_channels(cifar_config):
+  cifar_config.model.width_multiplier = 0.25
+  params = _init_shapes(cifar_config.model, 32)['params']
+  assert params['encoder']['stem_conv']['kernel'].shape[-1] == 16
+  assert params['head']['dense1']['kernel'].shape == (128, 128)  # 512 * 0.25.
+
+
+@pytest.fixture(scope='module')
+def tiny_model_and_variables():
+  from conftest import load_config
+  config = load_config('cifar10')
+  config.model.width_multiplier = 0.125
+  model = models.create_model(config.model, image_size=16, num_classes=10)
+  variables = train.run_once(lambda key, x: model.init(key, x, train=False),
+                             jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 3)))
+  return model, variables
+
+
+def test_last_batchnorm_scale_of_every_block_starts_at_zero(tiny_model_and_variables):
+  _, variables = tiny_model_and_variables
+  encoder = variables['params']['encoder']
+  blocks = [k for k in encoder if k.startswith('stage')]
+  assert len(blocks) == 8
+  for name in blocks:
+    bns = sorted(k for k in encoder[name] if k.startswith('BatchNorm'))
+    assert np.all(encoder[name][bns[-1]]['scale'] == 0), name
+    assert all(np.all(encoder[name][b]['scale'] == 1) for b in bns[:-1]), name
+
+
+def test_outputs_and_batchnorm_running_statistics(tiny_model_and_variables):
+  model, variables = tiny_model_and_variables
+  images = jax.random.uniform(jax.random.PRNGKey(1), (6, 16, 16, 3))
+  out, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
+      variables, images)
+  assert out['h'].shape == (6, 64) and out['z'].shape == (6, 128)
+  assert out['probe_logits'].shape == (6, 10)
+  # Head's first BN, computed by hand: running = 0.9 * running + 0.1 * batch statistic.
+  pre_bn = np.asarray(out['h']) @ np.asarray(variables['params']['head']['dense1']['kernel'])
+  old = variables['batch_stats']['head']['bn1']
+  new = updates['batch_stats']['head']['bn1']
+  np.testing.assert_allclose(new['mean'], 0.9 * old['mean'] + 0.1 * pre_bn.mean(0),
+                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(new['var'], 0.9 * old['var'] + 0.1 * pre_bn.var(0),
+                             rtol=1e-4, atol=1e-6)
+  # The probe sees stop_gradient(h): the contrastive parameters get no gradient from it.
+  grads = jax.jit(jax.grad(lambda p: model.apply(
+      {**variables, 'params': p}, images, train=True,
+      mutable=['batch_stats'])[0]['probe_logits'].sum()))(variables['params'])
+  assert all(np.all(g == 0) for g in jax.tree.leaves(grads['encoder']))
+  assert np.any(grads['probe']['kernel'] != 0)
+
+
+def test_unknown_model_name_is_rejected(cifar_config):
+  cifar_config.model.name = 'resnet19'
+  with pytest.raises(ValueError, match="config.model.name='resnet19'.*resnet18"):
+    models.create_model(cifar_config.model, image_size=32)

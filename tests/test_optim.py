@@ -1,0 +1,137 @@
+"""LARS masks and update rule, learning-rate scaling and the warm-up + cosine schedule."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from simclr_jax import models
+from simclr_jax import optim
+
+
+def test_decay_mask_excludes_exactly_batchnorm_parameters_biases_and_probe(cifar_config):
+  cifar_config.model.width_multiplier = 0.125
+  model = models.create_model(cifar_config.model, image_size=32, num_classes=10)
+  params = jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)), train=False))['params']
+  mask = optim.decay_mask(params)
+  flat_mask = dict(jax.tree_util.tree_leaves_with_path(mask))
+  num_bn = num_bias = num_kernels = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    names = [k.key for k in path]
+    is_bn = names[-1] in ('scale', 'bias') and any('bn' in n or 'BatchNorm' in n for n in names)
+    is_bias = names[-1] == 'bias'
+    in_probe = names[0] == 'probe'
+    num_bn += is_bn
+    num_bias += is_bias and not is_bn
+    num_kernels += not (is_bn or is_bias or in_probe)
+    # BN parameters and biases are the vectors; kernels of convs and dense layers are not.
+    assert (leaf.ndim == 1) == (is_bn or is_bias), names
+    assert flat_mask[path] == (not (is_bn or is_bias or in_probe)), names
+  # ResNet-18: stem BN + 2 per block x 8 + 3 projection BNs = 20 BNs (scale and bias each),
+  # head: 2 centred BNs + 1 scale-only BN; probe bias is the only dense bias.
+  assert num_bn == 2 * 20 + 2 * 2 + 1
+  assert num_bias == 1
+  assert num_kernels == 1 + 2 * 8 + 3 + 3
+
+
+def _numpy_lars(params, grads_seq, mask, lrs, wd, eta, momentum):
+  """Reference LARS: decay + trust ratio on masked leaves, lr, then heavy-ball momentum."""
+  params = {k: v.copy() for k, v in params.items()}
+  velocity = {k: np.zeros_like(v) for k, v in params.items()}
+  for grads, lr in zip(grads_seq, lrs):
+    for k, w in params.items():
+      u = grads[k].copy()
+      if mask[k]:
+        u = u + wd * w
+        w_norm, u_norm = np.linalg.norm(w), np.linalg.norm(u)
+        u = u * (eta * w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0)
+      velocity[k] = momentum * velocity[k] + lr * u
+      params[k] = w - velocity[k]
+  return params
+
+
+def test_lars_matches_numpy_reference(cifar_config):
+  cifar_config.optimizer = 'lars'
+  cifar_config.weight_decay = 0.01
+  cifar_config.batch_size = 512
+  cifar_config.num_epochs = 10
+  cifar_config.warmup_epochs = 1
+  num_examples = 5120  # 10 steps per epoch.
+  total = optim.total_train_steps(cifar_config, num_examples)
+  schedule = optim.learning_rate_schedule(cifar_config, num_examples, total)
+  tx = optim.create_optimizer(cifar_config, schedule)
+  rng = np.random.default_rng(0)
+  shapes = {('encoder', 'stem_conv', 'kernel'): (3, 3, 2, 4),
+            ('encoder', 'stem_bn', 'scale'): (4,), ('encoder', 'stem_bn', 'bias'): (4,),
+            ('head', 'dense1', 'kernel'): (4, 4), ('probe', 'kernel'): (4, 3),
+            ('probe', 'bias'): (3,)}
+  flat = {k: rng.normal(size=s) for k, s in shapes.items()}
+
+  def nest(flat_dict):
+    tree = {}
+    for path, v in flat_dict.items():
+      node = tree
+      for key in path[:-1]:
+        node = node.setdefault(key, {})
+      node[path[-1]] = jnp.asarray(v, jnp.float32)
+    return tree
+
+  params = nest(flat)
+  opt_state = tx.init(params)
+  grads_seq = [{k: rng.normal(size=s) for k, s in shapes.items()} for _ in range(4)]
+  for grads in grads_seq:
+    updates, opt_state = tx.update(nest(grads), opt_state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+  lrs = [float(schedule(t)) for t in range(4)]
+  assert lrs[0] == 0 and lrs[3] > 0
+  mask = {k: k[-1] == 'kernel' and k[0] != 'probe' for k in shapes}
+  expected = _numpy_lars(flat, grads_seq, mask, lrs, 0.01, 0.001, 0.9)
+  for k, v in expected.items():
+    node = params
+    for key in k:
+      node = node[key]
+    np.testing.assert_allclose(node, v, rtol=2e-5, atol=1e-6, err_msg=str(k))
+
+
+@pytest.mark.parametrize('scaling,batch,expected', [('linear', 512, 2.0), ('linear', 256, 1.0),
+                                                    ('sqrt', 4096, 64.0)])
+def test_scaled_learning_rate(scaling, batch, expected):
+  assert optim.scaled_learning_rate(1.0, batch, scaling) == pytest.approx(expected)
+
+
+def test_total_steps_follow_reference_formula(cifar_config):
+  cifar_config.batch_size, cifar_config.num_epochs = 512, 1000
+  assert optim.total_train_steps(cifar_config, 50_000) == 50_000 * 1000 // 512 + 1
+  cifar_config.num_train_steps = 7
+  assert optim.total_train_steps(cifar_config, 50_000) == 7
+
+
+def test_schedule_warmup_then_cosine_to_zero(cifar_config):
+  cifar_config.batch_size, cifar_config.num_epochs, cifar_config.warmup_epochs = 512, 100, 10
+  cifar_config.learning_rate, cifar_config.lr_scaling = 1.0, 'linear'
+  num_examples = 51_200  # 100 steps per epoch.
+  total = optim.total_train_steps(cifar_config, num_examples)
+  assert total == 10_001
+  schedule = optim.learning_rate_schedule(cifar_config, num_examples, total)
+  peak, warmup = 2.0, 1000
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(warmup // 2)) == pytest.approx(peak / 2, rel=1e-6)
+  assert float(schedule(warmup)) == pytest.approx(peak, rel=1e-6)
+  middle = warmup + (total - warmup) // 2
+  expected_middle = peak * 0.5 * (1 + math.cos(math.pi * (middle - warmup) / (total - warmup)))
+  assert float(schedule(middle)) == pytest.approx(expected_middle, rel=1e-5)
+  assert float(schedule(total)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_schedule_when_warmup_outlasts_a_short_run(cifar_config):
+  cifar_config.batch_size, cifar_config.warmup_epochs, cifar_config.num_train_steps = 32, 10, 4
+  schedule = optim.learning_rate_schedule(cifar_config, 256, 4)  # 80 warm-up steps > 4.
+  peak = 32 / 256
+  np.testing.assert_allclose([float(schedule(t)) for t in range(4)],
+                             [peak * t / 80 for t in range(4)], rtol=1e-6)
+  cifar_config.warmup_epochs = 0
+  schedule = optim.learning_rate_schedule(cifar_config, 256, 4)
+  assert float(schedule(0)) == pytest.approx(peak)
