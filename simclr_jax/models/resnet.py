@@ -15,49 +15,44 @@ import jax.numpy as jnp
 _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'truncated_normal')
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convolutions; used by ResNet-18/34."""
+class _ResidualBlock(nn.Module):
+  """relu(shortcut(x) + BN(branch(x))); the shortcut projects when the shape changes."""
   filters: int
   strides: int
   norm: Any
   dtype: Any = jnp.float32
 
+  def conv(self, features, kernel, strides=1, **kwargs):
+    return nn.Conv(features, (kernel, kernel), (strides, strides), use_bias=False,
+                   dtype=self.dtype, kernel_init=_conv_init, **kwargs)
+
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init)
-    residual = x
-    y = conv(self.filters, (3, 3), (self.strides, self.strides), padding=1)(x)
-    y = nn.relu(self.norm()(y))
-    y = conv(self.filters, (3, 3), padding=1)(y)
+    y = self.branch(x)
     # Zero-initialised last scale: every block starts as the identity.
     y = self.norm(scale_init=nn.initializers.zeros)(y)
-    if residual.shape != y.shape:
-      residual = conv(self.filters, (1, 1), (self.strides, self.strides), name='proj_conv')(x)
-      residual = self.norm(name='proj_bn')(residual)
-    return nn.relu(residual + y)
-
-
-class BottleneckBlock(nn.Module):
-  """1x1 reduce, 3x3, 1x1 expand (x4); used by ResNet-50 and deeper."""
-  filters: int
-  strides: int
-  norm: Any
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init)
     residual = x
-    y = conv(self.filters, (1, 1))(x)
-    y = nn.relu(self.norm()(y))
-    y = conv(self.filters, (3, 3), (self.strides, self.strides), padding=1)(y)
-    y = nn.relu(self.norm()(y))
-    y = conv(self.filters * 4, (1, 1))(y)
-    y = self.norm(scale_init=nn.initializers.zeros)(y)
     if residual.shape != y.shape:
-      residual = conv(self.filters * 4, (1, 1), (self.strides, self.strides), name='proj_conv')(x)
+      residual = self.conv(y.shape[-1], 1, self.strides, name='proj_conv')(x)
       residual = self.norm(name='proj_bn')(residual)
     return nn.relu(residual + y)
+
+
+class BasicBlock(_ResidualBlock):
+  """Two 3x3 convolutions; used by ResNet-18/34."""
+
+  def branch(self, x):
+    y = nn.relu(self.norm()(self.conv(self.filters, 3, self.strides, padding=1)(x)))
+    return self.conv(self.filters, 3, padding=1)(y)
+
+
+class BottleneckBlock(_ResidualBlock):
+  """1x1 reduce, 3x3, 1x1 expand (x4); used by ResNet-50 and deeper."""
+
+  def branch(self, x):
+    y = nn.relu(self.norm()(self.conv(self.filters, 1)(x)))
+    y = nn.relu(self.norm()(self.conv(self.filters, 3, self.strides, padding=1)(y)))
+    return self.conv(self.filters * 4, 1)(y)
 
 
 class ResNet(nn.Module):
