@@ -65,6 +65,21 @@ def get_config():
   config.momentum = 0.9  # Momentum of LARS and SGD; beta1 of AdamW.
   config.lars_trust_coefficient = 0.001  # LARS eta.
 
+  # Evaluation: --config.mode=linear_eval|knn_eval evaluates a pretraining run's encoder.
+  config.mode = 'pretrain'  # pretrain | linear_eval | knn_eval.
+  config.pretrained_workdir = ''  # Workdir of the pretraining run to evaluate.
+  config.pretrained_step = -1  # Checkpoint step to evaluate; -1 = the latest.
+  config.eval = ml_collections.ConfigDict()
+  config.eval.encoder = 'pretrained'  # pretrained | random (same architecture) | pixels.
+  config.eval.split = 'test'  # Split scored; classifiers and kNN banks use config.train_split.
+  config.eval.batch_size = 512  # Global batch for feature extraction.
+  config.eval.max_examples = 0  # If > 0, a fixed seeded subset of this many examples per split.
+  config.eval.holdout_fraction = 0.1  # Train fraction held out to choose the L2 strength.
+  config.eval.max_iterations = 1000  # L-BFGS iterations of the linear classifier.
+  config.eval.knn_k = 200  # Neighbours that vote in kNN.
+  config.eval.knn_temperature = 0.1  # A neighbour's vote weighs exp(similarity / temperature).
+  config.eval_every_steps = 5000  # Steps between kNN monitor evaluations in pretraining; 0 = off.
+
   # Bookkeeping.
   config.seed = 0  # Seeds initialisation, data order and augmentation.
   config.log_every_steps = 50  # Steps between metric writes.

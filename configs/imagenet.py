@@ -38,6 +38,8 @@ def get_config():
   config.lr_scaling = 'linear'  # Or 'sqrt' with base 0.075.
   config.weight_decay = 1e-6  # As in the v1 and tf2 code.
   config.warmup_epochs = 10  # Linear warm-up epochs.
+  config.eval.split = 'validation'  # ImageNet's labelled held-out split.
+  config.eval_every_steps = 0  # A kNN bank of 1.28M images is too costly to monitor often.
   config.log_every_steps = 100  # Steps between metric writes.
   config.checkpoint_every_steps = 2000  # Steps between checkpoints.
   return config

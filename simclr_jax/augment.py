@@ -187,3 +187,19 @@ def pretrain_view(image, seed, config_augment, size):
                                  c.blur_sigma_min, c.blur_sigma_max)
   image = tf.clip_by_value(image, 0.0, 1.0)
   return tf.ensure_shape(image, [size, size, 3])
+
+
+def eval_view(image, size, center_crop_fraction=0.875):
+  """Deterministic evaluation view: centre crop (images larger than 32 px) and bicubic resize.
+
+  As in the reference, 32x32 inputs are used whole; larger ones are centre-cropped to
+  `center_crop_fraction` of their shorter side first.
+  """
+  if size > 32:
+    shape = tf.shape(image)
+    side = tf.cast(tf.cast(tf.minimum(shape[0], shape[1]), tf.float32) * center_crop_fraction,
+                   tf.int32)
+    top, left = (shape[0] - side) // 2, (shape[1] - side) // 2
+    image = image[top:top + side, left:left + side]
+  image = tf.image.resize(image[None], [size, size], method=tf.image.ResizeMethod.BICUBIC)[0]
+  return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), [size, size, 3])

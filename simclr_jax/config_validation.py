@@ -9,8 +9,13 @@ def _require(ok: bool, message: str):
     raise ValueError(message)
 
 
+MODES = ('pretrain', 'linear_eval', 'knn_eval')
+EVAL_ENCODERS = ('pretrained', 'random', 'pixels')
+
+
 def validate_config(config, *, num_devices: int):
   """Raises ValueError naming the first bad value in `config` and what is allowed."""
+  _require(config.mode in MODES, f'config.mode={config.mode!r} is not known; use one of {MODES}.')
   _require(config.model.name in models.MODEL_NAMES,
            f'config.model.name={config.model.name!r} is not a known model; '
            f'use one of {", ".join(models.MODEL_NAMES)}.')
@@ -47,6 +52,8 @@ def validate_config(config, *, num_devices: int):
   _require(config.num_train_steps > 0 or config.num_epochs > 0,
            f'config.num_epochs={config.num_epochs} must be > 0 '
            '(or set config.num_train_steps > 0).')
+  _require(config.eval_every_steps >= 0,
+           f'config.eval_every_steps={config.eval_every_steps} must be >= 0 (0 = no kNN monitor).')
   for name in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
                'shuffle_buffer_size', 'prefetch_batches'):
     _require(config[name] >= 1, f'config.{name}={config[name]} must be >= 1.')
@@ -66,3 +73,27 @@ def validate_config(config, *, num_devices: int):
   _require(0 < aug.blur_sigma_min <= aug.blur_sigma_max,
            f'config.augment.blur_sigma_min={aug.blur_sigma_min} and blur_sigma_max='
            f'{aug.blur_sigma_max} must satisfy 0 < min <= max (reference: 0.1, 2.0).')
+  if config.mode != 'pretrain':
+    _validate_eval_config(config, num_devices)
+
+
+def _validate_eval_config(config, num_devices):
+  ev = config.eval
+  _require(ev.encoder in EVAL_ENCODERS,
+           f'config.eval.encoder={ev.encoder!r} is not known; use one of {EVAL_ENCODERS}.')
+  _require(ev.encoder != 'pretrained' or config.pretrained_workdir,
+           'config.pretrained_workdir is empty; set it to the workdir of a pretraining run '
+           '(or evaluate a baseline with --config.eval.encoder=random or pixels).')
+  _require(isinstance(ev.batch_size, int) and ev.batch_size % num_devices == 0 and
+           ev.batch_size > 0,
+           f'config.eval.batch_size={ev.batch_size!r} must be a positive multiple of the '
+           f'{num_devices} devices.')
+  _require(0 < ev.holdout_fraction < 1,
+           f'config.eval.holdout_fraction={ev.holdout_fraction} must be in (0, 1).')
+  _require(ev.knn_k >= 1, f'config.eval.knn_k={ev.knn_k} must be >= 1 (reference: 200).')
+  _require(ev.knn_temperature > 0,
+           f'config.eval.knn_temperature={ev.knn_temperature} must be > 0 (reference: 0.1).')
+  _require(ev.max_iterations >= 1,
+           f'config.eval.max_iterations={ev.max_iterations} must be >= 1.')
+  _require(ev.max_examples >= 0,
+           f'config.eval.max_examples={ev.max_examples} must be >= 0 (0 = all).')

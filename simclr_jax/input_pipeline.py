@@ -26,6 +26,7 @@ _FOLDER_EXAMPLE = '../shared/data/cifar10-jpeg'
 # Distinct streams so the shuffle and augmentation seeds are independent.
 _SHUFFLE_STREAM = 1
 _AUGMENT_STREAM = 2
+_EVAL_SUBSET_STREAM = 3
 
 
 def _hide_gpus_from_tf():
@@ -272,10 +273,7 @@ def create_pretrain_dataset(config, *, local_batch_size: int,
   @tf.autograph.experimental.do_not_convert
   def make_example(index, element):
     data, label = element
-    if from_files:
-      data = tf.io.read_file(data)
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    image = tf.image.convert_image_dtype(image, tf.float32)
+    image = _decode(data, from_files)
     seed = tf.random.experimental.stateless_fold_in(augment_seed, index)
     seed_a, seed_b = tf.unstack(
         tf.random.experimental.stateless_split(seed, 2), num=2)
@@ -293,6 +291,70 @@ def create_pretrain_dataset(config, *, local_batch_size: int,
   options = tf.data.Options()
   options.deterministic = True
   return ds.with_options(options)
+
+
+def _decode(data, from_files):
+  if from_files:
+    data = tf.io.read_file(data)
+  image = tf.io.decode_image(data, channels=3, expand_animations=False)
+  return tf.image.convert_image_dtype(image, tf.float32)
+
+
+def create_eval_dataset(config, split, *, local_batch_size: int, max_examples: int = 0,
+                        process_index=None, process_count=None):
+  """Finite per-host dataset of {'image', 'label', 'mask'} for evaluation, in a fixed order.
+
+  Every example of `split` (or the first `max_examples` of a fixed seeded permutation, when >
+  0) appears exactly once over all hosts. Batches are padded with mask 0 so that every host
+  yields the same number of full batches, as a global jitted function requires.
+
+  Returns:
+    (dataset, num_examples): num_examples is the global count before padding.
+  """
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  if _is_image_folder(config.dataset):
+    paths, labels, _ = _list_image_folder(config.dataset, split)
+    order = tf.random.experimental.index_shuffle(
+        tf.range(len(paths), dtype=tf.int64), [config.seed, _EVAL_SUBSET_STREAM],
+        len(paths) - 1).numpy() if max_examples else range(len(paths))
+    order = list(order)[:max_examples or None]
+    source = tf.data.Dataset.from_tensor_slices(
+        (tf.constant([paths[i] for i in order], tf.string),
+         tf.constant([labels[i] for i in order], tf.int32)))
+    num_examples, from_files = len(order), True
+  else:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    builder = _tfds_builder(config)
+    num_examples = _tfds_split_info(builder, config, split).num_examples
+    if max_examples:
+      num_examples = min(num_examples, max_examples)
+      split = f'{split}[:{num_examples}]'
+    has_label = _tfds_num_classes(builder) > 0
+    source = builder.as_dataset(split=split, shuffle_files=False,
+                                decoders={'image': tfds.decode.SkipDecoding()})
+    source = source.map(lambda ex: (ex['image'], tf.cast(ex['label'], tf.int32) if has_label
+                                    else tf.constant(-1, tf.int32)))
+    from_files = False
+  # Hosts take interleaved examples; the padding below evens out their counts.
+  source = source.shard(process_count, process_index)
+  num_batches = -(-num_examples // (process_count * local_batch_size))
+  local_count = len(range(process_index, num_examples, process_count))
+
+  @tf.autograph.experimental.do_not_convert
+  def make_example(data, label):
+    image = augment.eval_view(_decode(data, from_files), config.image_size)
+    return {'image': image, 'label': label, 'mask': tf.constant(True)}
+
+  ds = source.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  padding = tf.data.Dataset.from_tensors({
+      'image': tf.zeros([config.image_size, config.image_size, 3], tf.float32),
+      'label': tf.constant(-1, tf.int32), 'mask': tf.constant(False)}).repeat(
+          num_batches * local_batch_size - local_count)
+  ds = ds.concatenate(padding).batch(local_batch_size).prefetch(tf.data.AUTOTUNE)
+  return ds, num_examples
 
 
 def device_batches(dataset, sharding, prefetch=2):

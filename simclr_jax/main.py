@@ -2,6 +2,11 @@ r"""Command-line entry point.
 
   python -m simclr_jax.main --config=configs/cifar10.py --workdir=/tmp/simclr_cifar10
 
+Evaluate a pretraining run's encoder (see README.md for the protocols and baselines):
+
+  python -m simclr_jax.main --config=configs/cifar10.py --config.mode=linear_eval \
+      --config.pretrained_workdir=/tmp/simclr_cifar10 --workdir=/tmp/simclr_cifar10_eval
+
 Any config value can be overridden, e.g. `--config.batch_size=256`. Running the same command
 again on the same workdir resumes from its latest checkpoint.
 """
@@ -12,6 +17,7 @@ from absl import logging
 import logging as std_logging
 from ml_collections import config_flags
 
+from simclr_jax import evaluate
 from simclr_jax import train
 
 FLAGS = flags.FLAGS
@@ -28,7 +34,10 @@ def main(argv):
   logging.get_absl_handler().addFilter(
       lambda record: record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname)
   logging.info('Config:\n%s', FLAGS.config)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if FLAGS.config.mode == 'pretrain':
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  else:
+    evaluate.evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

@@ -20,3 +20,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharded(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over 'data'."""
   return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def run_once(fn, *args, out_shardings=None):
+  """Compiles `fn` for a single call (e.g. initialisation) and runs it.
+
+  XLA's backend optimisations barely matter for a function run once, but its random-number
+  code (one threefry per parameter) takes them about 5x longer to compile on CPU.
+  """
+  compiled = jax.jit(fn, out_shardings=out_shardings).lower(*args).compile(
+      {'xla_backend_optimization_level': 0})
+  return compiled(*args)

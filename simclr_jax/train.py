@@ -16,11 +16,12 @@ import orbax.checkpoint as ocp
 from clu import periodic_actions
 
 from simclr_jax import config_validation
+from simclr_jax import evaluate
 from simclr_jax import input_pipeline
 from simclr_jax import losses
 from simclr_jax import models
 from simclr_jax import optim
-from simclr_jax.sharding import DATA_AXIS, batch_sharded, create_mesh, replicated
+from simclr_jax.sharding import DATA_AXIS, batch_sharded, create_mesh, replicated, run_once
 from simclr_jax import writers
 
 @flax.struct.dataclass
@@ -31,17 +32,6 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   rng: jax.Array  # Base key; step t uses fold_in(rng, t), so randomness is a function of step.
-
-
-def run_once(fn, *args, out_shardings=None):
-  """Compiles `fn` for a single call (e.g. initialisation) and runs it.
-
-  XLA's backend optimisations barely matter for a function run once, but its random-number
-  code (one threefry per parameter) takes them about 5x longer to compile on CPU.
-  """
-  compiled = jax.jit(fn, out_shardings=out_shardings).lower(*args).compile(
-      {'xla_backend_optimization_level': 0})
-  return compiled(*args)
 
 
 def init_train_state(model, tx, rng, image_size: int) -> TrainState:
@@ -172,6 +162,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   # The progress note (rate, ETA) goes to the log; scalars go through `writer` below.
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, every_steps=config.log_every_steps, every_secs=None)
+  monitor = (evaluate.KnnMonitor(config, model, mesh, info.num_classes)
+             if config.eval_every_steps > 0 and info.num_classes else None)
   window = []
   for step in range(start_step + 1, total_steps + 1):
     state, metrics = step_fn(state, next(batches))
@@ -181,6 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       # The first step includes compilation: throughput is timed from its end.
       jax.block_until_ready(metrics)
       timer_step, timer_start = step, time.perf_counter()
+    scalars = {}
     if step % config.log_every_steps == 0 or step == total_steps:
       window = jax.device_get(window)
       scalars = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
@@ -188,8 +181,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if step > timer_step:
         scalars['steps_per_sec'] = (step - timer_step) / elapsed
         scalars['images_per_sec'] = scalars['steps_per_sec'] * config.batch_size
+      window = []
+    if monitor and step % config.eval_every_steps == 0:
+      scalars.update(monitor(state.params, state.batch_stats))
+    if scalars:
       writer.write_scalars(step, scalars)
-      window, timer_step, timer_start = [], step, time.perf_counter()
+      # Restarted after writing, so throughput excludes logging and kNN evaluation.
+      timer_step, timer_start = step, time.perf_counter()
     if step % config.checkpoint_every_steps == 0 or step == total_steps:
       manager.save(step, args=ocp.args.StandardSave(state))
   manager.wait_until_finished()

@@ -38,3 +38,42 @@ def cifar10_dir() -> pathlib.Path:
       pytest.fail(message)
     pytest.skip(message)
   return path
+
+
+def tiny_config(dataset):
+  """cifar10.py shrunk for CPU tests: 1/8 width, batch 32, 4 steps, small kNN monitor."""
+  config = load_config('cifar10')
+  config.dataset = str(dataset)
+  config.model.width_multiplier = 0.125
+  config.batch_size = 32
+  config.num_train_steps = 4
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 2
+  config.shuffle_buffer_size = 256
+  config.eval.batch_size = 64
+  config.eval.max_examples = 100
+  config.eval.knn_k = 20
+  config.eval_every_steps = 4
+  return config
+
+
+@pytest.fixture(scope='session')
+def cifar10_subset(cifar10_dir, tmp_path_factory):
+  """Symlinked subset of real CIFAR-10: 26 train and 10 test images per class."""
+  root = tmp_path_factory.mktemp('cifar10_subset')
+  for split, per_class in (('train', 26), ('test', 10)):
+    for class_dir in sorted((cifar10_dir / split).iterdir()):
+      target = root / split / class_dir.name
+      target.mkdir(parents=True)
+      for image in sorted(class_dir.iterdir())[:per_class]:
+        (target / image.name).symlink_to(image)
+  return root
+
+
+@pytest.fixture(scope='session')
+def pretrained_workdir(cifar10_subset, tmp_path_factory):
+  """A workdir holding a tiny pretraining run (4 steps) on `cifar10_subset`."""
+  from simclr_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('pretrained')
+  train.train_and_evaluate(tiny_config(cifar10_subset), str(workdir))
+  return workdir

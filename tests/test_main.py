@@ -12,16 +12,6 @@ _REQUIRED_SCALARS = {'loss', 'contrastive_loss', 'contrastive_accuracy', 'contra
                      'images_per_sec'}
 
 
-def _subset(cifar10_dir, root, per_class):
-  """root/train/<class>/ with the first `per_class` images of each class, as symlinks."""
-  for class_dir in sorted((cifar10_dir / 'train').iterdir()):
-    target = root / 'train' / class_dir.name
-    target.mkdir(parents=True)
-    for image in sorted(class_dir.iterdir())[:per_class]:
-      (target / image.name).symlink_to(image)
-  return root
-
-
 def _run_cli(workdir, dataset, cache_dir):
   command = [sys.executable, '-m', 'simclr_jax.main', '--config=configs/cifar10.py',
              f'--workdir={workdir}', f'--config.dataset={dataset}',
@@ -40,8 +30,8 @@ def _read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_cli_trains_checkpoints_logs_and_resumes(cifar10_dir, tmp_path):
-  dataset = _subset(cifar10_dir, tmp_path / 'cifar10_subset', per_class=26)  # 260 images.
+def test_cli_trains_checkpoints_logs_and_resumes(cifar10_subset, tmp_path):
+  dataset = cifar10_subset
   workdir = tmp_path / 'workdir'
   _run_cli(workdir, dataset, tmp_path / 'cache')
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from simclr_jax import models
-from simclr_jax import train
+from simclr_jax import sharding
 
 
 def _init_shapes(model_config, image_size, num_classes=0):
@@ -62,7 +62,7 @@ def tiny_model_and_variables():
   config = load_config('cifar10')
   config.model.width_multiplier = 0.125
   model = models.create_model(config.model, image_size=16, num_classes=10)
-  variables = train.run_once(lambda key, x: model.init(key, x, train=False),
+  variables = sharding.run_once(lambda key, x: model.init(key, x, train=False),
                              jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 3)))
   return model, variables
 

@@ -14,7 +14,7 @@ from multidevice import REPO_ROOT, run_on_eight_cpu_devices
 _STEP_SCRIPT = textwrap.dedent('''
     import functools, importlib.util, sys
     import jax, jax.numpy as jnp, numpy as np
-    from simclr_jax import models, optim, train
+    from simclr_jax import models, optim, sharding, train
     from simclr_jax.sharding import batch_sharded, create_mesh, replicated
     spec = importlib.util.spec_from_file_location('c', 'configs/cifar10.py')
     module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
@@ -42,7 +42,7 @@ _STEP_SCRIPT = textwrap.dedent('''
     out = {}
     for devices in (8, 1):
       mesh = create_mesh(jax.devices()[:devices])
-      state = train.run_once(init, out_shardings=replicated(mesh))
+      state = sharding.run_once(init, out_shardings=replicated(mesh))
       params = jax.device_get(state.params)
       global_batch = jax.device_put(batch, batch_sharded(mesh))
       new_state, metrics = train.make_train_step(model, tx, schedule, 0.5, mesh)(

@@ -33,6 +33,10 @@ class SimCLRModel(nn.Module):
           jax.lax.stop_gradient(out['h']))
     return out
 
+  def encode(self, images, train: bool = False):
+    """The representation h alone (what evaluation uses)."""
+    return self.encoder(images, train=train)
+
 
 def create_model(model_config, *, image_size: int, num_classes: int = 0,
                  dtype: Any = jnp.float32) -> SimCLRModel:

@@ -1,0 +1,202 @@
+"""Evaluation of a pretrained encoder, as a program separate from pretraining.
+
+Restores the encoder from a pretraining workdir's Orbax checkpoint (read-only), extracts
+representations h of the train and evaluation splits once with a jitted, batch-sharded
+function (BatchNorm in inference mode), and evaluates them with a linear classifier (L-BFGS
+logistic regression, L2 chosen on held-out train examples) or weighted kNN. The same program
+evaluates the baselines: a randomly initialised encoder and raw pixels.
+"""
+
+import json
+import os
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+import numpy as np
+import orbax.checkpoint as ocp
+
+from simclr_jax import config_validation
+from simclr_jax import input_pipeline
+from simclr_jax import knn
+from simclr_jax import linear_classifier
+from simclr_jax import models
+from simclr_jax.sharding import batch_sharded, create_mesh, replicated, run_once
+
+PROTOCOLS = {'linear_eval': 'linear', 'knn_eval': 'knn'}
+# Raw-pixel features are images downsampled to at most this side, then flattened.
+_PIXEL_SIDE = 32
+
+
+def _param_shapes(tree):
+  return {jax.tree_util.keystr(p): tuple(x.shape)
+          for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def restore_encoder_variables(config, model, pretrained_workdir: str, step: int = -1):
+  """Params and BatchNorm statistics from a pretraining checkpoint; returns (variables, step).
+
+  Raises ValueError when there is no checkpoint, or when it holds another architecture than
+  `config.model` describes (naming the differences and the saved config's model).
+  """
+  directory = os.path.join(os.path.abspath(pretrained_workdir), 'checkpoints')
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+  steps = manager.all_steps()
+  if not steps:
+    raise ValueError(f'No checkpoint in {directory}; set config.pretrained_workdir to the '
+                     'workdir of a pretraining run (python -m simclr_jax.main '
+                     '--config=... --workdir=WORKDIR writes WORKDIR/checkpoints).')
+  step = max(steps) if step < 0 else step
+  if step not in steps:
+    raise ValueError(f'config.pretrained_step={step} is not among the checkpoints in '
+                     f'{directory}: {sorted(steps)}.')
+  expected = jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, config.image_size, config.image_size, 3)),
+      train=False))
+  restored = manager.restore(step)
+  for collection in ('params', 'batch_stats'):
+    want, got = _param_shapes(expected[collection]), _param_shapes(restored[collection])
+    # The probe depends on the dataset's classes; evaluation does not use it.
+    want = {k: v for k, v in want.items() if not k.startswith("['probe']")}
+    got = {k: v for k, v in got.items() if not k.startswith("['probe']")}
+    if want != got:
+      differences = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+      saved = os.path.join(os.path.abspath(pretrained_workdir), 'config.json')
+      saved_model = 'unknown (no config.json)'
+      if os.path.exists(saved):
+        with open(saved) as f:
+          saved_model = json.load(f)['model']
+      raise ValueError(
+          f'The checkpoint at step {step} in {directory} holds another architecture than '
+          f'config.model ({config.model.name}, width {config.model.width_multiplier}, '
+          f'image_size {config.image_size}): {len(differences)} {collection} entries differ, '
+          f'e.g. {differences[0]}: checkpoint {got.get(differences[0])}, config '
+          f'{want.get(differences[0])}. The run was saved with model {saved_model}; pass the '
+          'same --config.model.* and --config.image_size values.')
+  return {'params': restored['params'], 'batch_stats': restored['batch_stats']}, step
+
+
+def make_feature_fn(model, mesh, encoder: str):
+  """jit-compiled images [B, S, S, 3] -> features [B, D], batch split over the mesh."""
+  def features(variables, images):
+    if encoder == 'pixels':
+      side = min(_PIXEL_SIDE, images.shape[1])
+      images = jax.image.resize(images, (images.shape[0], side, side, 3), 'linear')
+      return images.reshape(images.shape[0], -1)
+    return model.apply(variables, images, train=False, method=models.SimCLRModel.encode)
+  return jax.jit(features, in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                 out_shardings=batch_sharded(mesh))
+
+
+def extract_features(feature_fn, variables, dataset, mesh, *, description: str = ''):
+  """Runs `feature_fn` over a padded eval dataset; returns (features, labels) as numpy."""
+  features, labels = [], []
+  start = time.perf_counter()
+  for i, batch in enumerate(input_pipeline.device_batches(dataset, batch_sharded(mesh))):
+    out = feature_fn(variables, batch['image'])
+    out, label, mask = (multihost_utils.process_allgather(x, tiled=True)
+                        for x in (out, batch['label'], batch['mask']))
+    features.append(np.asarray(out)[mask])
+    labels.append(np.asarray(label)[mask])
+    if (i + 1) % 20 == 0:
+      logging.info('%s: %d examples embedded (%.0f/s).', description,
+                   sum(map(len, labels)), sum(map(len, labels)) / (time.perf_counter() - start))
+  return np.concatenate(features), np.concatenate(labels)
+
+
+class KnnMonitor:
+  """kNN accuracy of the encoder being pretrained, for periodic logging (eval_every_steps)."""
+
+  def __init__(self, config, model, mesh, num_classes: int):
+    self._config, self._mesh, self._num_classes = config, mesh, num_classes
+    self._feature_fn = make_feature_fn(model, mesh, 'pretrained')
+    local_batch_size = config.eval.batch_size // jax.process_count()
+    self._datasets = [
+        input_pipeline.create_eval_dataset(config, split, local_batch_size=local_batch_size,
+                                           max_examples=config.eval.max_examples)[0]
+        for split in (config.train_split, config.eval.split)]
+
+  def __call__(self, params, batch_stats) -> dict:
+    variables = {'params': params, 'batch_stats': batch_stats}
+    (train_x, train_y), (eval_x, eval_y) = (
+        extract_features(self._feature_fn, variables, ds, self._mesh, description='kNN monitor')
+        for ds in self._datasets)
+    k = min(self._config.eval.knn_k, len(train_y))
+    scores = knn.knn_scores(train_x, train_y, eval_x, self._num_classes, k=k,
+                            temperature=self._config.eval.knn_temperature)
+    return {'knn_top1': linear_classifier.topk_accuracy(scores, eval_y, 1),
+            'knn_top5': linear_classifier.topk_accuracy(scores, eval_y,
+                                                        min(5, self._num_classes))}
+
+
+def encoder_variables(config, model, mesh):
+  """Variables of the encoder to evaluate, per config.eval.encoder; returns (vars, step)."""
+  if config.eval.encoder == 'pretrained':
+    variables, step = restore_encoder_variables(config, model, config.pretrained_workdir,
+                                                config.pretrained_step)
+    return jax.device_put(variables, replicated(mesh)), step
+  if config.eval.encoder == 'random':
+    init = lambda: model.init(jax.random.PRNGKey(config.seed),  # pylint: disable=g-long-lambda
+                              jnp.zeros((1, config.image_size, config.image_size, 3)),
+                              train=False)
+    return run_once(init, out_shardings=replicated(mesh)), None
+  return {}, None
+
+
+def evaluate(config, workdir: str) -> dict:
+  """Runs the protocol of config.mode; prints and writes WORKDIR/eval_results.json."""
+  start = time.perf_counter()
+  config_validation.validate_config(config, num_devices=jax.device_count())
+  protocol = PROTOCOLS[config.mode]
+  train_info = input_pipeline.get_dataset_info(config, config.train_split)
+  eval_info = input_pipeline.get_dataset_info(config, config.eval.split)
+  if train_info.num_classes == 0:
+    raise ValueError(f'config.dataset={config.dataset!r} has no labels; evaluation needs them.')
+  mesh = create_mesh()
+  model = models.create_model(config.model, image_size=config.image_size,
+                              num_classes=train_info.num_classes)
+  variables, step = encoder_variables(config, model, mesh)
+  os.makedirs(workdir, exist_ok=True)
+
+  feature_fn = make_feature_fn(model, mesh, config.eval.encoder)
+  local_batch_size = config.eval.batch_size // jax.process_count()
+  splits = {}
+  for split in (config.train_split, config.eval.split):
+    dataset, _ = input_pipeline.create_eval_dataset(
+        config, split, local_batch_size=local_batch_size, max_examples=config.eval.max_examples)
+    splits[split] = extract_features(feature_fn, variables, dataset, mesh,
+                                     description=f'{split} features')
+  (train_x, train_y), (eval_x, eval_y) = splits[config.train_split], splits[config.eval.split]
+  num_classes = train_info.num_classes
+
+  results = {'protocol': protocol, 'dataset': config.dataset, 'train_split': config.train_split,
+             'eval_split': config.eval.split, 'encoder': config.eval.encoder,
+             'model': config.model.name, 'width_multiplier': config.model.width_multiplier,
+             'pretrained_workdir': config.pretrained_workdir if step is not None else None,
+             'checkpoint_step': step, 'num_train_examples': len(train_y),
+             'num_eval_examples': len(eval_y), 'feature_dim': int(train_x.shape[1])}
+  if protocol == 'linear':
+    classifier, info = linear_classifier.select_l2_and_fit(
+        train_x, train_y, num_classes, l2_grid=linear_classifier.DEFAULT_L2_GRID,
+        holdout_fraction=config.eval.holdout_fraction, seed=config.seed,
+        max_iterations=config.eval.max_iterations)
+    scores = linear_classifier.logits(classifier, eval_x)
+    results.update(l2=info['l2'], holdout_accuracy=info['holdout_accuracy'])
+  else:
+    scores = knn.knn_scores(train_x, train_y, eval_x, num_classes, k=config.eval.knn_k,
+                            temperature=config.eval.knn_temperature)
+    results.update(k=config.eval.knn_k, knn_temperature=config.eval.knn_temperature)
+  results['top1'] = linear_classifier.topk_accuracy(scores, eval_y, 1)
+  results['top5'] = linear_classifier.topk_accuracy(scores, eval_y, min(5, num_classes))
+  results['wall_time_sec'] = time.perf_counter() - start
+  logging.info('%s evaluation of the %s encoder: top-1 %.2f%%, top-5 %.2f%% on %s/%s.',
+               protocol, config.eval.encoder, 100 * results['top1'], 100 * results['top5'],
+               config.dataset, config.eval.split)
+  print(json.dumps(results, indent=2))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'eval_results.json'), 'w') as f:
+      json.dump(results, f, indent=2)
+  return results
