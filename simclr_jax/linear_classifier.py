@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-# One value per decade. With standardised features and a mean (not summed) loss, l2 = 1 shrinks
-# the logits to a small fraction of their unregularised scale, while l2 = 1e-6 is below the
-# weight of a single example (1 / n) for any training set up to 10^6 examples, i.e. essentially
-# unregularised; finer grids cost one more fit per value.
+# One value per decade. With standardised features and a mean (not summed) loss, l2 = 1 charges
+# 0.5 nats per example for a unit-norm weight matrix, a strong shrinkage, while l2 = 1e-6 is
+# below the weight of one example (1 / n) for training sets up to 10^6 examples, i.e. nearly
+# unregularised. Finer grids cost one more fit per value.
 DEFAULT_L2_GRID = tuple(10.0 ** e for e in range(-6, 1))
 
 # Floor on a feature's standard deviation: a constant feature standardises to 0 instead of
@@ -37,6 +37,7 @@ def logits(classifier: LinearClassifier, features: jax.Array) -> jax.Array:
 
 
 def _standardisation(x):
+  """Per-feature mean and 1 / std (floored at _MIN_STD) of x [n, d]."""
   mean = jnp.mean(x, axis=0)
   centred = x - mean
   # Corrected two-pass variance: the second term cancels the rounding error of `mean`, so a
@@ -105,7 +106,7 @@ def _check_features_and_labels(features, labels, num_classes):
 
 def fit(features, labels, num_classes: int, l2: float, *, max_iterations: int = 1000,
         tolerance: float = 1e-6) -> LinearClassifier:
-  """Fits a linear classifier to standardised features [n, d] and int labels [n].
+  """Standardises features [n, d] and fits a linear classifier to them and int labels [n].
 
   Minimises mean softmax cross-entropy + 0.5 * l2 * ||weights||^2 (bias not regularised) with
   L-BFGS until the gradient norm falls below `tolerance` or `max_iterations` iterations have
@@ -117,7 +118,7 @@ def fit(features, labels, num_classes: int, l2: float, *, max_iterations: int = 
   if max_iterations < 0:
     raise ValueError(f'max_iterations must be >= 0; got {max_iterations}.')
   return _fit(jnp.asarray(features), jnp.asarray(labels), jnp.float32(l2),
-              jnp.int32(max_iterations), jnp.float32(tolerance), num_classes=num_classes)
+              jnp.int32(max_iterations), jnp.float32(tolerance), num_classes=int(num_classes))
 
 
 def topk_accuracy(logits: jax.Array, labels: jax.Array, k: int) -> float:
@@ -128,6 +129,8 @@ def topk_accuracy(logits: jax.Array, labels: jax.Array, k: int) -> float:
                      f'{labels.shape}.')
   if not 1 <= k <= logits.shape[1]:
     raise ValueError(f'k must lie in [1, {logits.shape[1]}]; got {k}.')
+  if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+    raise ValueError(f'labels must lie in [0, {logits.shape[1]}).')
   true_logit = np.take_along_axis(logits, labels[:, None], axis=1)
   lower_index = np.arange(logits.shape[1])[None, :] < labels[:, None]
   rank = np.sum((logits > true_logit) | ((logits == true_logit) & lower_index), axis=1)
@@ -136,7 +139,7 @@ def topk_accuracy(logits: jax.Array, labels: jax.Array, k: int) -> float:
 
 def stratified_holdout(labels, num_classes: int, holdout_fraction: float,
                        seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """Sorted (fit, holdout) index arrays; round(fraction * count) of each class is held out."""
+  """Sorted (fit, holdout) index arrays; holdout_fraction of each class, rounded half up."""
   labels = np.asarray(labels)
   rng = np.random.default_rng(seed)
   fit_parts, holdout_parts = [], []
