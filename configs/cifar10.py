@@ -45,6 +45,7 @@ def get_config():
   config.model = ml_collections.ConfigDict()
   config.model.name = 'resnet18'  # resnet18|resnet34|resnet50|resnet101|resnet152|resnet200.
   config.model.width_multiplier = 1.0  # Channel multiplier; 0.25 gives a 16-channel stem.
+  config.model.conv_grad = 'xla'  # Conv weight gradients: xla | matmul (same values, faster on CPU).
   config.model.head_layers = 3  # Projection head depth (SimCLRv2: 3; v1: 2).
   config.model.head_output_dim = 128  # Dimension of z, the projection the loss sees.
   config.model.bn_momentum = 0.9  # BatchNorm running-average momentum.
@@ -60,13 +61,14 @@ def get_config():
   config.optimizer = 'lars'  # lars|sgd|adamw.
   config.learning_rate = 1.0  # Base learning rate before lr_scaling.
   config.lr_scaling = 'linear'  # linear: base * batch / 256; sqrt: base * sqrt(batch).
-  config.warmup_epochs = 10  # Linear warm-up epochs, then cosine decay to 0.
+  config.warmup_epochs = 10.0  # Linear warm-up epochs (fractions allowed), then cosine to 0.
   config.weight_decay = 1e-4  # Weight decay (not on BatchNorm parameters and biases).
   config.momentum = 0.9  # Momentum of LARS and SGD; beta1 of AdamW.
   config.lars_trust_coefficient = 0.001  # LARS eta.
 
-  # Evaluation: --config.mode=linear_eval|knn_eval evaluates a pretraining run's encoder.
-  config.mode = 'pretrain'  # pretrain | linear_eval | knn_eval.
+  # Evaluation: --config.mode=linear_eval|knn_eval|finetune evaluates a pretraining run's
+  # encoder, writing into its own --workdir.
+  config.mode = 'pretrain'  # pretrain | linear_eval | knn_eval | finetune.
   config.pretrained_workdir = ''  # Workdir of the pretraining run to evaluate.
   config.pretrained_step = -1  # Checkpoint step to evaluate; -1 = the latest.
   config.eval = ml_collections.ConfigDict()
@@ -78,7 +80,23 @@ def get_config():
   config.eval.max_iterations = 1000  # L-BFGS iterations of the linear classifier.
   config.eval.knn_k = 200  # Neighbours that vote in kNN.
   config.eval.knn_temperature = 0.1  # A neighbour's vote weighs exp(similarity / temperature).
+  config.eval.linear_protocol = 'lbfgs'  # lbfgs: on extracted features | sgd: the reference's.
   config.eval_every_steps = 5000  # Steps between kNN monitor evaluations in pretraining; 0 = off.
+
+  # Fine-tuning (--config.mode=finetune) and the reference linear evaluation (linear_eval with
+  # eval.linear_protocol=sgd, which freezes the whole encoder and uses all labels).
+  config.finetune = ml_collections.ConfigDict()
+  config.finetune.label_fraction = 1.0  # Class-balanced fraction of train labels: 0.01, 0.1, 1.
+  config.finetune.subset_seed = 0  # Seeds the label subsets (nested: 1% inside 10%).
+  config.finetune.fine_tune_after_block = -1  # Frozen: stem (0) to stage k (1-4); -1: none.
+  config.finetune.keep_head_layers = 0  # Projection-head layers kept under the classifier.
+  config.finetune.epochs = 100.0  # Epochs over the labelled subset (reference: 100 for CIFAR-10).
+  config.finetune.batch_size = 512  # Global batch size.
+  config.finetune.learning_rate = 0.1  # Base lr (reference), scaled by finetune.lr_scaling.
+  config.finetune.lr_scaling = 'linear'  # linear: base * batch / 256 | sqrt: base * sqrt(batch).
+  config.finetune.momentum = 0.9  # Nesterov momentum.
+  config.finetune.weight_decay = 0.0  # Reference: none.
+  config.finetune.warmup_epochs = 0.0  # Linear warm-up epochs, then cosine decay to 0.
 
   # Bookkeeping.
   config.seed = 0  # Seeds initialisation, data order and augmentation.

@@ -11,21 +11,12 @@ epochs at batch 4096 several points lower.
 Every knob is documented in configs/cifar10.py; only the ImageNet differences are set here.
 """
 
-import importlib.util
-import os
-
-
-def _cifar10_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cifar10.py')
-  spec = importlib.util.spec_from_file_location('cifar10_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from simclr_jax.config_files import load_sibling_config
 
 
 def get_config():
   """Returns the ImageNet pretraining config."""
-  config = _cifar10_config()
+  config = load_sibling_config(__file__, 'cifar10')
   config.dataset = 'imagenet2012'  # TFDS name (or an image folder root/<split>/<class>/<img>).
   config.image_size = 224  # > 32: ImageNet stem (7x7 stride-2 conv + max-pool).
   config.augment.color_strength = 1.0  # Full colour distortion strength.
@@ -37,7 +28,7 @@ def get_config():
   config.learning_rate = 0.3  # Base lr, scaled linearly: 0.3 * 4096 / 256 = 4.8.
   config.lr_scaling = 'linear'  # Or 'sqrt' with base 0.075.
   config.weight_decay = 1e-6  # As in the v1 and tf2 code.
-  config.warmup_epochs = 10  # Linear warm-up epochs.
+  config.warmup_epochs = 10.0  # Linear warm-up epochs.
   config.eval.split = 'validation'  # ImageNet's labelled held-out split.
   config.eval_every_steps = 0  # A kNN bank of 1.28M images is too costly to monitor often.
   config.log_every_steps = 100  # Steps between metric writes.

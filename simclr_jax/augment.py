@@ -189,6 +189,16 @@ def pretrain_view(image, seed, config_augment, size):
   return tf.ensure_shape(image, [size, size, 3])
 
 
+def crop_flip_view(image, seed, config_augment, size):
+  """Fine-tuning view (reference): random resized crop and horizontal flip only."""
+  c = config_augment
+  crop_seed, flip_seed = _split(seed, 2)
+  image = random_resized_crop(image, crop_seed, size, (c.crop_area_min, c.crop_area_max),
+                              (c.aspect_ratio_min, c.aspect_ratio_max))
+  image = tf.clip_by_value(random_flip(image, flip_seed, c.flip_prob), 0.0, 1.0)
+  return tf.ensure_shape(image, [size, size, 3])
+
+
 def eval_view(image, size, center_crop_fraction=0.875):
   """Deterministic evaluation view: centre crop (images larger than 32 px) and bicubic resize.
 

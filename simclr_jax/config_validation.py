@@ -9,8 +9,15 @@ def _require(ok: bool, message: str):
     raise ValueError(message)
 
 
-MODES = ('pretrain', 'linear_eval', 'knn_eval')
+MODES = ('pretrain', 'linear_eval', 'knn_eval', 'finetune')
 EVAL_ENCODERS = ('pretrained', 'random', 'pixels')
+LINEAR_PROTOCOLS = ('lbfgs', 'sgd')
+
+
+def trains_classifier(config) -> bool:
+  """Whether config.mode runs the fine-tuning program (finetune, or linear_eval with SGD)."""
+  return config.mode == 'finetune' or (config.mode == 'linear_eval' and
+                                       config.eval.linear_protocol == 'sgd')
 
 
 def validate_config(config, *, num_devices: int):
@@ -22,6 +29,9 @@ def validate_config(config, *, num_devices: int):
   _require(config.model.width_multiplier > 0,
            f'config.model.width_multiplier={config.model.width_multiplier} must be > 0 '
            '(1.0 is the standard width; 0.25 gives a 16-channel stem).')
+  _require(config.model.conv_grad in models.CONV_GRADS,
+           f'config.model.conv_grad={config.model.conv_grad!r} is not known; use one of '
+           f'{", ".join(models.CONV_GRADS)}.')
   _require(config.model.head_layers >= 1,
            f'config.model.head_layers={config.model.head_layers} must be >= 1 (SimCLRv2: 3).')
   _require(config.model.head_output_dim >= 1,
@@ -75,6 +85,8 @@ def validate_config(config, *, num_devices: int):
            f'{aug.blur_sigma_max} must satisfy 0 < min <= max (reference: 0.1, 2.0).')
   if config.mode != 'pretrain':
     _validate_eval_config(config, num_devices)
+  if trains_classifier(config):
+    _validate_finetune_config(config, num_devices)
 
 
 def _validate_eval_config(config, num_devices):
@@ -97,3 +109,37 @@ def _validate_eval_config(config, num_devices):
            f'config.eval.max_iterations={ev.max_iterations} must be >= 1.')
   _require(ev.max_examples >= 0,
            f'config.eval.max_examples={ev.max_examples} must be >= 0 (0 = all).')
+  _require(ev.linear_protocol in LINEAR_PROTOCOLS,
+           f'config.eval.linear_protocol={ev.linear_protocol!r} is not known; use one of '
+           f'{LINEAR_PROTOCOLS}.')
+
+
+def _validate_finetune_config(config, num_devices):
+  ft = config.finetune
+  _require(config.eval.encoder != 'pixels',
+           f'config.eval.encoder=pixels has nothing to train in {config.mode} with SGD; use '
+           '--config.eval.encoder=random for the from-scratch baseline, or the lbfgs linear '
+           'protocol for raw pixels.')
+  _require(0 < ft.label_fraction <= 1,
+           f'config.finetune.label_fraction={ft.label_fraction} must be in (0, 1] '
+           '(SimCLR: 0.01, 0.1 or 1.0).')
+  _require(-1 <= ft.fine_tune_after_block < models.NUM_ENCODER_PARTS,
+           f'config.finetune.fine_tune_after_block={ft.fine_tune_after_block} must be -1 '
+           '(fine-tune everything) or 0-4 (freeze the stem and stages up to this one).')
+  _require(0 <= ft.keep_head_layers < config.model.head_layers,
+           f'config.finetune.keep_head_layers={ft.keep_head_layers} must be in '
+           f'[0, config.model.head_layers - 1 = {config.model.head_layers - 1}] (SimCLRv2: 1).')
+  _require(ft.epochs > 0, f'config.finetune.epochs={ft.epochs} must be > 0.')
+  _require(isinstance(ft.batch_size, int) and ft.batch_size > 0 and
+           ft.batch_size % num_devices == 0,
+           f'config.finetune.batch_size={ft.batch_size!r} must be a positive multiple of the '
+           f'{num_devices} devices.')
+  _require(ft.learning_rate > 0, f'config.finetune.learning_rate={ft.learning_rate} must be > 0.')
+  _require(ft.lr_scaling in optim.LR_SCALINGS,
+           f'config.finetune.lr_scaling={ft.lr_scaling!r} is not known; '
+           f'use one of {optim.LR_SCALINGS}.')
+  _require(0 <= ft.momentum < 1, f'config.finetune.momentum={ft.momentum} must be in [0, 1).')
+  _require(ft.weight_decay >= 0,
+           f'config.finetune.weight_decay={ft.weight_decay} must be >= 0.')
+  _require(ft.warmup_epochs >= 0,
+           f'config.finetune.warmup_epochs={ft.warmup_epochs} must be >= 0.')

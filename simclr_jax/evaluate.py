@@ -127,9 +127,7 @@ class KnnMonitor:
     k = min(self._config.eval.knn_k, len(train_y))
     scores = knn.knn_scores(train_x, train_y, eval_x, self._num_classes, k=k,
                             temperature=self._config.eval.knn_temperature)
-    return {'knn_top1': linear_classifier.topk_accuracy(scores, eval_y, 1),
-            'knn_top5': linear_classifier.topk_accuracy(scores, eval_y,
-                                                        min(5, self._num_classes))}
+    return {f'knn_{k}': v for k, v in accuracies(scores, eval_y, self._num_classes).items()}
 
 
 def encoder_variables(config, model, mesh):
@@ -146,55 +144,92 @@ def encoder_variables(config, model, mesh):
   return {}, None
 
 
+def embed_splits(config, model, variables, mesh):
+  """Features of config.train_split and config.eval.split: ((train_x, train_y), (eval_x, ...))."""
+  feature_fn = make_feature_fn(model, mesh, config.eval.encoder)
+  local_batch_size = config.eval.batch_size // jax.process_count()
+  splits = []
+  for split in (config.train_split, config.eval.split):
+    dataset, _ = input_pipeline.create_eval_dataset(
+        config, split, local_batch_size=local_batch_size, max_examples=config.eval.max_examples)
+    splits.append(extract_features(feature_fn, variables, dataset, mesh,
+                                   description=f'{split} features'))
+  return tuple(splits)
+
+
+def accuracies(scores, labels, num_classes):
+  """Top-1 and top-5 (or top-num_classes) accuracy of class scores [N, C]."""
+  return {'top1': linear_classifier.topk_accuracy(scores, labels, 1),
+          'top5': linear_classifier.topk_accuracy(scores, labels, min(5, num_classes))}
+
+
+def linear_protocol(config, train, evaluation, num_classes: int) -> dict:
+  """L-BFGS logistic regression on train features (L2 chosen on held-out train examples)."""
+  classifier, info = linear_classifier.select_l2_and_fit(
+      *train, num_classes, l2_grid=linear_classifier.DEFAULT_L2_GRID,
+      holdout_fraction=config.eval.holdout_fraction, seed=config.seed,
+      max_iterations=config.eval.max_iterations)
+  scores = linear_classifier.logits(classifier, evaluation[0])
+  return {'l2': info['l2'], 'holdout_accuracy': info['holdout_accuracy'],
+          **accuracies(scores, evaluation[1], num_classes)}
+
+
+def knn_protocol(config, train, evaluation, num_classes: int) -> dict:
+  """Weighted kNN of the eval features among the train features."""
+  scores = knn.knn_scores(*train, evaluation[0], num_classes, k=config.eval.knn_k,
+                          temperature=config.eval.knn_temperature)
+  return {'k': config.eval.knn_k, 'knn_temperature': config.eval.knn_temperature,
+          **accuracies(scores, evaluation[1], num_classes)}
+
+
+def labelled_train_info(config) -> input_pipeline.DatasetInfo:
+  """Info of the train split, after checking that both splits exist and have labels."""
+  info = input_pipeline.get_dataset_info(config, config.train_split)
+  input_pipeline.get_dataset_info(config, config.eval.split)
+  if info.num_classes == 0:
+    raise ValueError(f'config.dataset={config.dataset!r} has no labels; {config.mode} needs '
+                     'them.')
+  return info
+
+
 def evaluate(config, workdir: str) -> dict:
   """Runs the protocol of config.mode; prints and writes WORKDIR/eval_results.json."""
   start = time.perf_counter()
   config_validation.validate_config(config, num_devices=jax.device_count())
   protocol = PROTOCOLS[config.mode]
-  train_info = input_pipeline.get_dataset_info(config, config.train_split)
-  eval_info = input_pipeline.get_dataset_info(config, config.eval.split)
-  if train_info.num_classes == 0:
-    raise ValueError(f'config.dataset={config.dataset!r} has no labels; evaluation needs them.')
+  train_info = labelled_train_info(config)
   mesh = create_mesh()
+  num_classes = train_info.num_classes
   model = models.create_model(config.model, image_size=config.image_size,
-                              num_classes=train_info.num_classes)
+                              num_classes=num_classes)
   variables, step = encoder_variables(config, model, mesh)
   os.makedirs(workdir, exist_ok=True)
+  train, evaluation = embed_splits(config, model, variables, mesh)
 
-  feature_fn = make_feature_fn(model, mesh, config.eval.encoder)
-  local_batch_size = config.eval.batch_size // jax.process_count()
-  splits = {}
-  for split in (config.train_split, config.eval.split):
-    dataset, _ = input_pipeline.create_eval_dataset(
-        config, split, local_batch_size=local_batch_size, max_examples=config.eval.max_examples)
-    splits[split] = extract_features(feature_fn, variables, dataset, mesh,
-                                     description=f'{split} features')
-  (train_x, train_y), (eval_x, eval_y) = splits[config.train_split], splits[config.eval.split]
-  num_classes = train_info.num_classes
+  results = {**results_header(config, protocol, step),
+             'num_train_examples': len(train[1]), 'num_eval_examples': len(evaluation[1]),
+             'feature_dim': int(train[0].shape[1])}
+  run_protocol = linear_protocol if protocol == 'linear' else knn_protocol
+  results.update(run_protocol(config, train, evaluation, num_classes))
+  return report_results(results, workdir, start)
 
-  results = {'protocol': protocol, 'dataset': config.dataset, 'train_split': config.train_split,
-             'eval_split': config.eval.split, 'encoder': config.eval.encoder,
-             'model': config.model.name, 'width_multiplier': config.model.width_multiplier,
-             'pretrained_workdir': config.pretrained_workdir if step is not None else None,
-             'checkpoint_step': step, 'num_train_examples': len(train_y),
-             'num_eval_examples': len(eval_y), 'feature_dim': int(train_x.shape[1])}
-  if protocol == 'linear':
-    classifier, info = linear_classifier.select_l2_and_fit(
-        train_x, train_y, num_classes, l2_grid=linear_classifier.DEFAULT_L2_GRID,
-        holdout_fraction=config.eval.holdout_fraction, seed=config.seed,
-        max_iterations=config.eval.max_iterations)
-    scores = linear_classifier.logits(classifier, eval_x)
-    results.update(l2=info['l2'], holdout_accuracy=info['holdout_accuracy'])
-  else:
-    scores = knn.knn_scores(train_x, train_y, eval_x, num_classes, k=config.eval.knn_k,
-                            temperature=config.eval.knn_temperature)
-    results.update(k=config.eval.knn_k, knn_temperature=config.eval.knn_temperature)
-  results['top1'] = linear_classifier.topk_accuracy(scores, eval_y, 1)
-  results['top5'] = linear_classifier.topk_accuracy(scores, eval_y, min(5, num_classes))
-  results['wall_time_sec'] = time.perf_counter() - start
+
+def results_header(config, protocol: str, checkpoint_step) -> dict:
+  """The fields of eval_results.json that say what was evaluated."""
+  return {'protocol': protocol, 'dataset': config.dataset, 'train_split': config.train_split,
+          'eval_split': config.eval.split, 'encoder': config.eval.encoder,
+          'model': config.model.name, 'width_multiplier': config.model.width_multiplier,
+          'pretrained_workdir': (config.pretrained_workdir if checkpoint_step is not None
+                                 else None),
+          'checkpoint_step': checkpoint_step}
+
+
+def report_results(results: dict, workdir: str, start_time: float) -> dict:
+  """Adds the wall time, logs and prints `results`, writes WORKDIR/eval_results.json."""
+  results['wall_time_sec'] = time.perf_counter() - start_time
   logging.info('%s evaluation of the %s encoder: top-1 %.2f%%, top-5 %.2f%% on %s/%s.',
-               protocol, config.eval.encoder, 100 * results['top1'], 100 * results['top5'],
-               config.dataset, config.eval.split)
+               results['protocol'], results['encoder'], 100 * results['top1'],
+               100 * results['top5'], results['dataset'], results['eval_split'])
   print(json.dumps(results, indent=2))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'eval_results.json'), 'w') as f:

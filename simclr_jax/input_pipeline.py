@@ -17,6 +17,7 @@ import logging
 import os
 
 import jax
+import numpy as np
 import tensorflow as tf
 
 from simclr_jax import augment
@@ -153,10 +154,41 @@ def _stream_seed(config_seed, stream, *data):
   return seed
 
 
-def _local_source(config, split, process_index, process_count):
-  """Returns (raw dataset of (bytes or path, label), n_local, from_files, block)."""
+def _tfds_pairs(builder, split, has_label, read_config=None):
+  """TFDS split as (encoded image bytes, int32 label or -1), in file order."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  source = builder.as_dataset(split=split, shuffle_files=False,
+                              decoders={'image': tfds.decode.SkipDecoding()},
+                              read_config=read_config)
+
+  @tf.autograph.experimental.do_not_convert
+  def to_pair(example):
+    label = (tf.cast(example['label'], tf.int32) if has_label
+             else tf.constant(-1, tf.int32))
+    return example['image'], label
+
+  return source.map(to_pair)
+
+
+def split_labels(config, split) -> np.ndarray:
+  """Labels of every example of `split` in pipeline order (-1 when unlabelled); no decoding."""
+  if _is_image_folder(config.dataset):
+    return np.asarray(_list_image_folder(config.dataset, split)[1], np.int32)
+  builder = _tfds_builder(config)
+  _tfds_split_info(builder, config, split)
+  pairs = _tfds_pairs(builder, split, _tfds_num_classes(builder) > 0)
+  return np.concatenate([labels for _, labels in pairs.batch(4096).as_numpy_iterator()])
+
+
+def _local_source(config, split, process_index, process_count, subset=None):
+  """Returns (raw dataset of (bytes or path, label), n_local, from_files, block).
+
+  `subset`: sorted indices of the split's examples to keep (default: all of them).
+  """
   if _is_image_folder(config.dataset):
     paths, labels, _ = _list_image_folder(config.dataset, split)
+    if subset is not None:
+      paths, labels = [paths[i] for i in subset], [labels[i] for i in subset]
     n_local = len(paths) // process_count
     paths = paths[process_index::process_count][:n_local]
     labels = labels[process_index::process_count][:n_local]
@@ -168,31 +200,42 @@ def _local_source(config, split, process_index, process_count):
 
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = _tfds_builder(config)
-  n_local = _tfds_split_info(builder, config, split).num_examples // process_count
+  num_examples = _tfds_split_info(builder, config, split).num_examples
   has_label = _tfds_num_classes(builder) > 0
-  if n_local == 0:
-    return None, 0, False, 1
-  sub_split = tfds.even_splits(split, n=process_count,
-                               drop_remainder=True)[process_index]
   options = tf.data.Options()
   options.deterministic = True
-  source = builder.as_dataset(
-      split=sub_split,
-      shuffle_files=False,
-      decoders={'image': tfds.decode.SkipDecoding()},
-      read_config=tfds.ReadConfig(options=options))
-
-  @tf.autograph.experimental.do_not_convert
-  def to_pair(example):
-    label = (tf.cast(example['label'], tf.int32) if has_label
-             else tf.constant(-1, tf.int32))
-    return example['image'], label
-
-  source = source.map(to_pair).take(n_local)
+  read_config = tfds.ReadConfig(options=options)
+  if subset is None:
+    n_local = num_examples // process_count
+    if n_local == 0:
+      return None, 0, False, 1
+    sub_split = tfds.even_splits(split, n=process_count,
+                                 drop_remainder=True)[process_index]
+    source = _tfds_pairs(builder, sub_split, has_label, read_config)
+  else:
+    n_local = len(subset) // process_count
+    keep = np.zeros(num_examples, bool)
+    keep[np.asarray(subset)] = True
+    keep = tf.constant(keep)
+    source = _tfds_pairs(builder, split, has_label, read_config).enumerate().filter(
+        lambda i, _: tf.gather(keep, i)).map(lambda _, pair: pair).shard(
+            process_count, process_index)
+  source = source.take(n_local)
   # Records are read sequentially, so shuffling is per block of
   # shuffle_buffer_size encoded records (held in memory, like a shuffle buffer).
   block = max(1, min(int(config.shuffle_buffer_size), n_local))
   return source, n_local, False, block
+
+
+def _process_or_default(process_index, process_count):
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} is not in '
+                     f'[0, process_count={process_count}).')
+  return process_index, process_count
 
 
 def _shuffled_stream(source, n_local, block, config_seed, start_index):
@@ -229,6 +272,40 @@ def _shuffled_stream(source, n_local, block, config_seed, start_index):
   return tf.data.Dataset.counter(start_epoch).flat_map(epoch)
 
 
+def _training_dataset(config, split, make_example, *, local_batch_size, start_step,
+                      process_index, process_count, subset=None):
+  """Infinite, batched per-host stream of make_example(image, label, seed) from `split`."""
+  process_index, process_count = _process_or_default(process_index, process_count)
+  if local_batch_size < 1:
+    raise ValueError(f'local_batch_size={local_batch_size} must be >= 1.')
+  source, n_local, from_files, block = _local_source(
+      config, split, process_index, process_count, subset)
+  if n_local == 0:
+    raise ValueError(
+        f'Split {split!r} of config.dataset={config.dataset!r} has '
+        f'fewer examples than the {process_count} processes.')
+
+  start_index = int(start_step) * int(local_batch_size)
+  stream = _shuffled_stream(source, n_local, block, config.seed, start_index)
+  augment_seed = _stream_seed(config.seed, _AUGMENT_STREAM, process_index)
+
+  # Control flow is explicit (tf.cond, tf.switch_case), so AutoGraph has
+  # nothing to convert; skipping it saves tracing time.
+  @tf.autograph.experimental.do_not_convert
+  def example(index, element):
+    data, label = element
+    seed = tf.random.experimental.stateless_fold_in(augment_seed, index)
+    return make_example(_decode(data, from_files), label, seed)
+
+  ds = stream.enumerate(start=start_index)
+  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(local_batch_size, drop_remainder=True)
+  ds = ds.prefetch(tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options)
+
+
 def create_pretrain_dataset(config, *, local_batch_size: int,
                             start_step: int = 0, process_index=None,
                             process_count=None) -> tf.data.Dataset:
@@ -247,50 +324,34 @@ def create_pretrain_dataset(config, *, local_batch_size: int,
     A tf.data.Dataset of float32 views in [0, 1] and int32 labels (-1 when
     the dataset has no labels).
   """
-  if process_index is None:
-    process_index = jax.process_index()
-  if process_count is None:
-    process_count = jax.process_count()
-  if local_batch_size < 1:
-    raise ValueError(f'local_batch_size={local_batch_size} must be >= 1.')
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} is not in '
-                     f'[0, process_count={process_count}).')
-  source, n_local, from_files, block = _local_source(
-      config, config.train_split, process_index, process_count)
-  if n_local == 0:
-    raise ValueError(
-        f'Split {config.train_split!r} of config.dataset={config.dataset!r} has '
-        f'fewer examples than the {process_count} processes.')
-
-  start_index = int(start_step) * int(local_batch_size)
-  stream = _shuffled_stream(source, n_local, block, config.seed, start_index)
-  augment_seed = _stream_seed(config.seed, _AUGMENT_STREAM, process_index)
-  size = config.image_size
-
-  # Control flow is explicit (tf.cond, tf.switch_case), so AutoGraph has
-  # nothing to convert; skipping it saves tracing time.
-  @tf.autograph.experimental.do_not_convert
-  def make_example(index, element):
-    data, label = element
-    image = _decode(data, from_files)
-    seed = tf.random.experimental.stateless_fold_in(augment_seed, index)
-    seed_a, seed_b = tf.unstack(
-        tf.random.experimental.stateless_split(seed, 2), num=2)
-    views = tf.stack([
-        augment.pretrain_view(image, seed_a, config.augment, size),
-        augment.pretrain_view(image, seed_b, config.augment, size),
-    ])
+  def two_views(image, label, seed):
+    seed_a, seed_b = tf.unstack(tf.random.experimental.stateless_split(seed, 2), num=2)
+    views = tf.stack([augment.pretrain_view(image, s, config.augment, config.image_size)
+                      for s in (seed_a, seed_b)])
     return {'views': views, 'label': label}
 
-  ds = stream.enumerate(start=start_index)
-  ds = ds.map(make_example, num_parallel_calls=tf.data.AUTOTUNE,
-              deterministic=True)
-  ds = ds.batch(local_batch_size, drop_remainder=True)
-  ds = ds.prefetch(tf.data.AUTOTUNE)
-  options = tf.data.Options()
-  options.deterministic = True
-  return ds.with_options(options)
+  return _training_dataset(config, config.train_split, two_views,
+                           local_batch_size=local_batch_size, start_step=start_step,
+                           process_index=process_index, process_count=process_count)
+
+
+def create_finetune_dataset(config, *, local_batch_size: int, subset=None,
+                            start_step: int = 0, process_index=None,
+                            process_count=None) -> tf.data.Dataset:
+  """Infinite per-host dataset of {'image': [B, S, S, 3], 'label': [B]} for fine-tuning.
+
+  One crop-and-flip view per example (the reference's fine-tuning augmentation) of the
+  examples of config.train_split listed in `subset` (default: all); deterministic and
+  resumable like the pretraining stream.
+  """
+  def crop_and_flip(image, label, seed):
+    return {'image': augment.crop_flip_view(image, seed, config.augment, config.image_size),
+            'label': label}
+
+  return _training_dataset(config, config.train_split, crop_and_flip,
+                           local_batch_size=local_batch_size, start_step=start_step,
+                           process_index=process_index, process_count=process_count,
+                           subset=subset)
 
 
 def _decode(data, from_files):
@@ -311,10 +372,7 @@ def create_eval_dataset(config, split, *, local_batch_size: int, max_examples: i
   Returns:
     (dataset, num_examples): num_examples is the global count before padding.
   """
-  if process_index is None:
-    process_index = jax.process_index()
-  if process_count is None:
-    process_count = jax.process_count()
+  process_index, process_count = _process_or_default(process_index, process_count)
   if _is_image_folder(config.dataset):
     paths, labels, _ = _list_image_folder(config.dataset, split)
     order = tf.random.experimental.index_shuffle(
@@ -326,17 +384,12 @@ def create_eval_dataset(config, split, *, local_batch_size: int, max_examples: i
          tf.constant([labels[i] for i in order], tf.int32)))
     num_examples, from_files = len(order), True
   else:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     builder = _tfds_builder(config)
     num_examples = _tfds_split_info(builder, config, split).num_examples
     if max_examples:
       num_examples = min(num_examples, max_examples)
       split = f'{split}[:{num_examples}]'
-    has_label = _tfds_num_classes(builder) > 0
-    source = builder.as_dataset(split=split, shuffle_files=False,
-                                decoders={'image': tfds.decode.SkipDecoding()})
-    source = source.map(lambda ex: (ex['image'], tf.cast(ex['label'], tf.int32) if has_label
-                                    else tf.constant(-1, tf.int32)))
+    source = _tfds_pairs(builder, split, _tfds_num_classes(builder) > 0)
     from_files = False
   # Hosts take interleaved examples; the padding below evens out their counts.
   source = source.shard(process_count, process_index)

@@ -17,7 +17,9 @@ from absl import logging
 import logging as std_logging
 from ml_collections import config_flags
 
+from simclr_jax import config_validation
 from simclr_jax import evaluate
+from simclr_jax import finetune
 from simclr_jax import train
 
 FLAGS = flags.FLAGS
@@ -34,10 +36,13 @@ def main(argv):
   logging.get_absl_handler().addFilter(
       lambda record: record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname)
   logging.info('Config:\n%s', FLAGS.config)
-  if FLAGS.config.mode == 'pretrain':
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  config = FLAGS.config
+  if config.mode == 'pretrain':
+    train.train_and_evaluate(config, FLAGS.workdir)
+  elif config_validation.trains_classifier(config):
+    finetune.finetune(config, FLAGS.workdir)
   else:
-    evaluate.evaluate(FLAGS.config, FLAGS.workdir)
+    evaluate.evaluate(config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

@@ -26,19 +26,22 @@ def total_train_steps(config, num_examples: int) -> int:
   return num_examples * config.num_epochs // config.batch_size + 1
 
 
-def learning_rate_schedule(config, num_examples: int, total_steps: int) -> optax.Schedule:
-  """Linear warm-up from 0 over `config.warmup_epochs`, then cosine decay to 0 at total_steps."""
-  peak = scaled_learning_rate(config.learning_rate, config.batch_size, config.lr_scaling)
-  warmup_steps = int(round(config.warmup_epochs * num_examples / config.batch_size))
-
+def warmup_cosine_schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0 to `peak` over `warmup_steps`, then cosine decay to 0 at total_steps."""
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
     warmup = peak * step / max(warmup_steps, 1)
     progress = jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
     cosine = peak * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
     return jnp.where(step < warmup_steps, warmup, cosine)
-
   return schedule
+
+
+def learning_rate_schedule(config, num_examples: int, total_steps: int) -> optax.Schedule:
+  """Pretraining schedule: warm-up over `config.warmup_epochs`, then cosine to 0."""
+  peak = scaled_learning_rate(config.learning_rate, config.batch_size, config.lr_scaling)
+  warmup_steps = int(round(config.warmup_epochs * num_examples / config.batch_size))
+  return warmup_cosine_schedule(peak, warmup_steps, total_steps)
 
 
 def decay_mask(params):
@@ -66,3 +69,24 @@ def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransfor
     return optax.adamw(schedule, b1=config.momentum, weight_decay=config.weight_decay,
                        mask=decay_mask)
   raise ValueError(f'config.optimizer={config.optimizer!r} is not known; use one of {OPTIMIZERS}.')
+
+
+def frozen_mask(params, fine_tune_after_block: int):
+  """True for the encoder parameters that fine-tuning freezes (stem = 0, stage k = k)."""
+  def is_frozen(path, _):
+    names = [str(getattr(k, 'key', k)) for k in path]
+    if names[0] != 'encoder':
+      return False
+    part = 0 if names[1].startswith('stem') else int(names[1][len('stage')])
+    return part <= fine_tune_after_block
+  return jax.tree_util.tree_map_with_path(is_frozen, params)
+
+
+def create_finetune_optimizer(ft_config, schedule: optax.Schedule,
+                              params) -> optax.GradientTransformation:
+  """Nesterov momentum SGD (the reference's fine-tuning optimiser); frozen parameters fixed."""
+  tx = optax.chain(optax.add_decayed_weights(ft_config.weight_decay, mask=decay_mask),
+                   optax.sgd(schedule, momentum=ft_config.momentum, nesterov=True))
+  labels = jax.tree.map(lambda frozen: 'frozen' if frozen else 'trained',
+                        frozen_mask(params, ft_config.fine_tune_after_block))
+  return optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()}, labels)

@@ -114,7 +114,7 @@ def restore_or_init_state(manager, init_fn, mesh) -> TrainState:
   return manager.restore(latest, args=ocp.args.StandardRestore(abstract))
 
 
-def _save_config(config, workdir: str):
+def save_config(config, workdir: str):
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2) + '\n')
 
@@ -145,7 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   state = restore_or_init_state(manager, init_fn, mesh)
   start_step = int(state.step)
   if jax.process_index() == 0:
-    _save_config(config, workdir)
+    save_config(config, workdir)
   num_params = sum(x.size for x in jax.tree.leaves(state.params['encoder']))
   logging.info('%s: %.2fM encoder parameters, %d devices, %d examples, steps %d -> %d.',
                config.model.name, num_params / 1e6, jax.device_count(), info.num_examples,
@@ -158,12 +158,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                           prefetch=config.prefetch_batches)
   step_fn = make_train_step(model, tx, schedule, config.temperature, mesh)
 
+  monitor = (evaluate.KnnMonitor(config, model, mesh, info.num_classes)
+             if config.eval_every_steps > 0 and info.num_classes else None)
+
+  def knn_metrics(step, state):
+    if monitor and step % config.eval_every_steps == 0:
+      return monitor(state.params, state.batch_stats)
+    return {}
+
+  return run_training_loop(config, workdir, state, step_fn, batches, manager=manager,
+                           batch_size=config.batch_size, start_step=start_step,
+                           total_steps=total_steps, extra_metrics=knn_metrics)
+
+
+def run_training_loop(config, workdir, state, step_fn, batches, *, manager, batch_size: int,
+                      start_step: int, total_steps: int, extra_metrics=None):
+  """Runs `step_fn` to total_steps, logging and checkpointing as config says; returns state.
+
+  Metrics are averaged over the steps between writes (every config.log_every_steps) and
+  written with throughput to WORKDIR (TensorBoard and metrics.jsonl);
+  `extra_metrics(step, state)` may add evaluations, which the throughput timer excludes.
+  """
   writer = writers.create_writer(workdir)
   # The progress note (rate, ETA) goes to the log; scalars go through `writer` below.
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, every_steps=config.log_every_steps, every_secs=None)
-  monitor = (evaluate.KnnMonitor(config, model, mesh, info.num_classes)
-             if config.eval_every_steps > 0 and info.num_classes else None)
   window = []
   for step in range(start_step + 1, total_steps + 1):
     state, metrics = step_fn(state, next(batches))
@@ -180,13 +199,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       elapsed = time.perf_counter() - timer_start
       if step > timer_step:
         scalars['steps_per_sec'] = (step - timer_step) / elapsed
-        scalars['images_per_sec'] = scalars['steps_per_sec'] * config.batch_size
+        scalars['images_per_sec'] = scalars['steps_per_sec'] * batch_size
       window = []
-    if monitor and step % config.eval_every_steps == 0:
-      scalars.update(monitor(state.params, state.batch_stats))
+    if extra_metrics:
+      scalars.update(extra_metrics(step, state))
     if scalars:
       writer.write_scalars(step, scalars)
-      # Restarted after writing, so throughput excludes logging and kNN evaluation.
+      # Restarted after writing, so throughput excludes logging and evaluations.
       timer_step, timer_start = step, time.perf_counter()
     if step % config.checkpoint_every_steps == 0 or step == total_steps:
       manager.save(step, args=ocp.args.StandardSave(state))

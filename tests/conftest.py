@@ -1,20 +1,18 @@
 """Shared fixtures: the configs and the real CIFAR-10 folder."""
 
-import importlib.util
 import os
 import pathlib
 
 import pytest
+
+from simclr_jax.config_files import load_config_file
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name: str):
   """`get_config()` of configs/<name>.py."""
-  spec = importlib.util.spec_from_file_location(name, REPO_ROOT / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config_file(str(REPO_ROOT / 'configs' / f'{name}.py'))
 
 
 @pytest.fixture

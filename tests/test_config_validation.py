@@ -42,5 +42,30 @@ def test_batch_not_divisible_by_device_count(cifar_config):
 
 def test_shipped_configs_are_valid(cifar_config):
   from conftest import load_config
-  for config in (cifar_config, load_config('imagenet')):
+  for config in (cifar_config, load_config('imagenet'), load_config('cifar10_cpu')):
     config_validation.validate_config(config, num_devices=8)
+
+
+@pytest.mark.parametrize('mode,field,value,message', [
+    ('finetune', 'finetune.label_fraction', 0.0,
+     r'config.finetune.label_fraction=0.0 must be in \(0, 1\]'),
+    ('finetune', 'finetune.fine_tune_after_block', 5,
+     r'config.finetune.fine_tune_after_block=5 must be -1'),
+    ('finetune', 'finetune.keep_head_layers', 3,
+     r'config.finetune.keep_head_layers=3 must be in \[0, config.model.head_layers - 1 = 2\]'),
+    ('finetune', 'finetune.batch_size', 100,
+     r'config.finetune.batch_size=100 must be a positive multiple of the 8 devices'),
+    ('finetune', 'finetune.lr_scaling', 'cubic', r"config.finetune.lr_scaling='cubic'"),
+    ('finetune', 'eval.encoder', 'pixels', r'config.eval.encoder=pixels has nothing to train'),
+    ('linear_eval', 'eval.linear_protocol', 'adam',
+     r"config.eval.linear_protocol='adam' is not known"),
+    ('linear_eval', 'finetune.momentum', 1.0,
+     r'config.finetune.momentum=1.0 must be in \[0, 1\)'),
+])
+def test_bad_evaluation_settings_are_named(cifar_config, mode, field, value, message):
+  cifar_config.mode, cifar_config.pretrained_workdir = mode, '/some/run'
+  cifar_config.eval.linear_protocol = 'sgd'
+  section, leaf = field.split('.')
+  cifar_config[section][leaf] = value
+  with pytest.raises(ValueError, match=message):
+    config_validation.validate_config(cifar_config, num_devices=8)

@@ -364,3 +364,53 @@ def test_real_cifar10_subset(cifar10_dir, tmp_path):
   assert batch['views'].min() >= 0 and batch['views'].max() <= 1
   assert batch['views'].std() > 0.05  # Real pictures, not blank.
   assert ((0 <= batch['label']) & (batch['label'] < 10)).all()
+
+
+def _finetune_batches(config, num, **kwargs):
+  kwargs.setdefault('process_index', 0)
+  kwargs.setdefault('process_count', 1)
+  dataset = input_pipeline.create_finetune_dataset(config, **kwargs)
+  return list(dataset.take(num).as_numpy_iterator())
+
+
+@pytest.mark.parametrize('source', ['folder', 'tfds'])
+def test_finetune_stream_reads_only_the_subset(image_folder, tfds_dir, source):
+  if source == 'folder':
+    config = _identity_config(image_folder)
+    # Files are listed sorted by class, then name: c10.png comes before c8.png.
+    id_of_index = np.array([0, 1, 2, 3, 4, 5, 6, 7, 10, 8, 9])
+  else:
+    config = _identity_config('simclr_test_tiny_labeled', tfds_data_dir=str(tfds_dir))
+    # TFDS stores records in key-hash order.
+    records = tfds.builder('simclr_test_tiny_labeled', data_dir=str(tfds_dir)).as_dataset(
+        split='train', shuffle_files=False)
+    id_of_index = np.array([(int(r['image'][0, 0, 0]) - 10) // 20
+                            for r in records.as_numpy_iterator()])
+  np.testing.assert_array_equal(input_pipeline.split_labels(config, 'train'),
+                                _LABEL_OF_ID[id_of_index])
+  subset = np.array([1, 4, 8, 9])
+  batches = _finetune_batches(config, 3, local_batch_size=4, subset=subset)
+  for batch in batches:  # Each batch of 4 is one epoch over the subset: a permutation of it.
+    assert batch['image'].shape == (4, SIZE, SIZE, 3)
+    ids = _ids(batch['image'])
+    np.testing.assert_array_equal(np.sort(ids), np.sort(id_of_index[subset]))
+    np.testing.assert_array_equal(batch['label'], _LABEL_OF_ID[ids])
+  resumed = _finetune_batches(config, 1, local_batch_size=4, subset=subset, start_step=2)[0]
+  np.testing.assert_array_equal(resumed['image'], batches[2]['image'])
+  shards = [set(_ids(_finetune_batches(config, 1, local_batch_size=2, subset=subset,
+                                       process_index=i, process_count=2)[0]['image']))
+            for i in range(2)]
+  assert shards[0] | shards[1] == set(id_of_index[subset]) and not shards[0] & shards[1]
+
+
+def test_finetune_views_are_crops_and_flips_without_colour_changes(image_folder):
+  config = _config(image_folder)  # Full colour augmentation configured: it must not apply.
+  (batch,) = _finetune_batches(config, 1, local_batch_size=_NUM_TRAIN)
+  ids = _ids(batch['image'])
+  np.testing.assert_array_equal(np.sort(ids), np.arange(_NUM_TRAIN))
+  # Constant images keep their exact colour (red, 100, 50): no jitter, no grayscale. Image 1
+  # is a grayscale file.
+  expected = np.array([[_red(1)] * 2 if i == 1 else [100, 50] for i in ids], np.float32)
+  green_blue = batch['image'][..., 1:].reshape(_NUM_TRAIN, -1, 2) * 255
+  np.testing.assert_allclose(green_blue, np.broadcast_to(expected[:, None], green_blue.shape),
+                             atol=3)

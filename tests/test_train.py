@@ -1,24 +1,18 @@
 """The jitted train step: 8 devices equal 1 device (loss, gradients, BatchNorm statistics)."""
 
-import json
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
-import pytest
 
-from multidevice import REPO_ROOT, run_on_eight_cpu_devices
+from multidevice import run_on_eight_cpu_devices
 
 _STEP_SCRIPT = textwrap.dedent('''
-    import functools, importlib.util, sys
+    import functools, sys
     import jax, jax.numpy as jnp, numpy as np
     from simclr_jax import models, optim, sharding, train
+    from simclr_jax.config_files import load_config_file
     from simclr_jax.sharding import batch_sharded, create_mesh, replicated
-    spec = importlib.util.spec_from_file_location('c', 'configs/cifar10.py')
-    module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config_file('configs/cifar10.py')
     config.model.width_multiplier = 0.125
     config.batch_size, config.num_train_steps, config.warmup_epochs = 16, 10, 0
     # Plain SGD at lr 1 (16 * 16 / 256) without momentum or decay: new params = params - grads.

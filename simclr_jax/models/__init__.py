@@ -7,9 +7,11 @@ import jax
 import jax.numpy as jnp
 
 from simclr_jax.models.heads import ProjectionHead
-from simclr_jax.models.resnet import ResNet, STAGE_SIZES
+from simclr_jax.models.resnet import CONV_GRADS, ResNet, STAGE_SIZES  # noqa: F401 (re-exported)
 
 MODEL_NAMES = tuple(STAGE_SIZES)
+# Encoder parts fine_tune_after_block counts: the stem (0) and the four stages (1-4).
+NUM_ENCODER_PARTS = 5
 
 
 class SimCLRModel(nn.Module):
@@ -38,19 +40,57 @@ class SimCLRModel(nn.Module):
     return self.encoder(images, train=train)
 
 
-def create_model(model_config, *, image_size: int, num_classes: int = 0,
-                 dtype: Any = jnp.float32) -> SimCLRModel:
-  """Builds the SimCLR model described by `config.model`."""
+class Classifier(nn.Module):
+  """Fine-tuning network: encoder, optionally the first projection-head layer(s), linear layer.
+
+  The linear layer starts at zero (the reference's zero_init_logits_layer), so fine-tuning
+  starts from uniform predictions whatever the scale of the representation.
+  """
+  encoder: nn.Module
+  head: Any  # A ProjectionHead with keep_layers > 0, or None.
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, images, train: bool):
+    x = self.encoder(images, train=train)
+    if self.head is not None:
+      x = self.head(x, train=train)
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
+                    name='classifier')(x.astype(jnp.float32))
+
+
+def _encoder(model_config, image_size, dtype, fine_tune_after_block=-1):
   if model_config.name not in STAGE_SIZES:
     raise ValueError(f'config.model.name={model_config.name!r} is not a known model; '
                      f'use one of {", ".join(MODEL_NAMES)}.')
   stage_sizes, block_cls = STAGE_SIZES[model_config.name]
-  encoder = ResNet(stage_sizes=stage_sizes, block_cls=block_cls,
-                   width_multiplier=model_config.width_multiplier,
-                   cifar_stem=image_size <= 32, bn_momentum=model_config.bn_momentum,
-                   bn_epsilon=model_config.bn_epsilon, dtype=dtype, name='encoder')
-  head = ProjectionHead(num_layers=model_config.head_layers,
+  return ResNet(stage_sizes=stage_sizes, block_cls=block_cls,
+                width_multiplier=model_config.width_multiplier,
+                cifar_stem=image_size <= 32, bn_momentum=model_config.bn_momentum,
+                bn_epsilon=model_config.bn_epsilon, dtype=dtype,
+                conv_grad=model_config.conv_grad, fine_tune_after_block=fine_tune_after_block,
+                name='encoder')
+
+
+def _head(model_config, dtype, keep_layers=0):
+  return ProjectionHead(num_layers=model_config.head_layers,
                         output_dim=model_config.head_output_dim,
                         bn_momentum=model_config.bn_momentum,
-                        bn_epsilon=model_config.bn_epsilon, dtype=dtype, name='head')
-  return SimCLRModel(encoder=encoder, head=head, num_classes=num_classes)
+                        bn_epsilon=model_config.bn_epsilon, keep_layers=keep_layers, dtype=dtype,
+                        name='head')
+
+
+def create_model(model_config, *, image_size: int, num_classes: int = 0,
+                 dtype: Any = jnp.float32) -> SimCLRModel:
+  """Builds the SimCLR model described by `config.model`."""
+  return SimCLRModel(encoder=_encoder(model_config, image_size, dtype),
+                     head=_head(model_config, dtype), num_classes=num_classes)
+
+
+def create_classifier(model_config, *, image_size: int, num_classes: int,
+                      fine_tune_after_block: int = -1, keep_head_layers: int = 0,
+                      dtype: Any = jnp.float32) -> Classifier:
+  """The fine-tuning network for `config.model`; parameter names match the SimCLR model's."""
+  head = _head(model_config, dtype, keep_head_layers) if keep_head_layers else None
+  return Classifier(encoder=_encoder(model_config, image_size, dtype, fine_tune_after_block),
+                    head=head, num_classes=num_classes)

@@ -10,10 +10,12 @@ class ProjectionHead(nn.Module):
   """`num_layers` x (dense without bias -> BN -> ReLU), the last without ReLU or BN centring.
 
   Hidden layers are as wide as the representation; BN replaces the dense biases, and the last
-  BN is uncentred (scale only), as in the reference implementation.
+  BN is uncentred (scale only), as in the reference implementation. With `keep_layers` > 0
+  only the first `keep_layers` (hidden) layers run: SimCLRv2 fine-tunes from the first one.
   """
   num_layers: int
   output_dim: int
+  keep_layers: int = 0
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
@@ -22,7 +24,7 @@ class ProjectionHead(nn.Module):
   def __call__(self, h, train: bool):
     hidden_dim = h.shape[-1]
     x = h
-    for i in range(self.num_layers):
+    for i in range(self.keep_layers or self.num_layers):
       last = i == self.num_layers - 1
       x = nn.Dense(self.output_dim if last else hidden_dim, use_bias=False, dtype=self.dtype,
                    name=f'dense{i + 1}')(x)

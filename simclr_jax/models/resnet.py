@@ -9,22 +9,26 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+
+from simclr_jax.models.conv import matmul_grad_conv
 
 # Conv kernels: He-normal (fan_out), as in the official TF ResNet.
 _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'truncated_normal')
+# How convolution weight gradients are computed: XLA's own, or matmuls (faster on CPU).
+CONV_GRADS = {'xla': None, 'matmul': matmul_grad_conv}
 
 
 class _ResidualBlock(nn.Module):
   """relu(shortcut(x) + BN(branch(x))); the shortcut projects when the shape changes."""
   filters: int
   strides: int
+  conv_cls: Any  # nn.Conv with the model's dtype, initialiser and weight-gradient method.
   norm: Any
-  dtype: Any = jnp.float32
 
   def conv(self, features, kernel, strides=1, **kwargs):
-    return nn.Conv(features, (kernel, kernel), (strides, strides), use_bias=False,
-                   dtype=self.dtype, kernel_init=_conv_init, **kwargs)
+    return self.conv_cls(features, (kernel, kernel), (strides, strides), **kwargs)
 
   @nn.compact
   def __call__(self, x):
@@ -64,28 +68,39 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
+  conv_grad: str = 'xla'  # A key of CONV_GRADS.
+  # Fine-tuning: the stem (0) and stages 1..k up to this one are frozen (-1: none, 4: all):
+  # no gradient flows into them and their BatchNorm stays in inference mode.
+  fine_tune_after_block: int = -1
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon, dtype=self.dtype)
+    def norm_for(part):
+      return functools.partial(
+          nn.BatchNorm, use_running_average=not train or part <= self.fine_tune_after_block,
+          momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype)
+
+    def end_of(part, x):
+      return jax.lax.stop_gradient(x) if part == self.fine_tune_after_block else x
+
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init,
+                             conv_general_dilated=CONV_GRADS[self.conv_grad])
     width = max(1, int(round(64 * self.width_multiplier)))
     x = x.astype(self.dtype)
     if self.cifar_stem:
-      x = nn.Conv(width, (3, 3), padding=1, use_bias=False, dtype=self.dtype,
-                  kernel_init=_conv_init, name='stem_conv')(x)
-      x = nn.relu(norm(name='stem_bn')(x))
+      x = conv(width, (3, 3), padding=1, name='stem_conv')(x)
+      x = nn.relu(norm_for(0)(name='stem_bn')(x))
     else:
-      x = nn.Conv(width, (7, 7), (2, 2), padding=3, use_bias=False, dtype=self.dtype,
-                  kernel_init=_conv_init, name='stem_conv')(x)
-      x = nn.relu(norm(name='stem_bn')(x))
+      x = conv(width, (7, 7), (2, 2), padding=3, name='stem_conv')(x)
+      x = nn.relu(norm_for(0)(name='stem_bn')(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = end_of(0, x)
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = self.block_cls(width * 2**stage, strides, norm, self.dtype,
+        x = self.block_cls(width * 2**stage, strides, conv, norm_for(stage + 1),
                            name=f'stage{stage + 1}_block{block + 1}')(x)
+      x = end_of(stage + 1, x)
     return jnp.mean(x, axis=(1, 2))
 
 

@@ -1,0 +1,167 @@
+"""Supervised training on top of a pretrained encoder: fine-tuning and the reference linear eval.
+
+Two protocols share this program:
+- `--config.mode=finetune`: fine-tunes the encoder from `finetune.fine_tune_after_block` on
+  (-1: all of it), on a class-balanced `finetune.label_fraction` of the train labels,
+  optionally through the first projection-head layer (`finetune.keep_head_layers=1`, SimCLRv2).
+- `--config.mode=linear_eval --config.eval.linear_protocol=sgd`: the official linear evaluation,
+  i.e. the same program with the whole encoder frozen (BatchNorm in inference mode) and a
+  linear layer on h trained on all labels.
+Both train with Nesterov momentum SGD on crop-and-flip views, as the reference does, save Orbax
+checkpoints into their own workdir (and resume from them), and score the eval split at the end.
+"""
+
+import functools
+import math
+import os
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from simclr_jax import config_validation
+from simclr_jax import evaluate
+from simclr_jax import input_pipeline
+from simclr_jax import label_fractions
+from simclr_jax import models
+from simclr_jax import optim
+from simclr_jax import train
+from simclr_jax.sharding import batch_sharded, create_mesh, replicated
+
+
+def protocol_settings(config) -> tuple[str, ml_collections.ConfigDict]:
+  """(protocol name, the finetune settings it runs with) for config.mode."""
+  settings = config.finetune.copy_and_resolve_references()
+  if config.mode == 'finetune':
+    return 'finetune', settings
+  # The reference linear evaluation: everything frozen, a linear layer on h, all labels.
+  with settings.unlocked():
+    settings.fine_tune_after_block = models.NUM_ENCODER_PARTS - 1
+    settings.keep_head_layers = 0
+    settings.label_fraction = 1.0
+  return 'linear_sgd', settings
+
+
+def with_pretrained(variables, pretrained):
+  """`variables` with the encoder (and kept head layers) taken from `pretrained`."""
+  def take(init, saved):
+    if isinstance(init, dict):
+      return {k: take(v, saved[k]) for k, v in init.items()}
+    return saved
+  out = {}
+  for collection, tree in variables.items():
+    out[collection] = {k: take(v, pretrained[collection][k]) if k in ('encoder', 'head') else v
+                       for k, v in tree.items()}
+  return out
+
+
+def init_finetune_state(model, tx, rng, image_size: int, pretrained=None) -> train.TrainState:
+  """A fresh state whose encoder comes from `pretrained` (None: random initialisation)."""
+  init_rng, state_rng = jax.random.split(rng)
+  variables = model.init(init_rng, jnp.zeros((2, image_size, image_size, 3)), train=False)
+  if pretrained is not None:
+    variables = with_pretrained(variables, pretrained)
+  return train.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                          batch_stats=variables['batch_stats'],
+                          opt_state=tx.init(variables['params']), rng=state_rng)
+
+
+def finetune_step(state, batch, *, model, tx, schedule):
+  """One SGD step of softmax cross-entropy on a global batch of labelled views."""
+  def loss_fn(params):
+    logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
+                                  batch['image'], train=True, mutable=['batch_stats'])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+    return loss, (accuracy, updates['batch_stats'])
+
+  (loss, (accuracy, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            batch_stats=batch_stats, opt_state=opt_state)
+  return new_state, {'loss': loss, 'accuracy': accuracy, 'learning_rate': schedule(state.step)}
+
+
+def make_finetune_step(model, tx, schedule, mesh):
+  step_fn = functools.partial(finetune_step, model=model, tx=tx, schedule=schedule)
+  return jax.jit(step_fn, in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
+
+
+def _pretrained_variables(config, num_classes):
+  """The pretraining run's variables (None for the random-encoder baseline); and its step."""
+  if config.eval.encoder == 'random':
+    return None, None
+  simclr_model = models.create_model(config.model, image_size=config.image_size,
+                                     num_classes=num_classes)
+  return evaluate.restore_encoder_variables(config, simclr_model, config.pretrained_workdir,
+                                            config.pretrained_step)
+
+
+def finetune(config, workdir: str) -> dict:
+  """Trains and scores a classifier as config.mode says; writes WORKDIR/eval_results.json."""
+  start = time.perf_counter()
+  config_validation.validate_config(config, num_devices=jax.device_count())
+  protocol, settings = protocol_settings(config)
+  info = evaluate.labelled_train_info(config)
+  subset = label_fractions.class_balanced_subset(
+      input_pipeline.split_labels(config, config.train_split), settings.label_fraction,
+      settings.subset_seed)
+  pretrained, pretrained_step = _pretrained_variables(config, info.num_classes)
+
+  os.makedirs(workdir, exist_ok=True)
+  mesh = create_mesh()
+  model = models.create_classifier(
+      config.model, image_size=config.image_size, num_classes=info.num_classes,
+      fine_tune_after_block=settings.fine_tune_after_block,
+      keep_head_layers=settings.keep_head_layers)
+  total_steps = max(1, math.ceil(settings.epochs * len(subset) / settings.batch_size))
+  schedule = optim.warmup_cosine_schedule(
+      optim.scaled_learning_rate(settings.learning_rate, settings.batch_size,
+                                 settings.lr_scaling),
+      int(round(settings.warmup_epochs * len(subset) / settings.batch_size)), total_steps)
+  params_shape = jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), jnp.zeros((2, config.image_size, config.image_size, 3)),
+      train=False))['params']
+  tx = optim.create_finetune_optimizer(settings, schedule, params_shape)
+  init_fn = functools.partial(init_finetune_state, model, tx, jax.random.PRNGKey(config.seed),
+                              config.image_size, pretrained)
+
+  manager = train.create_checkpoint_manager(workdir, config)
+  state = train.restore_or_init_state(manager, init_fn, mesh)
+  start_step = int(state.step)
+  if jax.process_index() == 0:
+    train.save_config(config, workdir)
+  logging.info('%s: %d of %d labelled examples, %s encoder, frozen through part %d, '
+               'steps %d -> %d.', protocol, len(subset), info.num_examples, config.eval.encoder,
+               settings.fine_tune_after_block, start_step, total_steps)
+  dataset = input_pipeline.create_finetune_dataset(
+      config, local_batch_size=settings.batch_size // jax.process_count(), subset=subset,
+      start_step=start_step)
+  batches = input_pipeline.device_batches(dataset, batch_sharded(mesh),
+                                          prefetch=config.prefetch_batches)
+  state = train.run_training_loop(
+      config, workdir, state, make_finetune_step(model, tx, schedule, mesh), batches,
+      manager=manager, batch_size=settings.batch_size, start_step=start_step,
+      total_steps=total_steps)
+
+  logits_fn = jax.jit(lambda variables, images: model.apply(variables, images, train=False),
+                      in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                      out_shardings=batch_sharded(mesh))
+  eval_dataset, _ = input_pipeline.create_eval_dataset(
+      config, config.eval.split, local_batch_size=config.eval.batch_size // jax.process_count(),
+      max_examples=config.eval.max_examples)
+  logits, labels = evaluate.extract_features(
+      logits_fn, {'params': state.params, 'batch_stats': state.batch_stats}, eval_dataset, mesh,
+      description=f'{config.eval.split} predictions')
+  results = {**evaluate.results_header(config, protocol, pretrained_step),
+             'label_fraction': settings.label_fraction, 'num_labelled_examples': len(subset),
+             'num_eval_examples': len(labels),
+             'fine_tune_after_block': settings.fine_tune_after_block,
+             'keep_head_layers': settings.keep_head_layers, 'epochs': settings.epochs,
+             'steps': total_steps, **evaluate.accuracies(logits, labels, info.num_classes)}
+  return evaluate.report_results(results, workdir, start)

@@ -1,0 +1,85 @@
+"""The matmul weight-gradient convolution against XLA's convolution and its gradients."""
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import load_config
+from simclr_jax import models
+from simclr_jax.models.conv import matmul_grad_conv
+
+_DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+@pytest.mark.parametrize('batch,size,cin,cout,kernel,stride,padding', [
+    (4, 9, 3, 5, 3, 1, ((1, 1), (1, 1))),  # 3x3 stride 1 (basic block).
+    (3, 10, 4, 6, 3, 2, ((1, 1), (1, 1))),  # 3x3 stride 2 (first block of a stage).
+    (2, 8, 4, 8, 1, 2, ((0, 0), (0, 0))),  # 1x1 stride-2 projection shortcut.
+    (2, 15, 3, 4, 7, 2, ((3, 3), (3, 3))),  # 7x7 stride-2 ImageNet stem.
+    (2, 8, 3, 4, 3, 2, 'SAME'),  # String padding, asymmetric for even sizes.
+    (64, 8, 4, 4, 3, 1, ((1, 1), (2, 0))),  # Several batch chunks; uneven padding.
+])
+def test_matches_xla_convolution_and_gradients(batch, size, cin, cout, kernel, stride, padding):
+  kx, kw, kg = jax.random.split(jax.random.PRNGKey(batch * size + kernel), 3)
+  x = jax.random.normal(kx, (batch, size, size, cin))
+  w = jax.random.normal(kw, (kernel, kernel, cin, cout))
+  reference = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                                    dimension_numbers=_DN)
+  ours = lambda x, w: matmul_grad_conv(x, w, (stride, stride), padding, dimension_numbers=_DN)
+  y_ref, vjp_ref = jax.vjp(reference, x, w)
+  y, vjp = jax.vjp(ours, x, w)
+  g = jax.random.normal(kg, y.shape)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  for got, want in zip(vjp(g), vjp_ref(g)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_weight_gradient_matches_naive_loop():
+  """dW[i, j] = sum over pixels of x_pad[s*y + i, s*x + j]^T g[y, x], written out in numpy."""
+  rng = np.random.default_rng(0)
+  x, w = rng.normal(size=(2, 6, 6, 3)), rng.normal(size=(3, 3, 3, 2))
+  y, vjp = jax.vjp(lambda w: matmul_grad_conv(jnp.asarray(x, jnp.float32), w, (2, 2),
+                                              ((1, 1), (1, 1)), dimension_numbers=_DN),
+                   jnp.asarray(w, jnp.float32))
+  g = rng.normal(size=y.shape)
+  (dw,) = vjp(jnp.asarray(g, jnp.float32))
+  x_pad = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  expected = np.zeros_like(w)
+  for i in range(3):
+    for j in range(3):
+      for oy in range(y.shape[1]):
+        for ox in range(y.shape[2]):
+          expected[i, j] += x_pad[:, 2 * oy + i, 2 * ox + j, :].T @ g[:, oy, ox, :]
+  np.testing.assert_allclose(dw, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_rejects_unsupported_convolutions():
+  x, w = jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 1, 2))
+  with pytest.raises(ValueError, match='conv_grad="xla"'):
+    matmul_grad_conv(x, w, (1, 1), 'SAME', dimension_numbers=_DN, feature_group_count=2)
+
+
+def test_resnet_gradients_equal_with_either_weight_gradient():
+  config = load_config('cifar10')
+  config.model.width_multiplier = 0.0625
+  images = jax.random.uniform(jax.random.PRNGKey(1), (4, 16, 16, 3))
+  grads = {}
+  for conv_grad in ('xla', 'matmul'):
+    config.model.conv_grad = conv_grad
+    model = models.create_model(config.model, image_size=16)
+    variables = model.init(jax.random.PRNGKey(0), images, train=False)
+    # Non-zero last-BN scales, so that every convolution gets a gradient.
+    params = jax.tree.map(lambda p: p + 0.5, variables['params'])
+
+    def loss(params):
+      out, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                           images, train=True, mutable=['batch_stats'])
+      return jnp.sum(out['z'] ** 2)
+    grads[conv_grad] = jax.grad(loss)(params)
+  flat_ref = dict(jax.tree_util.tree_leaves_with_path(grads['xla']))
+  for path, got in jax.tree_util.tree_leaves_with_path(grads['matmul']):
+    want = flat_ref[path]
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * (np.abs(want).max() + 1e-6),
+                               err_msg=jax.tree_util.keystr(path))
