@@ -28,5 +28,7 @@ setuptools.setup(
     ],
     extras_require={
         'test': ['pytest==9.0.3'],
+        # benchmarks/throughput.py --torch: the PyTorch CPU speed reference.
+        'torch_reference': ['torch==2.14.1'],
     },
 )

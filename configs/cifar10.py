@@ -25,6 +25,7 @@ def get_config():
   config.train_split = 'train'  # Split (TFDS) or sub-folder (image folder) to pretrain on.
   config.image_size = 32  # Side of the square crops fed to the encoder; <= 32 uses the CIFAR stem.
   config.shuffle_buffer_size = 50_000  # Examples in the tf.data shuffle buffer (per host).
+  config.skip_bad_images = False  # Image folders: leave out undecodable files (else: an error).
   config.prefetch_batches = 2  # Global batches placed on the devices ahead of the train step.
 
   # Augmentation (SimCLR appendix A; every parameter of the reference is a knob here).

@@ -91,11 +91,14 @@ def make_feature_fn(model, mesh, encoder: str):
                  out_shardings=batch_sharded(mesh))
 
 
-def extract_features(feature_fn, variables, dataset, mesh, *, description: str = ''):
-  """Runs `feature_fn` over a padded eval dataset; returns (features, labels) as numpy."""
+def extract_features(feature_fn, variables, dataset, mesh, *, config, split,
+                     description: str = ''):
+  """Runs `feature_fn` over a padded eval dataset of `split`; returns (features, labels)."""
   features, labels = [], []
   start = time.perf_counter()
-  for i, batch in enumerate(input_pipeline.device_batches(dataset, batch_sharded(mesh))):
+  batches = input_pipeline.device_batches(dataset, batch_sharded(mesh), config=config,
+                                          split=split)
+  for i, batch in enumerate(batches):
     out = feature_fn(variables, batch['image'])
     out, label, mask = (multihost_utils.process_allgather(x, tiled=True)
                         for x in (out, batch['label'], batch['mask']))
@@ -115,19 +118,22 @@ class KnnMonitor:
     self._feature_fn = make_feature_fn(model, mesh, 'pretrained')
     local_batch_size = config.eval.batch_size // jax.process_count()
     self._datasets = [
-        input_pipeline.create_eval_dataset(config, split, local_batch_size=local_batch_size,
-                                           max_examples=config.eval.max_examples)[0]
+        (split, input_pipeline.create_eval_dataset(
+            config, split, local_batch_size=local_batch_size,
+            max_examples=config.eval.max_examples)[0])
         for split in (config.train_split, config.eval.split)]
 
   def __call__(self, params, batch_stats) -> dict:
     variables = {'params': params, 'batch_stats': batch_stats}
     (train_x, train_y), (eval_x, eval_y) = (
-        extract_features(self._feature_fn, variables, ds, self._mesh, description='kNN monitor')
-        for ds in self._datasets)
+        extract_features(self._feature_fn, variables, ds, self._mesh, config=self._config,
+                         split=split, description='kNN monitor')
+        for split, ds in self._datasets)
     k = min(self._config.eval.knn_k, len(train_y))
     scores = knn.knn_scores(train_x, train_y, eval_x, self._num_classes, k=k,
                             temperature=self._config.eval.knn_temperature)
-    return {f'knn_{k}': v for k, v in accuracies(scores, eval_y, self._num_classes).items()}
+    return {f'knn_{name}': value
+            for name, value in accuracies(scores, eval_y, self._num_classes).items()}
 
 
 def encoder_variables(config, model, mesh):
@@ -152,8 +158,8 @@ def embed_splits(config, model, variables, mesh):
   for split in (config.train_split, config.eval.split):
     dataset, _ = input_pipeline.create_eval_dataset(
         config, split, local_batch_size=local_batch_size, max_examples=config.eval.max_examples)
-    splits.append(extract_features(feature_fn, variables, dataset, mesh,
-                                   description=f'{split} features'))
+    splits.append(extract_features(feature_fn, variables, dataset, mesh, config=config,
+                                   split=split, description=f'{split} features'))
   return tuple(splits)
 
 

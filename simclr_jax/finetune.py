@@ -83,7 +83,8 @@ def finetune_step(state, batch, *, model, tx, schedule):
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state)
-  return new_state, {'loss': loss, 'accuracy': accuracy, 'learning_rate': schedule(state.step)}
+  metrics = {'loss': loss, 'accuracy': accuracy, 'learning_rate': schedule(state.step)}
+  return train.only_if_finite(loss, grads, new_state, state, metrics)
 
 
 def make_finetune_step(model, tx, schedule, mesh):
@@ -102,8 +103,11 @@ def _pretrained_variables(config, num_classes):
                                             config.pretrained_step)
 
 
-def finetune(config, workdir: str) -> dict:
-  """Trains and scores a classifier as config.mode says; writes WORKDIR/eval_results.json."""
+def finetune(config, workdir: str):
+  """Trains and scores a classifier as config.mode says; writes WORKDIR/eval_results.json.
+
+  Returns the results, or None when a signal stopped training (a rerun resumes).
+  """
   start = time.perf_counter()
   config_validation.validate_config(config, num_devices=jax.device_count())
   protocol, settings = protocol_settings(config)
@@ -132,7 +136,7 @@ def finetune(config, workdir: str) -> dict:
                               config.image_size, pretrained)
 
   manager = train.create_checkpoint_manager(workdir, config)
-  state = train.restore_or_init_state(manager, init_fn, mesh)
+  state = train.restore_or_init_state(manager, init_fn, mesh, config)
   start_step = int(state.step)
   if jax.process_index() == 0:
     train.save_config(config, workdir)
@@ -143,11 +147,14 @@ def finetune(config, workdir: str) -> dict:
       config, local_batch_size=settings.batch_size // jax.process_count(), subset=subset,
       start_step=start_step)
   batches = input_pipeline.device_batches(dataset, batch_sharded(mesh),
-                                          prefetch=config.prefetch_batches)
+                                          prefetch=config.prefetch_batches, config=config,
+                                          split=config.train_split)
   state = train.run_training_loop(
       config, workdir, state, make_finetune_step(model, tx, schedule, mesh), batches,
       manager=manager, batch_size=settings.batch_size, start_step=start_step,
       total_steps=total_steps)
+  if int(state.step) < total_steps:
+    return None  # Stopped early by a signal; the same command resumes and then evaluates.
 
   logits_fn = jax.jit(lambda variables, images: model.apply(variables, images, train=False),
                       in_shardings=(replicated(mesh), batch_sharded(mesh)),
@@ -157,7 +164,7 @@ def finetune(config, workdir: str) -> dict:
       max_examples=config.eval.max_examples)
   logits, labels = evaluate.extract_features(
       logits_fn, {'params': state.params, 'batch_stats': state.batch_stats}, eval_dataset, mesh,
-      description=f'{config.eval.split} predictions')
+      config=config, split=config.eval.split, description=f'{config.eval.split} predictions')
   results = {**evaluate.results_header(config, protocol, pretrained_step),
              'label_fraction': settings.label_fraction, 'num_labelled_examples': len(subset),
              'num_eval_examples': len(labels),

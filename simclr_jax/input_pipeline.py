@@ -11,7 +11,9 @@ sequentially, a permutation within each block of config.shuffle_buffer_size.
 """
 
 import collections
+import concurrent.futures
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -92,6 +94,70 @@ def _list_image_folder(dataset, split):
   return paths, labels, classes
 
 
+def _decode_failure(path):
+  """None if TensorFlow (the pipeline's decoder) reads the image at `path`, else the reason."""
+  try:
+    tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return None
+  except tf.errors.OpError as e:
+    return e.message.strip().splitlines()[-1][:200]
+
+
+def find_unreadable_images(paths):
+  """[(path, reason)] for the files among `paths` that cannot be decoded, in order."""
+  with concurrent.futures.ThreadPoolExecutor(max(2, os.cpu_count() or 1)) as pool:
+    reasons = list(pool.map(_decode_failure, paths))
+  return [(p, r) for p, r in zip(paths, reasons) if r is not None]
+
+
+@functools.lru_cache(maxsize=16)
+def _folder_examples(dataset, split, train_split, skip_bad_images):
+  """(paths, labels, classes) of an image-folder split; labels index train_split's classes.
+
+  With skip_bad_images, files TensorFlow cannot decode are left out (once per process,
+  counted in the log).
+  """
+  paths, labels, classes = _list_image_folder(dataset, split)
+  if split != train_split:
+    train_classes = _list_image_folder(dataset, train_split)[2]
+    missing = sorted(set(classes) - set(train_classes))
+    if missing:
+      raise ValueError(
+          f'config.dataset={dataset!r}: split {split!r} has classes that split '
+          f'{train_split!r} lacks: {missing}. Evaluation labels come from the train split\'s '
+          'class folders; add those classes to it or remove them from the evaluated split.')
+    labels = [train_classes.index(classes[label]) for label in labels]
+    classes = train_classes
+  if skip_bad_images:
+    bad = find_unreadable_images(paths)
+    if bad:
+      logging.warning('Skipping %d unreadable images of %s/%s (config.skip_bad_images), '
+                      'e.g. %s: %s.', len(bad), dataset, split, bad[0][0], bad[0][1])
+      dropped = {p for p, _ in bad}
+      kept = [i for i, p in enumerate(paths) if p not in dropped]
+      paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]
+  return paths, labels, classes
+
+
+def _image_folder(config, split):
+  return _folder_examples(config.dataset, split, config.train_split,
+                          bool(config.skip_bad_images))
+
+
+def decode_error_message(config, split, error) -> str:
+  """Names the files behind a decode error of the pipeline over `split`, and the fixes."""
+  if not _is_image_folder(config.dataset):
+    return (f'A record of TFDS dataset {config.dataset!r} split {split!r} could not be '
+            f'decoded ({error.message.strip().splitlines()[-1][:200]}); rebuild the dataset.')
+  bad = find_unreadable_images(_image_folder(config, split)[0])
+  if not bad:
+    return f'Reading {config.dataset}/{split} failed: {error.message.strip()[:500]}'
+  listed = '; '.join(f'{p} ({r})' for p, r in bad[:5])
+  return (f'{len(bad)} image(s) in {config.dataset}/{split} cannot be decoded: {listed}'
+          f'{" ..." if len(bad) > 5 else ""}. Replace or delete them, or set '
+          '--config.skip_bad_images=true to leave them out (the log counts them).')
+
+
 def _tfds_builder(config):
   """Returns the prepared TFDS builder for config.dataset, or raises ValueError."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -138,7 +204,7 @@ def _tfds_num_classes(builder):
 def get_dataset_info(config, split):
   """Counts the examples and classes of `split` without decoding any image."""
   if _is_image_folder(config.dataset):
-    paths, _, classes = _list_image_folder(config.dataset, split)
+    paths, _, classes = _image_folder(config, split)
     return DatasetInfo(num_examples=len(paths), num_classes=len(classes))
   builder = _tfds_builder(config)
   return DatasetInfo(
@@ -173,7 +239,7 @@ def _tfds_pairs(builder, split, has_label, read_config=None):
 def split_labels(config, split) -> np.ndarray:
   """Labels of every example of `split` in pipeline order (-1 when unlabelled); no decoding."""
   if _is_image_folder(config.dataset):
-    return np.asarray(_list_image_folder(config.dataset, split)[1], np.int32)
+    return np.asarray(_image_folder(config, split)[1], np.int32)
   builder = _tfds_builder(config)
   _tfds_split_info(builder, config, split)
   pairs = _tfds_pairs(builder, split, _tfds_num_classes(builder) > 0)
@@ -186,7 +252,7 @@ def _local_source(config, split, process_index, process_count, subset=None):
   `subset`: sorted indices of the split's examples to keep (default: all of them).
   """
   if _is_image_folder(config.dataset):
-    paths, labels, _ = _list_image_folder(config.dataset, split)
+    paths, labels, _ = _image_folder(config, split)
     if subset is not None:
       paths, labels = [paths[i] for i in subset], [labels[i] for i in subset]
     n_local = len(paths) // process_count
@@ -374,7 +440,7 @@ def create_eval_dataset(config, split, *, local_batch_size: int, max_examples: i
   """
   process_index, process_count = _process_or_default(process_index, process_count)
   if _is_image_folder(config.dataset):
-    paths, labels, _ = _list_image_folder(config.dataset, split)
+    paths, labels, _ = _image_folder(config, split)
     order = tf.random.experimental.index_shuffle(
         tf.range(len(paths), dtype=tf.int64), [config.seed, _EVAL_SUBSET_STREAM],
         len(paths) - 1).numpy() if max_examples else range(len(paths))
@@ -410,22 +476,28 @@ def create_eval_dataset(config, split, *, local_batch_size: int, max_examples: i
   return ds, num_examples
 
 
-def device_batches(dataset, sharding, prefetch=2):
+def device_batches(dataset, sharding, prefetch=2, *, config=None, split=None):
   """Yields global jax.Arrays per batch, keeping `prefetch` batches in flight.
 
   Each host's local numpy batch becomes its part of a global array laid out by
   `sharding` (jax.make_array_from_process_local_data), so host-to-device
-  copies of the next batches overlap the current step.
+  copies of the next batches overlap the current step. Given the `config` and `split` the
+  dataset reads, a decoding failure becomes a ValueError naming the unreadable files.
   """
   iterator = dataset.as_numpy_iterator()
   queue = collections.deque()
 
   def enqueue(n):
-    for batch in itertools.islice(iterator, n):
-      queue.append({
-          k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in batch.items()
-      })
+    try:
+      for batch in itertools.islice(iterator, n):
+        queue.append({
+            k: jax.make_array_from_process_local_data(sharding, v)
+            for k, v in batch.items()
+        })
+    except tf.errors.InvalidArgumentError as e:
+      if config is None:
+        raise
+      raise ValueError(decode_error_message(config, split, e)) from None
 
   enqueue(max(prefetch, 1))
   while queue:

@@ -1,7 +1,10 @@
 """SimCLR pretraining: one jitted, sharded train step and the loop around it."""
 
 import functools
+import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -9,6 +12,7 @@ from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
@@ -79,13 +83,26 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, temperature, me
   grad_fn = jax.value_and_grad(
       functools.partial(loss_and_metrics, model=model, temperature=temperature, mesh=mesh),
       has_aux=True)
-  (_, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch)
+  (loss, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics['learning_rate'] = schedule(state.step)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state)
-  return new_state, metrics
+  return only_if_finite(loss, grads, new_state, state, metrics)
+
+
+def only_if_finite(loss, grads, new_state, state, metrics):
+  """(new_state, metrics) if loss and gradients are finite, else (state, metrics).
+
+  metrics['finite'] tells the loop, which stops with an error: a non-finite update never
+  reaches the parameters, so no checkpoint can hold one.
+  """
+  finite = jnp.isfinite(loss)
+  for g in jax.tree.leaves(grads):
+    finite &= jnp.all(jnp.isfinite(g))
+  kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  return kept, {**metrics, 'finite': finite}
 
 
 def make_train_step(model, tx, schedule, temperature, mesh):
@@ -102,14 +119,71 @@ def create_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
 
 
-def restore_or_init_state(manager, init_fn, mesh) -> TrainState:
-  """Restores the latest checkpoint onto `mesh` (replicated), or initialises a fresh state."""
+def _flat_config(config_dict, prefix=''):
+  flat = {}
+  for key, value in config_dict.items():
+    if isinstance(value, dict):
+      flat.update(_flat_config(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def config_differences(saved_path: str, config) -> list[str]:
+  """'key: saved X, now Y' for each value that differs from the config saved at saved_path."""
+  if not os.path.exists(saved_path):
+    return []
+  with open(saved_path) as f:
+    saved = _flat_config(json.load(f))
+  now = _flat_config(json.loads(config.to_json_best_effort()))
+  return [f'{k}: saved {saved.get(k)!r}, now {now.get(k)!r}'
+          for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)]
+
+
+def _check_resumable(manager, step: int, abstract_state, config):
+  """Refuses a checkpoint whose parameters or optimiser state do not fit `config`."""
+  path = os.path.join(str(manager.directory), str(step), 'default')
+  if not os.path.isdir(path):
+    return
+  saved = ocp.StandardCheckpointer().metadata(path).item_metadata
+  def describe(leaves_with_path, part):
+    leaves = [(jax.tree_util.keystr(p), tuple(x.shape)) for p, x in leaves_with_path
+              if jax.tree_util.keystr(p[:1]) == f"['{part}']"]
+    return dict(leaves) if part != 'opt_state' else sorted(shape for _, shape in leaves)
+  ours = jax.tree_util.tree_leaves_with_path(
+      {'params': abstract_state.params, 'batch_stats': abstract_state.batch_stats,
+       'opt_state': abstract_state.opt_state})
+  theirs = jax.tree_util.tree_leaves_with_path(saved)
+  mismatched = [part for part in ('params', 'batch_stats', 'opt_state')
+                if describe(ours, part) != describe(theirs, part)]
+  workdir = os.path.dirname(str(manager.directory))
+  differences = config_differences(os.path.join(workdir, 'config.json'), config)
+  if mismatched:
+    detail = ('; '.join(differences[:6]) if differences
+              else 'no config.json to compare with')
+    raise ValueError(
+        f'{workdir} holds a checkpoint (step {step}) made with an incompatible config: its '
+        f'{" and ".join(mismatched)} do not fit this model/optimiser. Config differences: '
+        f'{detail}. Nothing was overwritten; use a new --workdir, or the saved values to '
+        'resume this run.')
+  if differences:
+    logging.warning('Resuming %s with config values that differ from the saved run: %s',
+                    workdir, '; '.join(differences))
+
+
+def restore_or_init_state(manager, init_fn, mesh, config) -> TrainState:
+  """Restores the latest checkpoint onto `mesh` (replicated), or initialises a fresh state.
+
+  A checkpoint made with an incompatible config (another model, width or optimiser) is
+  refused with a message naming the config differences, before anything is overwritten.
+  """
   sharding = replicated(mesh)
   latest = manager.latest_step()
   if latest is None:
     return run_once(init_fn, out_shardings=sharding)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                           jax.eval_shape(init_fn))
+  _check_resumable(manager, latest, abstract, config)
   logging.info('Resuming from checkpoint at step %d in %s.', latest, manager.directory)
   return manager.restore(latest, args=ocp.args.StandardRestore(abstract))
 
@@ -142,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                               config.image_size)
 
   manager = create_checkpoint_manager(workdir, config)
-  state = restore_or_init_state(manager, init_fn, mesh)
+  state = restore_or_init_state(manager, init_fn, mesh, config)
   start_step = int(state.step)
   if jax.process_index() == 0:
     save_config(config, workdir)
@@ -155,7 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   dataset = input_pipeline.create_pretrain_dataset(
       config, local_batch_size=local_batch_size, start_step=start_step)
   batches = input_pipeline.device_batches(dataset, batch_sharded(mesh),
-                                          prefetch=config.prefetch_batches)
+                                          prefetch=config.prefetch_batches, config=config,
+                                          split=config.train_split)
   step_fn = make_train_step(model, tx, schedule, config.temperature, mesh)
 
   monitor = (evaluate.KnnMonitor(config, model, mesh, info.num_classes)
@@ -171,6 +246,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                            total_steps=total_steps, extra_metrics=knn_metrics)
 
 
+class StopRequest:
+  """Turns SIGTERM and SIGINT into a request to checkpoint and stop after the current step.
+
+  A second SIGINT (Ctrl-C twice) interrupts at once. With several processes, all stop at the
+  same step: JAX's preemption sync point (fed by SIGTERM through jax.distributed) decides.
+  """
+
+  def __init__(self):
+    self.signal_name = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signal_name is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+    logging.warning('%s received: stopping after this step with a checkpoint.',
+                    self.signal_name)
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.signal_name is not None
+
+
+def _check_finite(window, manager):
+  """Raises FloatingPointError naming the first non-finite step of `window` (step, metrics)."""
+  flags = jax.device_get([metrics['finite'] for _, metrics in window])
+  bad = [step for (step, _), ok in zip(window, flags) if not ok]
+  if bad:
+    manager.wait_until_finished()
+    raise FloatingPointError(
+        f'The loss or the gradients became NaN or infinite at step {bad[0]}; training stopped '
+        'and the non-finite update was not applied or saved. The last good checkpoint is step '
+        f'{manager.latest_step()} in {manager.directory}. Lower config.learning_rate (or '
+        'raise warmup_epochs) and rerun the command: it resumes from that checkpoint.')
+
+
 def run_training_loop(config, workdir, state, step_fn, batches, *, manager, batch_size: int,
                       start_step: int, total_steps: int, extra_metrics=None):
   """Runs `step_fn` to total_steps, logging and checkpointing as config says; returns state.
@@ -178,37 +301,55 @@ def run_training_loop(config, workdir, state, step_fn, batches, *, manager, batc
   Metrics are averaged over the steps between writes (every config.log_every_steps) and
   written with throughput to WORKDIR (TensorBoard and metrics.jsonl);
   `extra_metrics(step, state)` may add evaluations, which the throughput timer excludes.
+  On SIGTERM or SIGINT it saves a checkpoint at the current step and returns early; on a
+  non-finite loss or gradient it raises FloatingPointError without saving.
   """
-  writer = writers.create_writer(workdir)
+  writer = writers.create_writer(workdir, start_step)
   # The progress note (rate, ETA) goes to the log; scalars go through `writer` below.
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, every_steps=config.log_every_steps, every_secs=None)
-  window = []
-  for step in range(start_step + 1, total_steps + 1):
-    state, metrics = step_fn(state, next(batches))
-    window.append(metrics)
-    report_progress(step)
-    if step == start_step + 1:
-      # The first step includes compilation: throughput is timed from its end.
-      jax.block_until_ready(metrics)
-      timer_step, timer_start = step, time.perf_counter()
-    scalars = {}
-    if step % config.log_every_steps == 0 or step == total_steps:
-      window = jax.device_get(window)
-      scalars = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-      elapsed = time.perf_counter() - timer_start
-      if step > timer_step:
-        scalars['steps_per_sec'] = (step - timer_step) / elapsed
-        scalars['images_per_sec'] = scalars['steps_per_sec'] * batch_size
-      window = []
-    if extra_metrics:
-      scalars.update(extra_metrics(step, state))
-    if scalars:
-      writer.write_scalars(step, scalars)
-      # Restarted after writing, so throughput excludes logging and evaluations.
-      timer_step, timer_start = step, time.perf_counter()
-    if step % config.checkpoint_every_steps == 0 or step == total_steps:
-      manager.save(step, args=ocp.args.StandardSave(state))
+  window = []  # (step, metrics) since the last write.
+  stopped_at = None
+  with StopRequest() as stop:
+    for step in range(start_step + 1, total_steps + 1):
+      state, metrics = step_fn(state, next(batches))
+      window.append((step, metrics))
+      report_progress(step)
+      if step == start_step + 1:
+        # The first step includes compilation: throughput is timed from its end.
+        jax.block_until_ready(metrics)
+        timer_step, timer_start = step, time.perf_counter()
+      stopping = stop.should_stop(step)
+      log_now = step % config.log_every_steps == 0 or step == total_steps or stopping
+      save_now = step % config.checkpoint_every_steps == 0 or step == total_steps or stopping
+      if log_now or save_now:
+        _check_finite(window, manager)
+      scalars = {}
+      if log_now:
+        fetched = jax.device_get([m for _, m in window])
+        scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]
+                   if k != 'finite'}
+        elapsed = time.perf_counter() - timer_start
+        if step > timer_step:
+          scalars['steps_per_sec'] = (step - timer_step) / elapsed
+          scalars['images_per_sec'] = scalars['steps_per_sec'] * batch_size
+        window = []
+      if extra_metrics:
+        scalars.update(extra_metrics(step, state))
+      if scalars:
+        writer.write_scalars(step, scalars)
+        # Restarted after writing, so throughput excludes logging and evaluations.
+        timer_step, timer_start = step, time.perf_counter()
+      if save_now:
+        manager.save(step, args=ocp.args.StandardSave(state), force=stopping)
+      if stopping:
+        stopped_at = step
+        break
   manager.wait_until_finished()
   writer.flush()
+  if stopped_at is not None:
+    message = (f'{stop.signal_name or "Preemption notice"}: saved a checkpoint at step '
+               f'{stopped_at} in {manager.directory}; run the same command to resume.')
+    logging.warning(message)
+    print(message, flush=True)
   return state

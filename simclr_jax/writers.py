@@ -48,11 +48,27 @@ class JsonlWriter(metric_writers.MetricWriter):
     pass
 
 
-def create_writer(workdir: str) -> metric_writers.MetricWriter:
-  """TensorBoard + log + WORKDIR/metrics.jsonl on process 0; the log alone elsewhere."""
+def drop_records_after(path: str, step: int):
+  """Removes the lines of a metrics.jsonl logged after `step` (a resumed run redoes them)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(lines)
+  os.replace(tmp, path)
+
+
+def create_writer(workdir: str, start_step: int = 0) -> metric_writers.MetricWriter:
+  """TensorBoard + log + WORKDIR/metrics.jsonl on process 0; the log alone elsewhere.
+
+  Resuming at `start_step`, metrics.jsonl keeps only the records up to that step, so that it
+  reads like one uninterrupted run.
+  """
   if jax.process_index() > 0:
     return metric_writers.create_default_writer(workdir, just_logging=True)
+  path = os.path.join(workdir, 'metrics.jsonl')
+  drop_records_after(path, start_step)
   return metric_writers.MultiWriter([
-      metric_writers.create_default_writer(workdir),
-      JsonlWriter(os.path.join(workdir, 'metrics.jsonl')),
-  ])
+      metric_writers.create_default_writer(workdir), JsonlWriter(path)])

@@ -125,8 +125,9 @@ def test_dataset_info_counts_images_and_classes(image_folder):
   config = _config(image_folder)
   assert input_pipeline.get_dataset_info(config, 'train') == input_pipeline.DatasetInfo(
       num_examples=_NUM_TRAIN, num_classes=3)
+  # The test split has 2 class folders, but labels index the train split's 3 classes.
   assert input_pipeline.get_dataset_info(config, 'test') == input_pipeline.DatasetInfo(
-      num_examples=2, num_classes=2)
+      num_examples=2, num_classes=3)
 
 
 def test_missing_folder_is_reported(tmp_path):
@@ -414,3 +415,64 @@ def test_finetune_views_are_crops_and_flips_without_colour_changes(image_folder)
   green_blue = batch['image'][..., 1:].reshape(_NUM_TRAIN, -1, 2) * 255
   np.testing.assert_allclose(green_blue, np.broadcast_to(expected[:, None], green_blue.shape),
                              atol=3)
+
+
+def _broken_folder(root):
+  """Three good images and two bad ones (truncated JPEG, not an image) in one class."""
+  good = [('ok0.png', 0), ('ok1.jpg', 1), ('ok2.png', 2)]
+  os.makedirs(root / 'train' / 'cls')
+  for name, i in good:
+    _write_image(str(root / 'train' / 'cls' / name), i, 'RGB', (9, 9))
+  full = (root / 'train' / 'cls' / 'ok1.jpg').read_bytes()
+  (root / 'train' / 'cls' / 'truncated.jpg').write_bytes(full[:len(full) // 2])
+  (root / 'train' / 'cls' / 'zzz.png').write_bytes(b'not an image')
+  return root
+
+
+def test_unreadable_images_are_named(tmp_path):
+  config = _identity_config(_broken_folder(tmp_path))
+  dataset = input_pipeline.create_pretrain_dataset(config, local_batch_size=5, process_index=0,
+                                                   process_count=1)
+  sharding = NamedSharding(Mesh(np.array(jax.devices()[:1]), ('data',)), P('data'))
+  with pytest.raises(ValueError) as error:
+    next(input_pipeline.device_batches(dataset, sharding, config=config, split='train'))
+  message = str(error.value)
+  assert message.startswith('2 image(s) in ')
+  assert 'truncated.jpg' in message and 'zzz.png' in message and 'ok0' not in message
+  assert '--config.skip_bad_images=true' in message
+
+
+def test_unreadable_images_are_skipped_and_counted_when_asked(tmp_path, caplog):
+  config = _identity_config(_broken_folder(tmp_path), skip_bad_images=True)
+  assert input_pipeline.get_dataset_info(config, 'train').num_examples == 3
+  assert 'Skipping 2 unreadable images' in caplog.text
+  (batch,) = _batches(config, 1, local_batch_size=3)
+  np.testing.assert_array_equal(np.sort(_ids(batch['views'])[:, 0]), [0, 1, 2])
+
+
+def test_cmyk_jpeg_is_read_as_rgb(tmp_path):
+  os.makedirs(tmp_path / 'train' / 'cls')
+  Image.new('CMYK', (12, 10), (0, 155, 205, 0)).save(tmp_path / 'train' / 'cls' / 'c.jpg',
+                                                    quality=95)
+  config = _identity_config(tmp_path)
+  (batch,) = _batches(config, 1, local_batch_size=1)
+  # CMYK (0, 155, 205, 0) is RGB (255, 100, 50).
+  np.testing.assert_allclose(batch['views'][0, 0, 0, 0] * 255, [255, 100, 50], atol=4)
+
+
+def test_eval_labels_follow_the_train_classes(tmp_path):
+  for split, classes in (('train', ('ant', 'bee', 'cow')), ('test', ('bee', 'cow'))):
+    for i, cls in enumerate(classes):
+      os.makedirs(tmp_path / split / cls)
+      _write_image(str(tmp_path / split / cls / 'x.png'), i, 'RGB', (8, 8))
+  config = _identity_config(tmp_path)
+  dataset, count = input_pipeline.create_eval_dataset(config, 'test', local_batch_size=2,
+                                                      process_index=0, process_count=1)
+  (batch,) = list(dataset.as_numpy_iterator())
+  assert count == 2 and list(batch['label']) == [1, 2]  # bee and cow as in train.
+  os.makedirs(tmp_path / 'test' / 'dog')
+  _write_image(str(tmp_path / 'test' / 'dog' / 'x.png'), 0, 'RGB', (8, 8))
+  input_pipeline._folder_examples.cache_clear()  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match=r"split 'test' has classes that split 'train' lacks: "
+                                       r"\['dog'\]"):
+    input_pipeline.create_eval_dataset(config, 'test', local_batch_size=2)

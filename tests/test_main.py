@@ -2,8 +2,11 @@
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 from multidevice import REPO_ROOT
 
@@ -12,17 +15,24 @@ _REQUIRED_SCALARS = {'loss', 'contrastive_loss', 'contrastive_accuracy', 'contra
                      'images_per_sec'}
 
 
-def _run_cli(workdir, dataset, cache_dir):
+def _cli(workdir, dataset, cache_dir, *overrides):
+  """(command, env) of a tiny pretraining run through the command line."""
   command = [sys.executable, '-m', 'simclr_jax.main', '--config=configs/cifar10.py',
              f'--workdir={workdir}', f'--config.dataset={dataset}',
              '--config.model.width_multiplier=0.125', '--config.batch_size=32',
              '--config.num_train_steps=4', '--config.log_every_steps=2',
-             '--config.checkpoint_every_steps=2', '--config.shuffle_buffer_size=256']
+             '--config.checkpoint_every_steps=2', '--config.shuffle_buffer_size=256',
+             *overrides]
   env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(cache_dir))
+  return command, env
+
+
+def _run_cli(workdir, dataset, cache_dir, *overrides):
+  command, env = _cli(workdir, dataset, cache_dir, *overrides)
   proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                         timeout=600)
   assert proc.returncode == 0, proc.stderr[-5000:]
-  return proc.stderr
+  return proc.stdout, proc.stderr
 
 
 def _read_metrics(workdir):
@@ -45,10 +55,75 @@ def test_cli_trains_checkpoints_logs_and_resumes(cifar10_subset, tmp_path):
   # Lose the last checkpoint, as if the run had died after step 2: the same command resumes
   # from step 2 and recomputes steps 3 and 4 exactly as before.
   subprocess.run(['rm', '-r', str(workdir / 'checkpoints' / '4')], check=True)
-  log = _run_cli(workdir, dataset, tmp_path / 'cache')
+  _, log = _run_cli(workdir, dataset, tmp_path / 'cache')
   assert 'Resuming from checkpoint at step 2' in log
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
   resumed = _read_metrics(workdir)
-  assert [m['step'] for m in resumed] == [2, 4, 4]
+  assert [m['step'] for m in resumed] == [2, 4]  # The redone step replaced its old record.
   for key in ('loss', 'contrastive_accuracy', 'probe_loss', 'learning_rate'):
-    assert resumed[2][key] == first[1][key], key
+    assert resumed[1][key] == first[1][key], key
+
+
+def _wait_for(condition, proc, timeout=300):
+  start = time.time()
+  while not condition():
+    assert proc.poll() is None, proc.communicate()[1][-5000:]
+    assert time.time() - start < timeout, 'timed out'
+    time.sleep(0.05)
+
+
+def _checkpoints(workdir):
+  path = workdir / 'checkpoints'
+  return sorted(int(n) for n in os.listdir(path) if n.isdigit()) if path.exists() else []
+
+
+_LONG_RUN = ('--config.num_train_steps=24', '--config.log_every_steps=1',
+             '--config.checkpoint_every_steps=6')
+_TIMING = {'steps_per_sec', 'images_per_sec'}
+
+
+def test_sigterm_sigkill_and_torn_save_resume_exactly(cifar10_subset, tmp_path):
+  cache = tmp_path / 'cache'
+  reference = tmp_path / 'reference'
+  _run_cli(reference, cifar10_subset, cache, *_LONG_RUN)
+  expected = _read_metrics(reference)
+  assert [m['step'] for m in expected] == list(range(1, 25))
+
+  workdir = tmp_path / 'interrupted'
+  command, env = _cli(workdir, cifar10_subset, cache, *_LONG_RUN)
+  # SIGTERM mid-run: a checkpoint at the current step, a one-line note, exit status 0.
+  proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  _wait_for(lambda: (workdir / 'metrics.jsonl').exists() and
+            len(_read_metrics(workdir)) >= 2, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-5000:]
+  (note,) = out.strip().splitlines()
+  assert note.startswith('SIGTERM: saved a checkpoint at step ') and 'same command' in note
+  stopped = int(note.split('at step ')[1].split()[0])
+  assert 2 <= stopped < 24 and stopped in _checkpoints(workdir)
+
+  # SIGKILL just after the next regular checkpoint.
+  proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  _wait_for(lambda: max(_checkpoints(workdir)) > stopped, proc)
+  proc.kill()
+  proc.wait()
+  last = max(_checkpoints(workdir))
+  assert last % 6 == 0 and last < 24, 'the run ended before it could be killed'
+
+  # A save cut short leaves only Orbax's temporary folder: a later, partial step.
+  torn = workdir / 'checkpoints' / f'{last + 6}.orbax-checkpoint-tmp-1700000000'
+  shutil.copytree(workdir / 'checkpoints' / str(last), torn)
+  for path in sorted(torn.rglob('*'))[::2]:
+    if path.is_file():
+      path.write_bytes(b'')
+
+  _, log = _run_cli(workdir, cifar10_subset, cache, *_LONG_RUN)
+  assert f'Resuming from checkpoint at step {last}' in log
+  resumed = _read_metrics(workdir)
+  assert [m['step'] for m in resumed] == list(range(1, 25))
+  for got, want in zip(resumed, expected):
+    assert {k: v for k, v in got.items() if k not in _TIMING} == {
+        k: v for k, v in want.items() if k not in _TIMING}, got['step']

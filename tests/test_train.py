@@ -2,9 +2,15 @@
 
 import textwrap
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
+import pytest
 
+from conftest import tiny_config
 from multidevice import run_on_eight_cpu_devices
+from simclr_jax import train
 
 _STEP_SCRIPT = textwrap.dedent('''
     import functools, sys
@@ -62,3 +68,43 @@ def test_train_step_on_eight_devices_equals_one_device(tmp_path):
     scale = np.abs(one).max()
     assert scale > 0 or 'metrics' in key, key
     np.testing.assert_allclose(eight, one, rtol=0, atol=1e-4 * scale + 1e-7, err_msg=key)
+
+
+def test_non_finite_updates_are_not_applied():
+  old, new = {'w': jnp.ones(3), 'step': jnp.int32(4)}, {'w': jnp.full(3, 2.0),
+                                                      'step': jnp.int32(5)}
+  for loss, grad, finite in [(1.0, 0.5, True), (jnp.nan, 0.5, False), (1.0, jnp.inf, False)]:
+    state, metrics = train.only_if_finite(jnp.float32(loss), {'g': jnp.full(3, grad)}, new, old,
+                                          {'loss': loss})
+    assert bool(metrics['finite']) == finite
+    np.testing.assert_array_equal(state['w'], (new if finite else old)['w'])
+    assert int(state['step']) == (5 if finite else 4)
+
+
+def test_divergence_stops_with_the_step_and_last_good_checkpoint(cifar10_subset, tmp_path):
+  config = tiny_config(cifar10_subset)
+  # Plain SGD at an absurd learning rate overflows within a few steps.
+  config.optimizer, config.learning_rate, config.warmup_epochs = 'sgd', 1e30, 0.0
+  config.num_train_steps, config.log_every_steps, config.checkpoint_every_steps = 6, 1, 1
+  config.eval_every_steps = 0
+  with pytest.raises(FloatingPointError) as error:
+    train.train_and_evaluate(config, str(tmp_path))
+  message = str(error.value)
+  bad_step = int(message.split('infinite at step ')[1].split(';')[0])
+  manager = ocp.CheckpointManager(tmp_path / 'checkpoints',
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  assert manager.all_steps() == list(range(1, bad_step))
+  assert f'last good checkpoint is step {bad_step - 1}' in message
+  state = manager.restore(bad_step - 1)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state))
+
+
+def test_incompatible_checkpoint_is_refused_before_anything_is_written(
+    cifar10_subset, pretrained_workdir):
+  before = {p: p.stat().st_mtime_ns for p in pretrained_workdir.rglob('*')}
+  config = tiny_config(cifar10_subset)
+  config.model.width_multiplier = 0.25
+  with pytest.raises(ValueError, match=r'incompatible config.*model.width_multiplier: saved '
+                                       r'0.125, now 0.25.*Nothing was overwritten'):
+    train.train_and_evaluate(config, str(pretrained_workdir))
+  assert before == {p: p.stat().st_mtime_ns for p in pretrained_workdir.rglob('*')}

@@ -1,0 +1,150 @@
+r"""Train-step throughput, FLOPs, MFU and input-pipeline speed for a config.
+
+  python benchmarks/throughput.py --config=configs/cifar10.py \
+      --config.model.width_multiplier=0.25 --config.batch_size=128 [--num_devices=1] \
+      [--dataset=../shared/data/cifar10-jpeg] [--steps=10] [--torch]
+
+Reports, for the config's model and global batch on the first `num_devices` devices:
+- compile time of the jitted train step;
+- images/s: the median over `steps` timed steps after `warmup_steps`, on a device-resident
+  synthetic batch (the step alone, no input pipeline);
+- FLOPs per step from XLA's cost analysis of the compiled step, the achieved FLOP/s, and MFU
+  against the float32 matmul peak measured on the same device in the same run;
+- the input pipeline's images/s alone (decode + two augmented views), when --dataset is given;
+- with --torch, the same model, loss and optimiser step in PyTorch on CPU at the same batch,
+  and the ratio of the two throughputs.
+Prints one JSON object; BENCHMARKS.md records the results with the machine.
+"""
+
+import functools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax import input_pipeline
+from simclr_jax import models
+from simclr_jax import optim
+from simclr_jax import train
+from simclr_jax.sharding import batch_sharded, create_mesh, replicated, run_once
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', os.path.join(REPO_ROOT, 'configs', 'cifar10.py'),
+                                'Config file; override values with --config.KEY=VALUE.')
+flags.DEFINE_integer('num_devices', 0, 'Devices to use (0: all).')
+flags.DEFINE_integer('steps', 10, 'Timed train steps.')
+flags.DEFINE_integer('warmup_steps', 2, 'Untimed steps after compilation.')
+flags.DEFINE_string('dataset', '', 'If set, also time the input pipeline on this dataset.')
+flags.DEFINE_integer('pipeline_batches', 20, 'Timed input-pipeline batches.')
+flags.DEFINE_bool('torch', False, 'Also time the same step in PyTorch on CPU.')
+
+
+def matmul_peak_flops(device, size=2048, repeats=10) -> float:
+  """Float32 FLOP/s of a size x size matmul on `device` (best of `repeats`)."""
+  a = jax.device_put(jnp.ones((size, size), jnp.float32), device)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size**3 / best
+
+
+def time_train_step(config, devices):
+  """Compile time, median step seconds and XLA FLOPs of the train step on `devices`."""
+  mesh = create_mesh(devices)
+  size, batch = config.image_size, config.batch_size
+  model = models.create_model(config.model, image_size=size, num_classes=10)
+  total = FLAGS.warmup_steps + FLAGS.steps + 1
+  config.num_train_steps = total
+  schedule = optim.learning_rate_schedule(config, 50_000, total)
+  tx = optim.create_optimizer(config, schedule)
+  init = functools.partial(train.init_train_state, model, tx, jax.random.PRNGKey(0), size)
+  state = run_once(init, out_shardings=replicated(mesh))
+  rng = np.random.default_rng(0)
+  batch_data = jax.device_put(
+      {'views': rng.uniform(size=(batch, 2, size, size, 3)).astype(np.float32),
+       'label': rng.integers(0, 10, size=batch).astype(np.int32)}, batch_sharded(mesh))
+  step_fn = train.make_train_step(model, tx, schedule, config.temperature, mesh)
+  start = time.perf_counter()
+  compiled = step_fn.lower(state, batch_data).compile()
+  compile_sec = time.perf_counter() - start
+  flops = compiled.cost_analysis()['flops']
+  times = []
+  for i in range(FLAGS.warmup_steps + FLAGS.steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch_data)
+    jax.block_until_ready(metrics)
+    if i >= FLAGS.warmup_steps:
+      times.append(time.perf_counter() - start)
+  return compile_sec, statistics.median(times), flops
+
+
+def time_input_pipeline(config):
+  """Images/s of the pretraining tf.data pipeline alone on this host."""
+  config.dataset = FLAGS.dataset
+  dataset = input_pipeline.create_pretrain_dataset(
+      config, local_batch_size=config.batch_size // jax.process_count())
+  iterator = dataset.as_numpy_iterator()
+  for _ in range(3):  # Warm-up: file listing, graph building, first fills.
+    next(iterator)
+  start = time.perf_counter()
+  for _ in range(FLAGS.pipeline_batches):
+    next(iterator)
+  return FLAGS.pipeline_batches * config.batch_size / (time.perf_counter() - start)
+
+
+def torch_images_per_second(config) -> float:
+  """benchmarks/torch_reference.py in a fresh process (PyTorch and TensorFlow clash)."""
+  out = subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, 'benchmarks', 'torch_reference.py'),
+       config.to_json_best_effort(), str(FLAGS.steps), str(FLAGS.warmup_steps)],
+      check=True, capture_output=True, text=True).stdout
+  return float(out.strip().splitlines()[-1])
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  devices = jax.devices()[:FLAGS.num_devices or None]
+  peak = matmul_peak_flops(devices[0]) * len(devices)
+  compile_sec, step_sec, flops = time_train_step(config, devices)
+  images_per_sec = config.batch_size / step_sec
+  results = {
+      'machine': f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs',
+      'device': f'{devices[0].device_kind} x{len(devices)}',
+      'model': config.model.name, 'width_multiplier': config.model.width_multiplier,
+      'conv_grad': config.model.conv_grad, 'image_size': config.image_size,
+      'batch_size': config.batch_size, 'compile_sec': round(compile_sec, 2),
+      'step_sec_median': step_sec, 'images_per_sec': round(images_per_sec, 1),
+      'step_gflops': round(flops / 1e9, 2), 'achieved_gflops_per_sec': round(
+          flops / step_sec / 1e9, 1),
+      'matmul_peak_gflops_per_sec': round(peak / 1e9, 1),
+      'mfu': round(flops / step_sec / peak, 4)}
+  if FLAGS.dataset:
+    results['input_pipeline_images_per_sec'] = round(time_input_pipeline(config), 1)
+  if FLAGS.torch:
+    torch_images_per_sec = torch_images_per_second(config)
+    results['torch_images_per_sec'] = round(torch_images_per_sec, 1)
+    results['jax_over_torch'] = round(images_per_sec / torch_images_per_sec, 2)
+  print(json.dumps(results, indent=2))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,17 @@
+"""metrics.jsonl: one record per write; a resumed run drops the records it redoes."""
+
+import json
+
+from simclr_jax import writers
+
+
+def test_jsonl_records_and_resume_truncation(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  writer = writers.JsonlWriter(str(path))
+  for step in (2, 4, 6):
+    writer.write_scalars(step, {'loss': step / 10})
+  writers.drop_records_after(str(path), 4)
+  assert [json.loads(line) for line in path.read_text().splitlines()] == [
+      {'step': 2, 'loss': 0.2}, {'step': 4, 'loss': 0.4}]
+  writers.drop_records_after(str(tmp_path / 'missing.jsonl'), 4)  # Nothing to trim: no error.
+  assert not (tmp_path / 'missing.jsonl').exists()
