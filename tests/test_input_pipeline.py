@@ -151,6 +151,11 @@ def test_empty_split_is_reported(tmp_path):
                                            process_index=0, process_count=1)
 
 
+def test_empty_dataset_folder_is_reported(tmp_path):
+  with pytest.raises(ValueError, match=r"has no split folder 'train' .*sub-folders found: \[\]"):
+    input_pipeline.get_dataset_info(_config(tmp_path), 'train')
+
+
 def test_unknown_tfds_name_is_reported():
   with pytest.raises(ValueError, match="config.dataset='no_such_dataset_xyz'"):
     input_pipeline.get_dataset_info(_config('no_such_dataset_xyz'), 'train')

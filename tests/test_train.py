@@ -1,5 +1,7 @@
 """The jitted train step: 8 devices equal 1 device (loss, gradients, BatchNorm statistics)."""
 
+import os
+import signal
 import textwrap
 
 import jax
@@ -108,3 +110,17 @@ def test_incompatible_checkpoint_is_refused_before_anything_is_written(
                                        r'0.125, now 0.25.*Nothing was overwritten'):
     train.train_and_evaluate(config, str(pretrained_workdir))
   assert before == {p: p.stat().st_mtime_ns for p in pretrained_workdir.rglob('*')}
+
+
+def test_sigint_and_sigterm_become_a_stop_request():
+  previous = signal.getsignal(signal.SIGINT)
+  with train.StopRequest() as stop:
+    assert not stop.should_stop(1)
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C once: no KeyboardInterrupt, a request.
+    assert stop.should_stop(2) and stop.signal_name == 'SIGINT'
+    with pytest.raises(KeyboardInterrupt):  # Twice: interrupt at once.
+      os.kill(os.getpid(), signal.SIGINT)
+  with train.StopRequest() as stop:
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.should_stop(1) and stop.signal_name == 'SIGTERM'
+  assert signal.getsignal(signal.SIGINT) is previous  # Handlers restored.
