@@ -70,7 +70,8 @@ def time_train_step(config, devices):
   """Compile time, median step seconds and XLA FLOPs of the train step on `devices`."""
   mesh = create_mesh(devices)
   size, batch = config.image_size, config.batch_size
-  model = models.create_model(config.model, image_size=size, num_classes=10)
+  model = models.create_model(config.model, image_size=size, num_classes=10,
+                              dtype=models.DTYPES[config.dtype], remat=config.remat)
   total = FLAGS.warmup_steps + FLAGS.steps + 1
   config.num_train_steps = total
   schedule = optim.learning_rate_schedule(config, 50_000, total)
@@ -130,7 +131,8 @@ def main(argv):
       'machine': f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs',
       'device': f'{devices[0].device_kind} x{len(devices)}',
       'model': config.model.name, 'width_multiplier': config.model.width_multiplier,
-      'conv_grad': config.model.conv_grad, 'image_size': config.image_size,
+      'conv_grad': config.model.conv_grad, 'dtype': config.dtype, 'remat': config.remat,
+      'image_size': config.image_size,
       'batch_size': config.batch_size, 'compile_sec': round(compile_sec, 2),
       'step_sec_median': step_sec, 'images_per_sec': round(images_per_sec, 1),
       'step_gflops': round(flops / 1e9, 2), 'achieved_gflops_per_sec': round(

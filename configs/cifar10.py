@@ -52,6 +52,9 @@ def get_config():
   config.model.bn_momentum = 0.9  # BatchNorm running-average momentum.
   config.model.bn_epsilon = 1e-5  # BatchNorm epsilon.
 
+  config.dtype = 'float32'  # Compute type: float32 | bfloat16 (params, BN stats, loss: float32).
+  config.remat = False  # Recompute residual blocks in the backward pass (less memory).
+
   # Loss.
   config.temperature = 0.5  # NT-Xent temperature tau (0.5 is best for CIFAR-10 at convergence).
 

@@ -32,6 +32,10 @@ def validate_config(config, *, num_devices: int):
   _require(config.model.conv_grad in models.CONV_GRADS,
            f'config.model.conv_grad={config.model.conv_grad!r} is not known; use one of '
            f'{", ".join(models.CONV_GRADS)}.')
+  _require(config.dtype in models.DTYPES,
+           f'config.dtype={config.dtype!r} is not known; use one of {", ".join(models.DTYPES)}.')
+  _require(isinstance(config.remat, bool),
+           f'config.remat={config.remat!r} must be true or false.')
   _require(config.model.head_layers >= 1,
            f'config.model.head_layers={config.model.head_layers} must be >= 1 (SimCLRv2: 3).')
   _require(config.model.head_output_dim >= 1,

@@ -208,7 +208,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   os.makedirs(workdir, exist_ok=True)
   mesh = create_mesh()
   model = models.create_model(config.model, image_size=config.image_size,
-                              num_classes=info.num_classes)
+                              num_classes=info.num_classes, dtype=models.DTYPES[config.dtype],
+                              remat=config.remat)
   total_steps = optim.total_train_steps(config, info.num_examples)
   schedule = optim.learning_rate_schedule(config, info.num_examples, total_steps)
   tx = optim.create_optimizer(config, schedule)

@@ -1,4 +1,8 @@
-"""The command line end to end on real CIFAR-10 images: train, checkpoint, log, resume."""
+"""The command line end to end on real CIFAR-10 images: train, checkpoint, log, resume.
+
+Resuming is tested the hard way below: SIGTERM, SIGKILL and a torn save, then a rerun that
+must reproduce an uninterrupted run's metrics exactly.
+"""
 
 import json
 import os
@@ -40,7 +44,7 @@ def _read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_cli_trains_checkpoints_logs_and_resumes(cifar10_subset, tmp_path):
+def test_cli_trains_checkpoints_and_logs(cifar10_subset, tmp_path):
   dataset = cifar10_subset
   workdir = tmp_path / 'workdir'
   _run_cli(workdir, dataset, tmp_path / 'cache')
@@ -51,17 +55,6 @@ def test_cli_trains_checkpoints_logs_and_resumes(cifar10_subset, tmp_path):
   first = _read_metrics(workdir)
   assert [m['step'] for m in first] == [2, 4]
   assert _REQUIRED_SCALARS <= set(first[0])
-
-  # Lose the last checkpoint, as if the run had died after step 2: the same command resumes
-  # from step 2 and recomputes steps 3 and 4 exactly as before.
-  subprocess.run(['rm', '-r', str(workdir / 'checkpoints' / '4')], check=True)
-  _, log = _run_cli(workdir, dataset, tmp_path / 'cache')
-  assert 'Resuming from checkpoint at step 2' in log
-  assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
-  resumed = _read_metrics(workdir)
-  assert [m['step'] for m in resumed] == [2, 4]  # The redone step replaced its old record.
-  for key in ('loss', 'contrastive_accuracy', 'probe_loss', 'learning_rate'):
-    assert resumed[1][key] == first[1][key], key
 
 
 def _wait_for(condition, proc, timeout=300):

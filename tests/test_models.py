@@ -105,3 +105,51 @@ def test_unknown_model_name_is_rejected(cifar_config):
   cifar_config.model.name = 'resnet19'
   with pytest.raises(ValueError, match="config.model.name='resnet19'.*resnet18"):
     models.create_model(cifar_config.model, image_size=32)
+
+
+def _loss_and_grads(config, **options):
+  """Jitted NT-Xent-like loss and gradients of a tiny SimCLR model under `options`."""
+  model = models.create_model(config.model, image_size=16, num_classes=10, **options)
+  images = jax.random.uniform(jax.random.PRNGKey(1), (8, 16, 16, 3))
+  variables = sharding.run_once(lambda: model.init(jax.random.PRNGKey(0), images, train=False))
+  # Non-zero last-BN scales, so that every block contributes to the gradients.
+  params = jax.tree.map(lambda p: p + 0.2, variables['params'])
+
+  def loss(params):
+    out, stats = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                             images, train=True, mutable=['batch_stats'])
+    z = out['z'] / jnp.linalg.norm(out['z'], axis=1, keepdims=True)
+    return jnp.sum(jax.nn.log_softmax(z @ z.T / 0.5)[:, ::-1].diagonal()), (out, stats)
+
+  (value, (out, stats)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+  return value, out, stats, grads
+
+
+@pytest.fixture(scope='module')
+def float32_reference():
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  config = load_config('cifar10')
+  config.model.width_multiplier = 0.0625
+  return config, _loss_and_grads(config)
+
+
+def test_remat_computes_the_same_loss_and_gradients(float32_reference):
+  config, (value, _, stats, grads) = float32_reference
+  remat_value, _, remat_stats, remat_grads = _loss_and_grads(config, remat=True)
+  np.testing.assert_allclose(remat_value, value, rtol=1e-6)
+  for tree, ref in ((remat_grads, grads), (remat_stats, stats)):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                         atol=1e-6 * np.abs(b).max()),
+                 tree, ref)
+
+
+def test_bfloat16_compute_keeps_float32_state_and_approximates_float32(float32_reference):
+  config, (value, _, stats, grads) = float32_reference
+  bf_value, bf_out, bf_stats, bf_grads = _loss_and_grads(config, dtype=jnp.bfloat16)
+  assert bf_out['z'].dtype == bf_out['h'].dtype == jnp.float32
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((bf_grads, bf_stats)))
+  np.testing.assert_allclose(bf_value, value, rtol=2e-2)
+  assert bf_value != value  # The compute really ran in bfloat16.
+  flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+  a, b = flat(bf_grads), flat(grads)
+  assert np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) > 0.98

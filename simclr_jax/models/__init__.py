@@ -10,6 +10,8 @@ from simclr_jax.models.heads import ProjectionHead
 from simclr_jax.models.resnet import CONV_GRADS, ResNet, STAGE_SIZES  # noqa: F401 (re-exported)
 
 MODEL_NAMES = tuple(STAGE_SIZES)
+# config.dtype: the compute type of the encoder and head.
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # Encoder parts fine_tune_after_block counts: the stem (0) and the four stages (1-4).
 NUM_ENCODER_PARTS = 5
 
@@ -59,7 +61,7 @@ class Classifier(nn.Module):
                     name='classifier')(x.astype(jnp.float32))
 
 
-def _encoder(model_config, image_size, dtype, fine_tune_after_block=-1):
+def _encoder(model_config, image_size, dtype, fine_tune_after_block=-1, remat=False):
   if model_config.name not in STAGE_SIZES:
     raise ValueError(f'config.model.name={model_config.name!r} is not a known model; '
                      f'use one of {", ".join(MODEL_NAMES)}.')
@@ -69,7 +71,7 @@ def _encoder(model_config, image_size, dtype, fine_tune_after_block=-1):
                 cifar_stem=image_size <= 32, bn_momentum=model_config.bn_momentum,
                 bn_epsilon=model_config.bn_epsilon, dtype=dtype,
                 conv_grad=model_config.conv_grad, fine_tune_after_block=fine_tune_after_block,
-                name='encoder')
+                remat=remat, name='encoder')
 
 
 def _head(model_config, dtype, keep_layers=0):
@@ -81,9 +83,13 @@ def _head(model_config, dtype, keep_layers=0):
 
 
 def create_model(model_config, *, image_size: int, num_classes: int = 0,
-                 dtype: Any = jnp.float32) -> SimCLRModel:
-  """Builds the SimCLR model described by `config.model`."""
-  return SimCLRModel(encoder=_encoder(model_config, image_size, dtype),
+                 dtype: Any = jnp.float32, remat: bool = False) -> SimCLRModel:
+  """Builds the SimCLR model described by `config.model`.
+
+  `dtype` is the compute type (parameters, BatchNorm statistics, h and z stay float32);
+  `remat` recomputes residual blocks in the backward pass instead of storing activations.
+  """
+  return SimCLRModel(encoder=_encoder(model_config, image_size, dtype, remat=remat),
                      head=_head(model_config, dtype), num_classes=num_classes)
 
 

@@ -72,6 +72,8 @@ class ResNet(nn.Module):
   # Fine-tuning: the stem (0) and stages 1..k up to this one are frozen (-1: none, 4: all):
   # no gradient flows into them and their BatchNorm stays in inference mode.
   fine_tune_after_block: int = -1
+  # Rematerialise each residual block in the backward pass: activation memory for compute.
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -95,10 +97,11 @@ class ResNet(nn.Module):
       x = nn.relu(norm_for(0)(name='stem_bn')(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     x = end_of(0, x)
+    block_cls = nn.remat(self.block_cls) if self.remat else self.block_cls
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = self.block_cls(width * 2**stage, strides, conv, norm_for(stage + 1),
+        x = block_cls(width * 2**stage, strides, conv, norm_for(stage + 1),
                            name=f'stage{stage + 1}_block{block + 1}')(x)
       x = end_of(stage + 1, x)
     return jnp.mean(x, axis=(1, 2))
