@@ -54,15 +54,7 @@ def validate_config(config, *, num_devices: int):
            f'{max(1, config.batch_size // num_devices) * num_devices}).')
   _require(config.optimizer in optim.OPTIMIZERS,
            f'config.optimizer={config.optimizer!r} is not known; use one of {optim.OPTIMIZERS}.')
-  _require(config.lr_scaling in optim.LR_SCALINGS,
-           f'config.lr_scaling={config.lr_scaling!r} is not known; '
-           f'use one of {optim.LR_SCALINGS}.')
-  _require(config.learning_rate > 0,
-           f'config.learning_rate={config.learning_rate} must be > 0.')
-  _require(config.weight_decay >= 0,
-           f'config.weight_decay={config.weight_decay} must be >= 0.')
-  _require(config.warmup_epochs >= 0,
-           f'config.warmup_epochs={config.warmup_epochs} must be >= 0.')
+  _validate_schedule(config, 'config.')
   _require(config.num_train_steps > 0 or config.num_epochs > 0,
            f'config.num_epochs={config.num_epochs} must be > 0 '
            '(or set config.num_train_steps > 0).')
@@ -95,6 +87,24 @@ def validate_config(config, *, num_devices: int):
     _validate_finetune_config(config, num_devices)
 
 
+def _require_device_multiple(batch_size, name, num_devices):
+  _require(isinstance(batch_size, int) and batch_size > 0 and batch_size % num_devices == 0,
+           f'{name}={batch_size!r} must be a positive multiple of the {num_devices} devices.')
+
+
+def _validate_schedule(section, prefix):
+  """Learning rate, its scaling, weight decay and warm-up of pretraining or fine-tuning."""
+  _require(section.lr_scaling in optim.LR_SCALINGS,
+           f'{prefix}lr_scaling={section.lr_scaling!r} is not known; '
+           f'use one of {optim.LR_SCALINGS}.')
+  _require(section.learning_rate > 0,
+           f'{prefix}learning_rate={section.learning_rate} must be > 0.')
+  _require(section.weight_decay >= 0,
+           f'{prefix}weight_decay={section.weight_decay} must be >= 0.')
+  _require(section.warmup_epochs >= 0,
+           f'{prefix}warmup_epochs={section.warmup_epochs} must be >= 0.')
+
+
 def _validate_eval_config(config, num_devices):
   ev = config.eval
   _require(ev.encoder in EVAL_ENCODERS,
@@ -102,10 +112,7 @@ def _validate_eval_config(config, num_devices):
   _require(ev.encoder != 'pretrained' or config.pretrained_workdir,
            'config.pretrained_workdir is empty; set it to the workdir of a pretraining run '
            '(or evaluate a baseline with --config.eval.encoder=random or pixels).')
-  _require(isinstance(ev.batch_size, int) and ev.batch_size % num_devices == 0 and
-           ev.batch_size > 0,
-           f'config.eval.batch_size={ev.batch_size!r} must be a positive multiple of the '
-           f'{num_devices} devices.')
+  _require_device_multiple(ev.batch_size, 'config.eval.batch_size', num_devices)
   _require(0 < ev.holdout_fraction < 1,
            f'config.eval.holdout_fraction={ev.holdout_fraction} must be in (0, 1).')
   _require(ev.knn_k >= 1, f'config.eval.knn_k={ev.knn_k} must be >= 1 (reference: 200).')
@@ -136,16 +143,6 @@ def _validate_finetune_config(config, num_devices):
            f'config.finetune.keep_head_layers={ft.keep_head_layers} must be in '
            f'[0, config.model.head_layers - 1 = {config.model.head_layers - 1}] (SimCLRv2: 1).')
   _require(ft.epochs > 0, f'config.finetune.epochs={ft.epochs} must be > 0.')
-  _require(isinstance(ft.batch_size, int) and ft.batch_size > 0 and
-           ft.batch_size % num_devices == 0,
-           f'config.finetune.batch_size={ft.batch_size!r} must be a positive multiple of the '
-           f'{num_devices} devices.')
-  _require(ft.learning_rate > 0, f'config.finetune.learning_rate={ft.learning_rate} must be > 0.')
-  _require(ft.lr_scaling in optim.LR_SCALINGS,
-           f'config.finetune.lr_scaling={ft.lr_scaling!r} is not known; '
-           f'use one of {optim.LR_SCALINGS}.')
+  _require_device_multiple(ft.batch_size, 'config.finetune.batch_size', num_devices)
+  _validate_schedule(ft, 'config.finetune.')
   _require(0 <= ft.momentum < 1, f'config.finetune.momentum={ft.momentum} must be in [0, 1).')
-  _require(ft.weight_decay >= 0,
-           f'config.finetune.weight_decay={ft.weight_decay} must be >= 0.')
-  _require(ft.warmup_epochs >= 0,
-           f'config.finetune.warmup_epochs={ft.warmup_epochs} must be >= 0.')

@@ -13,7 +13,6 @@ import time
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
@@ -53,9 +52,8 @@ def restore_encoder_variables(config, model, pretrained_workdir: str, step: int 
   if step not in steps:
     raise ValueError(f'config.pretrained_step={step} is not among the checkpoints in '
                      f'{directory}: {sorted(steps)}.')
-  expected = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), jnp.zeros((1, config.image_size, config.image_size, 3)),
-      train=False))
+  expected = jax.eval_shape(
+      lambda: models.init_variables(model, jax.random.PRNGKey(0), config.image_size))
   restored = manager.restore(step)
   for collection in ('params', 'batch_stats'):
     want, got = _param_shapes(expected[collection]), _param_shapes(restored[collection])
@@ -143,9 +141,8 @@ def encoder_variables(config, model, mesh):
                                                 config.pretrained_step)
     return jax.device_put(variables, replicated(mesh)), step
   if config.eval.encoder == 'random':
-    init = lambda: model.init(jax.random.PRNGKey(config.seed),  # pylint: disable=g-long-lambda
-                              jnp.zeros((1, config.image_size, config.image_size, 3)),
-                              train=False)
+    init = lambda: models.init_variables(model, jax.random.PRNGKey(config.seed),
+                                         config.image_size)
     return run_once(init, out_shardings=replicated(mesh)), None
   return {}, None
 

@@ -61,7 +61,7 @@ def with_pretrained(variables, pretrained):
 def init_finetune_state(model, tx, rng, image_size: int, pretrained=None) -> train.TrainState:
   """A fresh state whose encoder comes from `pretrained` (None: random initialisation)."""
   init_rng, state_rng = jax.random.split(rng)
-  variables = model.init(init_rng, jnp.zeros((2, image_size, image_size, 3)), train=False)
+  variables = models.init_variables(model, init_rng, image_size)
   if pretrained is not None:
     variables = with_pretrained(variables, pretrained)
   return train.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
@@ -128,10 +128,7 @@ def finetune(config, workdir: str):
       optim.scaled_learning_rate(settings.learning_rate, settings.batch_size,
                                  settings.lr_scaling),
       int(round(settings.warmup_epochs * len(subset) / settings.batch_size)), total_steps)
-  params_shape = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), jnp.zeros((2, config.image_size, config.image_size, 3)),
-      train=False))['params']
-  tx = optim.create_finetune_optimizer(settings, schedule, params_shape)
+  tx = optim.create_finetune_optimizer(settings, schedule)
   init_fn = functools.partial(init_finetune_state, model, tx, jax.random.PRNGKey(config.seed),
                               config.image_size, pretrained)
 

@@ -94,13 +94,18 @@ def _list_image_folder(dataset, split):
   return paths, labels, classes
 
 
+def _reason(error) -> str:
+  """The informative last line of a TensorFlow error, shortened."""
+  return error.message.strip().splitlines()[-1][:200]
+
+
 def _decode_failure(path):
   """None if TensorFlow (the pipeline's decoder) reads the image at `path`, else the reason."""
   try:
     tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     return None
   except tf.errors.OpError as e:
-    return e.message.strip().splitlines()[-1][:200]
+    return _reason(e)
 
 
 def find_unreadable_images(paths):
@@ -148,7 +153,7 @@ def decode_error_message(config, split, error) -> str:
   """Names the files behind a decode error of the pipeline over `split`, and the fixes."""
   if not _is_image_folder(config.dataset):
     return (f'A record of TFDS dataset {config.dataset!r} split {split!r} could not be '
-            f'decoded ({error.message.strip().splitlines()[-1][:200]}); rebuild the dataset.')
+            f'decoded ({_reason(error)}); rebuild the dataset.')
   bad = find_unreadable_images(_image_folder(config, split)[0])
   if not bad:
     return f'Reading {config.dataset}/{split} failed: {error.message.strip()[:500]}'
@@ -338,9 +343,10 @@ def _shuffled_stream(source, n_local, block, config_seed, start_index):
   return tf.data.Dataset.counter(start_epoch).flat_map(epoch)
 
 
-def _training_dataset(config, split, make_example, *, local_batch_size, start_step,
-                      process_index, process_count, subset=None):
-  """Infinite, batched per-host stream of make_example(image, label, seed) from `split`."""
+def _training_dataset(config, make_example, *, local_batch_size, start_step, process_index,
+                      process_count, subset=None):
+  """Infinite, batched per-host stream of make_example(image, label, seed) of the train split."""
+  split = config.train_split
   process_index, process_count = _process_or_default(process_index, process_count)
   if local_batch_size < 1:
     raise ValueError(f'local_batch_size={local_batch_size} must be >= 1.')
@@ -396,7 +402,7 @@ def create_pretrain_dataset(config, *, local_batch_size: int,
                       for s in (seed_a, seed_b)])
     return {'views': views, 'label': label}
 
-  return _training_dataset(config, config.train_split, two_views,
+  return _training_dataset(config, two_views,
                            local_batch_size=local_batch_size, start_step=start_step,
                            process_index=process_index, process_count=process_count)
 
@@ -414,7 +420,7 @@ def create_finetune_dataset(config, *, local_batch_size: int, subset=None,
     return {'image': augment.crop_flip_view(image, seed, config.augment, config.image_size),
             'label': label}
 
-  return _training_dataset(config, config.train_split, crop_and_flip,
+  return _training_dataset(config, crop_and_flip,
                            local_batch_size=local_batch_size, start_step=start_step,
                            process_index=process_index, process_count=process_count,
                            subset=subset)

@@ -44,6 +44,11 @@ def learning_rate_schedule(config, num_examples: int, total_steps: int) -> optax
   return warmup_cosine_schedule(peak, warmup_steps, total_steps)
 
 
+def _names(path):
+  """A parameter's tree path as plain names: ('encoder', 'stem_conv', 'kernel')."""
+  return [str(getattr(k, 'key', k)) for k in path]
+
+
 def decay_mask(params):
   """True for the conv and dense kernels of encoder and head.
 
@@ -51,7 +56,7 @@ def decay_mask(params):
   weight decay and from the LARS trust ratio, as in the reference.
   """
   def is_decayed(path, _):
-    names = [str(getattr(k, 'key', k)) for k in path]
+    names = _names(path)
     return names[-1] == 'kernel' and 'probe' not in names
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 
@@ -74,7 +79,7 @@ def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransfor
 def frozen_mask(params, fine_tune_after_block: int):
   """True for the encoder parameters that fine-tuning freezes (stem = 0, stage k = k)."""
   def is_frozen(path, _):
-    names = [str(getattr(k, 'key', k)) for k in path]
+    names = _names(path)
     if names[0] != 'encoder':
       return False
     part = 0 if names[1].startswith('stem') else int(names[1][len('stage')])
@@ -82,11 +87,12 @@ def frozen_mask(params, fine_tune_after_block: int):
   return jax.tree_util.tree_map_with_path(is_frozen, params)
 
 
-def create_finetune_optimizer(ft_config, schedule: optax.Schedule,
-                              params) -> optax.GradientTransformation:
+def create_finetune_optimizer(ft_config, schedule: optax.Schedule) -> optax.GradientTransformation:
   """Nesterov momentum SGD (the reference's fine-tuning optimiser); frozen parameters fixed."""
   tx = optax.chain(optax.add_decayed_weights(ft_config.weight_decay, mask=decay_mask),
                    optax.sgd(schedule, momentum=ft_config.momentum, nesterov=True))
-  labels = jax.tree.map(lambda frozen: 'frozen' if frozen else 'trained',
+
+  def labels(params):
+    return jax.tree.map(lambda frozen: 'frozen' if frozen else 'trained',
                         frozen_mask(params, ft_config.fine_tune_after_block))
   return optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()}, labels)

@@ -41,8 +41,7 @@ class TrainState:
 def init_train_state(model, tx, rng, image_size: int) -> TrainState:
   """Initialises parameters, BatchNorm statistics and optimiser state from `rng`."""
   init_rng, state_rng = jax.random.split(rng)
-  dummy = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
-  variables = model.init(init_rng, dummy, train=False)
+  variables = models.init_variables(model, init_rng, image_size)
   params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables['batch_stats'], opt_state=tx.init(params),
@@ -282,10 +281,9 @@ class StopRequest:
     return self.signal_name is not None
 
 
-def _check_finite(window, manager):
-  """Raises FloatingPointError naming the first non-finite step of `window` (step, metrics)."""
-  flags = jax.device_get([metrics['finite'] for _, metrics in window])
-  bad = [step for (step, _), ok in zip(window, flags) if not ok]
+def _check_finite(steps, metrics, manager):
+  """Raises FloatingPointError naming the first step whose fetched metrics are not finite."""
+  bad = [step for step, m in zip(steps, metrics) if not m['finite']]
   if bad:
     manager.wait_until_finished()
     raise FloatingPointError(
@@ -309,12 +307,12 @@ def run_training_loop(config, workdir, state, step_fn, batches, *, manager, batc
   # The progress note (rate, ETA) goes to the log; scalars go through `writer` below.
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, every_steps=config.log_every_steps, every_secs=None)
-  window = []  # (step, metrics) since the last write.
+  window = []  # Device metrics of the steps since the last write.
   stopped_at = None
   with StopRequest() as stop:
     for step in range(start_step + 1, total_steps + 1):
       state, metrics = step_fn(state, next(batches))
-      window.append((step, metrics))
+      window.append(metrics)
       report_progress(step)
       if step == start_step + 1:
         # The first step includes compilation: throughput is timed from its end.
@@ -324,10 +322,10 @@ def run_training_loop(config, workdir, state, step_fn, batches, *, manager, batc
       log_now = step % config.log_every_steps == 0 or step == total_steps or stopping
       save_now = step % config.checkpoint_every_steps == 0 or step == total_steps or stopping
       if log_now or save_now:
-        _check_finite(window, manager)
+        fetched = jax.device_get(window)
+        _check_finite(range(step - len(window) + 1, step + 1), fetched, manager)
       scalars = {}
       if log_now:
-        fetched = jax.device_get([m for _, m in window])
         scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]
                    if k != 'finite'}
         elapsed = time.perf_counter() - timer_start

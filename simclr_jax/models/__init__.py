@@ -61,6 +61,11 @@ class Classifier(nn.Module):
                     name='classifier')(x.astype(jnp.float32))
 
 
+def init_variables(model, rng, image_size: int):
+  """Initial variables of `model` for square images of side `image_size`."""
+  return model.init(rng, jnp.zeros((2, image_size, image_size, 3), jnp.float32), train=False)
+
+
 def _encoder(model_config, image_size, dtype, fine_tune_after_block=-1, remat=False):
   if model_config.name not in STAGE_SIZES:
     raise ValueError(f'config.model.name={model_config.name!r} is not a known model; '

@@ -5,7 +5,8 @@ the output gradient) far below the machine's matmul rate; a full-width ResNet-18
 most of its time there. For a kh x kw kernel that gradient is
     dW[i, j] = sum over (b, y, x) of  x_pad[b, s*y + i, s*x + j, :]^T  g[b, y, x, :],
 i.e. kh*kw matrix products of a strided slice of the padded input with the output gradient,
-which run at matmul speed when summed over batch chunks that fit in cache. The forward pass and the input gradient stay XLA's convolutions.
+which run at matmul speed when summed over batch chunks that fit in cache. The forward pass
+and the input gradient stay XLA's convolutions.
 `matmul_grad_conv` is a drop-in for `lax.conv_general_dilated` (flax `nn.Conv` takes it as
 `conv_general_dilated`), limited to what ResNets use: NHWC/HWIO, no dilation, no groups.
 """
