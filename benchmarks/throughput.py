@@ -82,7 +82,8 @@ def time_train_step(config, devices):
   batch_data = jax.device_put(
       {'views': rng.uniform(size=(batch, 2, size, size, 3)).astype(np.float32),
        'label': rng.integers(0, 10, size=batch).astype(np.int32)}, batch_sharded(mesh))
-  step_fn = train.make_train_step(model, tx, schedule, config.temperature, mesh)
+  step_fn = train.make_train_step(model, tx, schedule, config.temperature, mesh,
+                                  config.contrastive_chunk_size)
   start = time.perf_counter()
   compiled = step_fn.lower(state, batch_data).compile()
   compile_sec = time.perf_counter() - start

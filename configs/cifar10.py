@@ -57,6 +57,9 @@ def get_config():
 
   # Loss.
   config.temperature = 0.5  # NT-Xent temperature tau (0.5 is best for CIFAR-10 at convergence).
+  # Anchors per device and view whose logits are computed at once (0: all); same loss and
+  # gradients, O(chunk * batch) instead of O(batch^2) memory. Must divide batch / devices.
+  config.contrastive_chunk_size = 0
 
   # Optimisation.
   config.batch_size = 512  # Global batch size, split evenly over all devices of all hosts.

@@ -52,6 +52,12 @@ def validate_config(config, *, num_devices: int):
            f'config.batch_size={config.batch_size} is not divisible by the {num_devices} '
            'devices; use a multiple of the device count (e.g. '
            f'{max(1, config.batch_size // num_devices) * num_devices}).')
+  per_device = config.batch_size // num_devices
+  _require(isinstance(config.contrastive_chunk_size, int) and config.contrastive_chunk_size >= 0
+           and (config.contrastive_chunk_size == 0 or
+                per_device % config.contrastive_chunk_size == 0),
+           f'config.contrastive_chunk_size={config.contrastive_chunk_size!r} must be 0 (no '
+           f'chunks) or divide the {per_device} images per device (batch_size / devices).')
   _require(config.optimizer in optim.OPTIMIZERS,
            f'config.optimizer={config.optimizer!r} is not known; use one of {optim.OPTIMIZERS}.')
   _validate_schedule(config, 'config.')

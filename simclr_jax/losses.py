@@ -25,10 +25,10 @@ def _l2_normalize(x):
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
 
 
-def _local_rows(z_a, z_b, z_a_all, z_b_all, temperature, row_offset):
-  """Sums of loss, correct and entropy over the local anchors of both views."""
-  n_local, n = z_a.shape[0], z_a_all.shape[0]
-  positives = row_offset + jnp.arange(n_local)
+def _anchor_rows(z_a, z_b, z_a_all, z_b_all, temperature, row_offset):
+  """Sums of loss, correct and entropy over anchors z_a, z_b (rows row_offset + i of the batch)."""
+  n_rows, n = z_a.shape[0], z_a_all.shape[0]
+  positives = row_offset + jnp.arange(n_rows)
   self_mask = jax.nn.one_hot(positives, n, dtype=z_a.dtype) * _LARGE_NUM
 
   def anchor_sums(anchors, same_view_all, other_view_all):
@@ -47,25 +47,58 @@ def _local_rows(z_a, z_b, z_a_all, z_b_all, temperature, row_offset):
   return tuple(a + b for a, b in zip(sums_a, sums_b))
 
 
+def _local_rows(z_a, z_b, z_a_all, z_b_all, temperature, row_offset, chunk_size):
+  """Sums over the local anchors, `chunk_size` anchors of each view at a time (0: all).
+
+  Chunks run in a scan whose body is rematerialised, so only one chunk's [chunk, 2N] logits
+  live at a time, forward and backward: the loss memory drops from O(N^2) to O(chunk * N).
+  """
+  n_local = z_a.shape[0]
+  if not chunk_size or chunk_size >= n_local:
+    return _anchor_rows(z_a, z_b, z_a_all, z_b_all, temperature, row_offset)
+  if n_local % chunk_size:
+    raise ValueError(f'contrastive_chunk_size={chunk_size} must divide the {n_local} anchors '
+                     'per device and view.')
+  num_chunks = n_local // chunk_size
+
+  @jax.checkpoint
+  def chunk_sums(chunk):
+    a, b, offset = chunk
+    return _anchor_rows(a, b, z_a_all, z_b_all, temperature, offset)
+
+  def accumulate(carry, chunk):
+    return tuple(c + s for c, s in zip(carry, chunk_sums(chunk))), None
+
+  chunks = (z_a.reshape(num_chunks, chunk_size, -1), z_b.reshape(num_chunks, chunk_size, -1),
+            row_offset + chunk_size * jnp.arange(num_chunks))
+  # The first chunk starts the sums, so the carry has their exact type (sharded: varying).
+  first = chunk_sums(jax.tree.map(lambda x: x[0], chunks))
+  sums, _ = jax.lax.scan(accumulate, first, jax.tree.map(lambda x: x[1:], chunks))
+  return sums
+
+
 def nt_xent(z_a: jax.Array, z_b: jax.Array, temperature: float,
-            mesh: Optional[Mesh] = None, axis_name: str = 'data') -> ContrastiveOutput:
+            mesh: Optional[Mesh] = None, axis_name: str = 'data',
+            chunk_size: int = 0) -> ContrastiveOutput:
   """NT-Xent of the two views z_a, z_b ([N, D] each; row i of both is image i).
 
   With a `mesh`, the batch axis of z_a and z_b is sharded over `axis_name` and every device
   computes its local rows against the gathered columns; the value equals the unsharded one.
+  `chunk_size` > 0 computes each device's rows that many anchors at a time, with the same
+  value and gradients in less memory; it must divide the anchors per device.
   """
   z_a = _l2_normalize(z_a.astype(jnp.float32))
   z_b = _l2_normalize(z_b.astype(jnp.float32))
   num_anchors = 2 * z_a.shape[0]
 
   if mesh is None or mesh.shape[axis_name] == 1:
-    sums = _local_rows(z_a, z_b, z_a, z_b, temperature, 0)
+    sums = _local_rows(z_a, z_b, z_a, z_b, temperature, 0, chunk_size)
   else:
     def sharded_sums(z_a, z_b):
       z_a_all = jax.lax.all_gather(z_a, axis_name, tiled=True)
       z_b_all = jax.lax.all_gather(z_b, axis_name, tiled=True)
       offset = jax.lax.axis_index(axis_name) * z_a.shape[0]
-      sums = _local_rows(z_a, z_b, z_a_all, z_b_all, temperature, offset)
+      sums = _local_rows(z_a, z_b, z_a_all, z_b_all, temperature, offset, chunk_size)
       return tuple(jax.lax.psum(s, axis_name) for s in sums)
 
     sums = jax.shard_map(sharded_sums, mesh=mesh, in_specs=(P(axis_name), P(axis_name)),

@@ -48,7 +48,7 @@ def init_train_state(model, tx, rng, image_size: int) -> TrainState:
                     rng=state_rng)
 
 
-def loss_and_metrics(params, batch_stats, batch, *, model, temperature, mesh):
+def loss_and_metrics(params, batch_stats, batch, *, model, temperature, mesh, chunk_size=0):
   """NT-Xent (+ probe cross-entropy) of a batch of view pairs; returns (loss, (metrics, stats)).
 
   `batch['views']` is [N, 2, H, W, C]; both views of an image sit in one shard, and the model
@@ -61,7 +61,7 @@ def loss_and_metrics(params, batch_stats, batch, *, model, temperature, mesh):
   out, updates = model.apply({'params': params, 'batch_stats': batch_stats}, images,
                              train=True, mutable=['batch_stats'])
   z = out['z'].reshape(n, 2, -1)
-  contrastive = losses.nt_xent(z[:, 0], z[:, 1], temperature, mesh, DATA_AXIS)
+  contrastive = losses.nt_xent(z[:, 0], z[:, 1], temperature, mesh, DATA_AXIS, chunk_size)
   loss = contrastive.loss
   metrics = {'contrastive_loss': contrastive.loss,
              'contrastive_accuracy': contrastive.accuracy,
@@ -77,10 +77,12 @@ def loss_and_metrics(params, batch_stats, batch, *, model, temperature, mesh):
   return loss, (metrics, updates['batch_stats'])
 
 
-def train_step(state: TrainState, batch, *, model, tx, schedule, temperature, mesh):
+def train_step(state: TrainState, batch, *, model, tx, schedule, temperature, mesh,
+               chunk_size=0):
   """One optimisation step on a global batch; returns the new state and scalar metrics."""
   grad_fn = jax.value_and_grad(
-      functools.partial(loss_and_metrics, model=model, temperature=temperature, mesh=mesh),
+      functools.partial(loss_and_metrics, model=model, temperature=temperature, mesh=mesh,
+                        chunk_size=chunk_size),
       has_aux=True)
   (loss, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -104,10 +106,10 @@ def only_if_finite(loss, grads, new_state, state, metrics):
   return kept, {**metrics, 'finite': finite}
 
 
-def make_train_step(model, tx, schedule, temperature, mesh):
+def make_train_step(model, tx, schedule, temperature, mesh, chunk_size=0):
   """jit-compiles `train_step` with the state replicated and the batch split over 'data'."""
   step_fn = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                              temperature=temperature, mesh=mesh)
+                              temperature=temperature, mesh=mesh, chunk_size=chunk_size)
   return jax.jit(step_fn, in_shardings=(replicated(mesh), batch_sharded(mesh)),
                  out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
 
@@ -231,7 +233,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   batches = input_pipeline.device_batches(dataset, batch_sharded(mesh),
                                           prefetch=config.prefetch_batches, config=config,
                                           split=config.train_split)
-  step_fn = make_train_step(model, tx, schedule, config.temperature, mesh)
+  step_fn = make_train_step(model, tx, schedule, config.temperature, mesh,
+                            config.contrastive_chunk_size)
 
   monitor = (evaluate.KnnMonitor(config, model, mesh, info.num_classes)
              if config.eval_every_steps > 0 and info.num_classes else None)

@@ -40,6 +40,16 @@ def test_batch_not_divisible_by_device_count(cifar_config):
   config_validation.validate_config(cifar_config, num_devices=8)
 
 
+def test_contrastive_chunk_must_divide_images_per_device(cifar_config):
+  cifar_config.batch_size = 96
+  cifar_config.contrastive_chunk_size = 8
+  with pytest.raises(ValueError, match=r'config.contrastive_chunk_size=8 must be 0 \(no '
+                                       r'chunks\) or divide the 12 images per device'):
+    config_validation.validate_config(cifar_config, num_devices=8)
+  cifar_config.contrastive_chunk_size = 4
+  config_validation.validate_config(cifar_config, num_devices=8)
+
+
 def test_shipped_configs_are_valid(cifar_config):
   from conftest import load_config
   for config in (cifar_config, load_config('imagenet'), load_config('cifar10_cpu')):

@@ -1,4 +1,5 @@
-"""NT-Xent against a naive numpy double loop, on one device and sharded over eight."""
+"""NT-Xent against a naive numpy double loop, on one device and sharded over eight, chunked
+and not."""
 
 import json
 import textwrap
@@ -68,6 +69,31 @@ def test_gradient_matches_finite_differences_of_naive_loop():
     np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=2e-5)
 
 
+@pytest.mark.parametrize('chunk_size', [1, 3, 6])
+def test_chunked_loss_and_gradients_equal_unchunked(chunk_size):
+  rng = np.random.default_rng(6)
+  z_b = rng.normal(size=(12, 8))
+  z_a = z_b + 0.8 * rng.normal(size=(12, 8))
+  def value_and_grads(chunk):
+    fn = lambda a, b: losses.nt_xent(a, b, 0.3, chunk_size=chunk)
+    out, vjp = jax.vjp(fn, jnp.asarray(z_a, jnp.float32), jnp.asarray(z_b, jnp.float32))
+    return out, vjp(losses.ContrastiveOutput(jnp.ones(()), jnp.zeros(()), jnp.ones(())))
+  (out, grads), (ref, ref_grads) = value_and_grads(chunk_size), value_and_grads(0)
+  assert 0 < float(ref.accuracy) < 1
+  np.testing.assert_allclose(out.loss, ref.loss, rtol=1e-6)
+  np.testing.assert_array_equal(out.accuracy, ref.accuracy)
+  np.testing.assert_allclose(out.entropy, ref.entropy, rtol=1e-6)
+  for g, g_ref in zip(grads, ref_grads):  # Gradients of loss + entropy.
+    assert np.abs(g_ref).max() > 1e-2
+    np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_chunk_size_must_divide_anchors():
+  z = jnp.ones((6, 4))
+  with pytest.raises(ValueError, match='contrastive_chunk_size=4 must divide the 6 anchors'):
+    losses.nt_xent(z, z, 0.5, chunk_size=4)
+
+
 def test_loss_is_invariant_to_scale_of_projections():
   rng = np.random.default_rng(4)
   z_a, z_b = (jnp.asarray(rng.normal(size=(8, 6)), jnp.float32) for _ in range(2))
@@ -84,15 +110,15 @@ _SHARDED_SCRIPT = textwrap.dedent('''
     rng = np.random.default_rng(5)
     z_a, z_b = (jnp.asarray(rng.normal(size=(32, 16)), jnp.float32) for _ in range(2))
     results = {}
-    for devices in (8, 1):
+    for devices, chunk in ((8, 0), (1, 0), (8, 2)):
       mesh = create_mesh(jax.devices()[:devices])
       sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
       a, b = jax.device_put(z_a, sharding), jax.device_put(z_b, sharding)
       fn = jax.jit(jax.value_and_grad(
-          lambda a, b: losses.nt_xent(a, b, 0.2, mesh).loss, argnums=(0, 1)))
+          lambda a, b: losses.nt_xent(a, b, 0.2, mesh, chunk_size=chunk).loss, argnums=(0, 1)))
       loss, grads = fn(a, b)
-      out = losses.nt_xent(a, b, 0.2, mesh)
-      results[devices] = dict(loss=float(loss), acc=float(out.accuracy),
+      out = losses.nt_xent(a, b, 0.2, mesh, chunk_size=chunk)
+      results[f'{devices}/{chunk}'] = dict(loss=float(loss), acc=float(out.accuracy),
                               entropy=float(out.entropy),
                               grads=[np.asarray(g).tolist() for g in grads])
     print(json.dumps(results))
@@ -101,7 +127,7 @@ _SHARDED_SCRIPT = textwrap.dedent('''
 
 def test_sharded_loss_and_gradients_equal_single_device_and_naive():
   results = json.loads(run_on_eight_cpu_devices(_SHARDED_SCRIPT))
-  sharded, single = results['8'], results['1']
+  sharded, single, chunked = results['8/0'], results['1/0'], results['8/2']
   rng = np.random.default_rng(5)
   z_a, z_b = rng.normal(size=(32, 16)), rng.normal(size=(32, 16))
   loss, acc, entropy = naive_nt_xent(z_a.astype(np.float32), z_b.astype(np.float32), 0.2)
@@ -109,5 +135,7 @@ def test_sharded_loss_and_gradients_equal_single_device_and_naive():
   np.testing.assert_allclose(sharded['acc'], acc, atol=1e-7)
   np.testing.assert_allclose(sharded['entropy'], entropy, rtol=1e-5)
   np.testing.assert_allclose(sharded['loss'], single['loss'], rtol=1e-6)
-  for g8, g1 in zip(sharded['grads'], single['grads']):
+  np.testing.assert_allclose(chunked['loss'], single['loss'], rtol=1e-6)
+  for g8, g1, g8c in zip(sharded['grads'], single['grads'], chunked['grads']):
     np.testing.assert_allclose(np.array(g8), np.array(g1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.array(g8c), np.array(g1), rtol=1e-5, atol=1e-7)
