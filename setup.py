@@ -25,9 +25,15 @@ setuptools.setup(
         'importlib_resources==7.1.0',  # TFDS builders need it with etils 1.15.
         'numpy==2.4.6',
         'pillow==13.0.0',
+        # The visual report (python -m simclr_jax.report) and the TensorBoard augmentation grid.
+        'matplotlib==3.11.2',
+        'scikit-learn==1.9.1',  # t-SNE.
     ],
     extras_require={
-        'test': ['pytest==9.0.3'],
+        # nbclient, nbformat and ipykernel run notebooks/ headless; threadpoolctl (a
+        # scikit-learn dependency) keeps t-SNE to one OpenMP thread in the tests.
+        'test': ['pytest==9.0.3', 'nbclient==0.11.0', 'nbformat==5.11.1', 'ipykernel==7.4.0',
+                 'threadpoolctl==3.8.0'],
         # benchmarks/throughput.py --torch: the PyTorch CPU speed reference.
         'torch_reference': ['torch==2.14.1'],
     },

@@ -34,16 +34,25 @@ def _param_shapes(tree):
           for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def _read_only_manager(workdir: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), 'checkpoints'),
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Steps of the checkpoints in WORKDIR/checkpoints (empty if none, or no such folder)."""
+  return sorted(_read_only_manager(workdir).all_steps())
+
+
 def restore_encoder_variables(config, model, pretrained_workdir: str, step: int = -1):
   """Params and BatchNorm statistics from a pretraining checkpoint; returns (variables, step).
 
   Raises ValueError when there is no checkpoint, or when it holds another architecture than
   `config.model` describes (naming the differences and the saved config's model).
   """
-  directory = os.path.join(os.path.abspath(pretrained_workdir), 'checkpoints')
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
-  steps = manager.all_steps()
+  manager = _read_only_manager(pretrained_workdir)
+  directory, steps = str(manager.directory), manager.all_steps()
   if not steps:
     raise ValueError(f'No checkpoint in {directory}; set config.pretrained_workdir to the '
                      'workdir of a pretraining run (python -m simclr_jax.main '
@@ -90,12 +99,20 @@ def make_feature_fn(model, mesh, encoder: str):
 
 
 def extract_features(feature_fn, variables, dataset, mesh, *, config, split,
-                     description: str = ''):
-  """Runs `feature_fn` over a padded eval dataset of `split`; returns (features, labels)."""
+                     description: str = '', num_examples: int = 0):
+  """Runs `feature_fn` over a padded eval dataset of `split`; returns (features, labels).
+
+  Logs progress every 20 batches and at the end (out of `num_examples`, when given).
+  """
   features, labels = [], []
   start = time.perf_counter()
   batches = input_pipeline.device_batches(dataset, batch_sharded(mesh), config=config,
                                           split=split)
+  total = f' of {num_examples}' if num_examples else ''
+  def log_progress():
+    done = sum(map(len, labels))
+    logging.info('%s: %d%s examples embedded (%.0f/s).', description, done, total,
+                 done / (time.perf_counter() - start))
   for i, batch in enumerate(batches):
     out = feature_fn(variables, batch['image'])
     out, label, mask = (multihost_utils.process_allgather(x, tiled=True)
@@ -103,8 +120,8 @@ def extract_features(feature_fn, variables, dataset, mesh, *, config, split,
     features.append(np.asarray(out)[mask])
     labels.append(np.asarray(label)[mask])
     if (i + 1) % 20 == 0:
-      logging.info('%s: %d examples embedded (%.0f/s).', description,
-                   sum(map(len, labels)), sum(map(len, labels)) / (time.perf_counter() - start))
+      log_progress()
+  log_progress()
   return np.concatenate(features), np.concatenate(labels)
 
 
@@ -153,10 +170,11 @@ def embed_splits(config, model, variables, mesh):
   local_batch_size = config.eval.batch_size // jax.process_count()
   splits = []
   for split in (config.train_split, config.eval.split):
-    dataset, _ = input_pipeline.create_eval_dataset(
+    dataset, num_examples = input_pipeline.create_eval_dataset(
         config, split, local_batch_size=local_batch_size, max_examples=config.eval.max_examples)
     splits.append(extract_features(feature_fn, variables, dataset, mesh, config=config,
-                                   split=split, description=f'{split} features'))
+                                   split=split, description=f'{split} features',
+                                   num_examples=num_examples))
   return tuple(splits)
 
 
@@ -166,13 +184,19 @@ def accuracies(scores, labels, num_classes):
           'top5': linear_classifier.topk_accuracy(scores, labels, min(5, num_classes))}
 
 
-def linear_protocol(config, train, evaluation, num_classes: int) -> dict:
-  """L-BFGS logistic regression on train features (L2 chosen on held-out train examples)."""
+def linear_probe_scores(config, train, eval_features, num_classes: int):
+  """(class scores [N, C] of eval_features, {'l2', 'holdout_accuracy'}) of the L-BFGS
+  logistic regression fitted on train features (L2 chosen on held-out train examples)."""
   classifier, info = linear_classifier.select_l2_and_fit(
       *train, num_classes, l2_grid=linear_classifier.DEFAULT_L2_GRID,
       holdout_fraction=config.eval.holdout_fraction, seed=config.seed,
       max_iterations=config.eval.max_iterations)
-  scores = linear_classifier.logits(classifier, evaluation[0])
+  return np.asarray(linear_classifier.logits(classifier, eval_features)), info
+
+
+def linear_protocol(config, train, evaluation, num_classes: int) -> dict:
+  """L-BFGS logistic regression on train features (L2 chosen on held-out train examples)."""
+  scores, info = linear_probe_scores(config, train, evaluation[0], num_classes)
   return {'l2': info['l2'], 'holdout_accuracy': info['holdout_accuracy'],
           **accuracies(scores, evaluation[1], num_classes)}
 

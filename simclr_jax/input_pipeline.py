@@ -30,6 +30,7 @@ _FOLDER_EXAMPLE = '../shared/data/cifar10-jpeg'
 _SHUFFLE_STREAM = 1
 _AUGMENT_STREAM = 2
 _EVAL_SUBSET_STREAM = 3
+_EXAMPLE_VIEWS_STREAM = 4
 
 
 def _hide_gpus_from_tf():
@@ -433,6 +434,30 @@ def _decode(data, from_files):
   return tf.image.convert_image_dtype(image, tf.float32)
 
 
+def _eval_source(config, split, max_examples):
+  """(dataset of (bytes or path, label), num_examples, from_files) in evaluation order.
+
+  All of `split` in file order, or with max_examples > 0 the first max_examples of a fixed
+  seeded permutation (image folders, sorted by class) or of the file order (TFDS).
+  """
+  if _is_image_folder(config.dataset):
+    paths, labels, _ = _image_folder(config, split)
+    order = tf.random.experimental.index_shuffle(
+        tf.range(len(paths), dtype=tf.int64), [config.seed, _EVAL_SUBSET_STREAM],
+        len(paths) - 1).numpy() if max_examples else range(len(paths))
+    order = list(order)[:max_examples or None]
+    source = tf.data.Dataset.from_tensor_slices(
+        (tf.constant([paths[i] for i in order], tf.string),
+         tf.constant([labels[i] for i in order], tf.int32)))
+    return source, len(order), True
+  builder = _tfds_builder(config)
+  num_examples = _tfds_split_info(builder, config, split).num_examples
+  if max_examples:
+    num_examples = min(num_examples, max_examples)
+    split = f'{split}[:{num_examples}]'
+  return _tfds_pairs(builder, split, _tfds_num_classes(builder) > 0), num_examples, False
+
+
 def create_eval_dataset(config, split, *, local_batch_size: int, max_examples: int = 0,
                         process_index=None, process_count=None):
   """Finite per-host dataset of {'image', 'label', 'mask'} for evaluation, in a fixed order.
@@ -445,24 +470,7 @@ def create_eval_dataset(config, split, *, local_batch_size: int, max_examples: i
     (dataset, num_examples): num_examples is the global count before padding.
   """
   process_index, process_count = _process_or_default(process_index, process_count)
-  if _is_image_folder(config.dataset):
-    paths, labels, _ = _image_folder(config, split)
-    order = tf.random.experimental.index_shuffle(
-        tf.range(len(paths), dtype=tf.int64), [config.seed, _EVAL_SUBSET_STREAM],
-        len(paths) - 1).numpy() if max_examples else range(len(paths))
-    order = list(order)[:max_examples or None]
-    source = tf.data.Dataset.from_tensor_slices(
-        (tf.constant([paths[i] for i in order], tf.string),
-         tf.constant([labels[i] for i in order], tf.int32)))
-    num_examples, from_files = len(order), True
-  else:
-    builder = _tfds_builder(config)
-    num_examples = _tfds_split_info(builder, config, split).num_examples
-    if max_examples:
-      num_examples = min(num_examples, max_examples)
-      split = f'{split}[:{num_examples}]'
-    source = _tfds_pairs(builder, split, _tfds_num_classes(builder) > 0)
-    from_files = False
+  source, num_examples, from_files = _eval_source(config, split, max_examples)
   # Hosts take interleaved examples; the padding below evens out their counts.
   source = source.shard(process_count, process_index)
   num_batches = -(-num_examples // (process_count * local_batch_size))
@@ -480,6 +488,106 @@ def create_eval_dataset(config, split, *, local_batch_size: int, max_examples: i
           num_batches * local_batch_size - local_count)
   ds = ds.concatenate(padding).batch(local_batch_size).prefetch(tf.data.AUTOTUNE)
   return ds, num_examples
+
+
+def class_names(config) -> list[str]:
+  """Names of the classes that labels index (those of config.train_split); [] if unlabelled."""
+  if _is_image_folder(config.dataset):
+    return list(_image_folder(config, config.train_split)[2])
+  builder = _tfds_builder(config)
+  if not _tfds_num_classes(builder):
+    return []
+  return list(builder.info.features['label'].names)
+
+
+def _numpy_examples(source, make_example, decode_error_message):
+  """All of a small dataset, mapped and stacked into one dict of numpy arrays.
+
+  A decoding failure becomes a ValueError with decode_error_message(error).
+  """
+  ds = source.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  try:
+    examples = list(ds.as_numpy_iterator())
+  except tf.errors.InvalidArgumentError as e:
+    raise ValueError(decode_error_message(e)) from None
+  return {k: np.stack([e[k] for e in examples]) for k in ds.element_spec}
+
+
+def eval_images(config, split, indices, max_examples: int = 0) -> np.ndarray:
+  """Evaluation views [len(indices), S, S, 3] of the examples at `indices` of `split`.
+
+  Positions count in the order of create_eval_dataset(config, split, max_examples=...), i.e.
+  of the features that extraction returns, so feature rows can be shown as images. Only the
+  wanted examples are decoded.
+  """
+  indices = np.asarray(indices, np.int64).reshape(-1)
+  if not indices.size:
+    return np.zeros((0, config.image_size, config.image_size, 3), np.float32)
+  source, _, from_files = _eval_source(config, split, max_examples)
+  wanted = np.unique(indices)
+  keep = tf.constant(wanted)
+  source = source.enumerate().filter(lambda i, _: tf.reduce_any(tf.equal(keep, i)))
+
+  @tf.autograph.experimental.do_not_convert
+  def make_example(index, pair):
+    image = augment.eval_view(_decode(pair[0], from_files), config.image_size)
+    return {'index': index, 'image': image}
+
+  found = _numpy_examples(source, make_example,
+                          lambda e: decode_error_message(config, split, e))
+  if len(found['index']) != len(wanted):
+    raise IndexError(f'{split} has no example at {sorted(set(wanted) - set(found["index"]))}.')
+  return found['image'][np.searchsorted(found['index'], indices)]
+
+
+def augmentation_examples(config, split, num_images: int, num_views: int):
+  """What pretraining feeds the encoder: (images, views, labels) of a few examples of `split`.
+
+  images [N, S, S, 3] are evaluation views of the first N examples of the evaluation subset
+  (create_eval_dataset with max_examples=N); views [N, num_views, S, S, 3] are independent
+  draws of the pretraining augmentation (config.augment), seeded by config.seed.
+  """
+  source, _, from_files = _eval_source(config, split, num_images)
+  seed = _stream_seed(config.seed, _EXAMPLE_VIEWS_STREAM)
+
+  @tf.autograph.experimental.do_not_convert
+  def make_example(index, pair):
+    data, label = pair
+    image = _decode(data, from_files)
+    view_seeds = tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(seed, index), num_views)
+    # map_fn traces the augmentation once, however many views (unrolled, each one costs ~1 s).
+    views = tf.map_fn(
+        lambda s: augment.pretrain_view(image, s, config.augment, config.image_size),
+        view_seeds, fn_output_signature=tf.float32)
+    return {'image': augment.eval_view(image, config.image_size), 'views': views,
+            'label': label}
+
+  examples = _numpy_examples(source.enumerate(), make_example,
+                             lambda e: decode_error_message(config, split, e))
+  return examples['image'], examples['views'], examples['label']
+
+
+def folder_images(folder: str, image_size: int):
+  """(sorted paths, evaluation views [N, S, S, 3]) of the images directly in `folder`."""
+  if not os.path.isdir(folder):
+    raise ValueError(f'{folder} is not a folder; give a folder of images '
+                     f'({", ".join(IMAGE_EXTENSIONS)}).')
+  paths = sorted(e.path for e in os.scandir(folder)
+                 if e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.name.startswith('.'))
+  if not paths:
+    raise ValueError(f'No images ({", ".join(IMAGE_EXTENSIONS)}) in {folder}.')
+  source = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string))
+
+  def unreadable(error):
+    bad = find_unreadable_images(paths) or [('?', _reason(error))]
+    return (f'{len(bad)} image(s) in {folder} cannot be decoded: '
+            f'{"; ".join(f"{p} ({r})" for p, r in bad[:5])}. Remove or replace them.')
+
+  examples = _numpy_examples(
+      source, lambda path: {'image': augment.eval_view(_decode(path, True), image_size)},
+      unreadable)
+  return paths, examples['image']
 
 
 def device_batches(dataset, sharding, prefetch=2, *, config=None, split=None):

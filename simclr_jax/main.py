@@ -14,13 +14,13 @@ again on the same workdir resumes from its latest checkpoint.
 from absl import app
 from absl import flags
 from absl import logging
-import logging as std_logging
 from ml_collections import config_flags
 
 from simclr_jax import config_validation
 from simclr_jax import evaluate
 from simclr_jax import finetune
 from simclr_jax import train
+from simclr_jax import writers
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the saved config.')
@@ -32,9 +32,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  # Orbax logs every save at INFO; keep its warnings, drop the chatter.
-  logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname)
+  writers.quiet_orbax_logs()
   logging.info('Config:\n%s', FLAGS.config)
   config = FLAGS.config
   if config.mode == 'pretrain':

@@ -25,8 +25,15 @@ from simclr_jax import input_pipeline
 from simclr_jax import losses
 from simclr_jax import models
 from simclr_jax import optim
+from simclr_jax import plots
 from simclr_jax.sharding import DATA_AXIS, batch_sharded, create_mesh, replicated, run_once
 from simclr_jax import writers
+
+# The augmentation summary written to TensorBoard when pretraining starts: a few images (cheap
+# to decode and augment) with two pairs of views each.
+_SUMMARY_IMAGES = 8
+_SUMMARY_VIEWS = 4
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -194,6 +201,26 @@ def save_config(config, workdir: str):
     f.write(config.to_json_best_effort(indent=2) + '\n')
 
 
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run saved in WORKDIR/config.json (save_config), as a ConfigDict."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise ValueError(
+        f'No config.json in {workdir}: the model is rebuilt from the config its run saved '
+        'there. Pretraining writes it when it starts (python -m simclr_jax.main --config=... '
+        f'--workdir={workdir}); if the checkpoints were copied here without it, copy the '
+        "run's config.json along.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def augmentation_images(config) -> dict:
+  """{'augmentations': [1, H, W, 3]}: a few train images and their pretraining views."""
+  images, views, _ = input_pipeline.augmentation_examples(
+      config, config.train_split, num_images=_SUMMARY_IMAGES, num_views=_SUMMARY_VIEWS)
+  return {'augmentations': plots.augmentation_grid(images, views)[None]}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Pretrains SimCLR as `config` says, writing checkpoints and metrics into `workdir`.
 
@@ -244,9 +271,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       return monitor(state.params, state.batch_stats)
     return {}
 
+  # What the encoder is fed, shown once in TensorBoard when a run starts (not on resume).
+  images = (augmentation_images(config) if start_step == 0 and jax.process_index() == 0
+            else None)
   return run_training_loop(config, workdir, state, step_fn, batches, manager=manager,
                            batch_size=config.batch_size, start_step=start_step,
-                           total_steps=total_steps, extra_metrics=knn_metrics)
+                           total_steps=total_steps, extra_metrics=knn_metrics, images=images)
 
 
 class StopRequest:
@@ -297,16 +327,19 @@ def _check_finite(steps, metrics, manager):
 
 
 def run_training_loop(config, workdir, state, step_fn, batches, *, manager, batch_size: int,
-                      start_step: int, total_steps: int, extra_metrics=None):
+                      start_step: int, total_steps: int, extra_metrics=None, images=None):
   """Runs `step_fn` to total_steps, logging and checkpointing as config says; returns state.
 
   Metrics are averaged over the steps between writes (every config.log_every_steps) and
   written with throughput to WORKDIR (TensorBoard and metrics.jsonl);
   `extra_metrics(step, state)` may add evaluations, which the throughput timer excludes.
+  `images` ({name: [N, H, W, C]}) are written to TensorBoard at start_step.
   On SIGTERM or SIGINT it saves a checkpoint at the current step and returns early; on a
   non-finite loss or gradient it raises FloatingPointError without saving.
   """
   writer = writers.create_writer(workdir, start_step)
+  if images:
+    writer.write_images(start_step, images)
   # The progress note (rate, ETA) goes to the log; scalars go through `writer` below.
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, every_steps=config.log_every_steps, every_secs=None)

@@ -1,9 +1,11 @@
 """Metric writers: clu's TensorBoard + log writers, plus a JSON-lines file for scripts."""
 
 import json
+import logging as std_logging
 import os
 from typing import Any, Mapping
 
+from absl import logging
 import jax
 from clu import metric_writers
 
@@ -72,3 +74,9 @@ def create_writer(workdir: str, start_step: int = 0) -> metric_writers.MetricWri
   drop_records_after(path, start_step)
   return metric_writers.MultiWriter([
       metric_writers.create_default_writer(workdir), JsonlWriter(path)])
+
+
+def quiet_orbax_logs():
+  """Drops Orbax's INFO lines (several per save or restore) from the absl log; keeps warnings."""
+  logging.get_absl_handler().addFilter(
+      lambda record: record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname)

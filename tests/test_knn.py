@@ -32,3 +32,16 @@ def test_knn_scores_match_brute_force(seed, k, chunk_size):
 def test_k_larger_than_bank_is_rejected():
   with pytest.raises(ValueError, match='kNN k=11 must be in'):
     knn.knn_scores(np.ones((10, 2)), np.zeros(10, int), np.ones((1, 2)), 2, k=11)
+
+
+@pytest.mark.parametrize('k,chunk_size', [(1, 1024), (5, 4)])
+def test_nearest_neighbours_match_a_naive_loop(k, chunk_size):
+  rng = np.random.default_rng(k)
+  bank, queries = rng.normal(size=(40, 6)), rng.normal(size=(11, 6))
+  similarities, indices = knn.nearest_neighbours(bank, queries, k, chunk_size=chunk_size)
+  for i, q in enumerate(queries):
+    sims = [q @ x / (np.linalg.norm(q) * np.linalg.norm(x)) for x in bank]
+    expected = np.argsort(sims)[::-1][:k]
+    np.testing.assert_array_equal(indices[i], expected)
+    np.testing.assert_allclose(similarities[i], np.asarray(sims)[expected], rtol=1e-5)
+  assert knn.nearest_neighbours(bank, queries[:0], k)[1].shape == (0, k)

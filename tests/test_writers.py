@@ -1,6 +1,12 @@
-"""metrics.jsonl: one record per write; a resumed run drops the records it redoes."""
+"""metrics.jsonl: one record per write; a resumed run drops the records it redoes. TensorBoard
+gets the augmentation grid when pretraining starts."""
 
+import io
 import json
+
+import numpy as np
+from PIL import Image
+import tensorflow as tf
 
 from simclr_jax import writers
 
@@ -15,3 +21,19 @@ def test_jsonl_records_and_resume_truncation(tmp_path):
       {'step': 2, 'loss': 0.2}, {'step': 4, 'loss': 0.4}]
   writers.drop_records_after(str(tmp_path / 'missing.jsonl'), 4)  # Nothing to trim: no error.
   assert not (tmp_path / 'missing.jsonl').exists()
+
+
+def test_pretraining_starts_with_the_augmentation_grid_in_tensorboard(pretrained_workdir):
+  images = []
+  for path in pretrained_workdir.glob('events.out.tfevents.*'):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      images += [(event.step, value) for value in event.summary.value
+                 if value.tag == 'augmentations']
+  assert len(images) == 1  # Once, at the start.
+  step, value = images[0]
+  assert step == 0 and value.metadata.plugin_data.plugin_name == 'images'
+  width, height, png = tf.make_ndarray(value.tensor)
+  # 8 train images, each with 4 views, in 32-pixel cells 2 pixels apart.
+  assert (int(width), int(height)) == (5 * 34 + 2, 8 * 34 + 2)
+  grid = np.asarray(Image.open(io.BytesIO(png)))
+  assert grid.shape == (8 * 34 + 2, 5 * 34 + 2, 3) and grid.std() > 20
