@@ -2,7 +2,7 @@ r"""Train-step throughput, FLOPs, MFU and input-pipeline speed for a config.
 
   python benchmarks/throughput.py --config=configs/cifar10.py \
       --config.model.width_multiplier=0.25 --config.batch_size=128 [--num_devices=1] \
-      [--dataset=../shared/data/cifar10-jpeg] [--steps=10] [--torch]
+      [--dataset=../shared/data/cifar10-jpeg] [--steps=10] [--torch] [--device_augment]
 
 Reports, for the config's model and global batch on the first `num_devices` devices:
 - compile time of the jitted train step;
@@ -11,6 +11,9 @@ Reports, for the config's model and global batch on the first `num_devices` devi
 - FLOPs per step from XLA's cost analysis of the compiled step, the achieved FLOP/s, and MFU
   against the float32 matmul peak measured on the same device in the same run;
 - the input pipeline's images/s alone (decode + two augmented views), when --dataset is given;
+- with --device_augment, the images/s of augment_jax.pretrain_views alone (two views of each
+  uint8 image_size x image_size image, jitted, the config's batch split over the devices), and
+  with --dataset the input pipeline's images/s when it only decodes (config.augment_on_device);
 - with --torch, the same model, loss and optimiser step in PyTorch on CPU at the same batch,
   and the ratio of the two throughputs.
 Prints one JSON object; BENCHMARKS.md records the results with the machine.
@@ -36,6 +39,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax import augment_jax
 from simclr_jax import input_pipeline
 from simclr_jax import models
 from simclr_jax import optim
@@ -51,6 +55,8 @@ flags.DEFINE_integer('warmup_steps', 2, 'Untimed steps after compilation.')
 flags.DEFINE_string('dataset', '', 'If set, also time the input pipeline on this dataset.')
 flags.DEFINE_integer('pipeline_batches', 20, 'Timed input-pipeline batches.')
 flags.DEFINE_bool('torch', False, 'Also time the same step in PyTorch on CPU.')
+flags.DEFINE_bool('device_augment', False, 'Also time the on-device augmentation '
+                  '(config.augment_on_device) and the decode-only input pipeline.')
 
 
 def matmul_peak_flops(device, size=2048, repeats=10) -> float:
@@ -98,9 +104,32 @@ def time_train_step(config, devices):
   return compile_sec, statistics.median(times), flops
 
 
-def time_input_pipeline(config):
+def time_device_augment(config, devices):
+  """Compile seconds and images/s of augment_jax.pretrain_views alone on `devices`."""
+  sharding = batch_sharded(create_mesh(devices))
+  size, batch = config.image_size, config.batch_size
+  rng = np.random.default_rng(0)
+  images = jax.device_put(rng.integers(0, 256, (batch, size, size, 3), np.uint8), sharding)
+  seeds = jax.device_put(rng.integers(0, 2**32, (batch, 2), np.uint32), sharding)
+  views = jax.jit(functools.partial(augment_jax.pretrain_views, config_augment=config.augment,
+                                    size=size), in_shardings=sharding, out_shardings=sharding)
+  start = time.perf_counter()
+  compiled = views.lower(images, seeds).compile()
+  compile_sec = time.perf_counter() - start
+  times = []
+  for i in range(FLAGS.warmup_steps + FLAGS.steps):
+    start = time.perf_counter()
+    compiled(images, seeds).block_until_ready()
+    if i >= FLAGS.warmup_steps:
+      times.append(time.perf_counter() - start)
+  return compile_sec, batch / statistics.median(times)
+
+
+def time_input_pipeline(config, augment_on_device=False):
   """Images/s of the pretraining tf.data pipeline alone on this host."""
+  config = config.copy_and_resolve_references()
   config.dataset = FLAGS.dataset
+  config.augment_on_device = augment_on_device
   dataset = input_pipeline.create_pretrain_dataset(
       config, local_batch_size=config.batch_size // jax.process_count())
   iterator = dataset.as_numpy_iterator()
@@ -142,6 +171,13 @@ def main(argv):
       'mfu': round(flops / step_sec / peak, 4)}
   if FLAGS.dataset:
     results['input_pipeline_images_per_sec'] = round(time_input_pipeline(config), 1)
+  if FLAGS.device_augment:
+    augment_compile_sec, augment_images_per_sec = time_device_augment(config, devices)
+    results['device_augment_compile_sec'] = round(augment_compile_sec, 2)
+    results['device_augment_images_per_sec'] = round(augment_images_per_sec, 1)
+    if FLAGS.dataset:
+      results['input_pipeline_decode_only_images_per_sec'] = round(
+          time_input_pipeline(config, augment_on_device=True), 1)
   if FLAGS.torch:
     torch_images_per_sec = torch_images_per_second(config)
     results['torch_images_per_sec'] = round(torch_images_per_sec, 1)

@@ -41,6 +41,9 @@ def get_config():
   config.augment.blur_prob = 0.0  # Probability of Gaussian blur (0 = off, as for CIFAR).
   config.augment.blur_sigma_min = 0.1  # Gaussian blur: smallest sigma (pixels).
   config.augment.blur_sigma_max = 2.0  # Gaussian blur: largest sigma (pixels).
+  # Pretraining views made on the accelerator in the train step (simclr_jax/augment_jax.py,
+  # same distribution) while tf.data only decodes; needs images of one size.
+  config.augment_on_device = False
 
   # Model.
   config.model = ml_collections.ConfigDict()

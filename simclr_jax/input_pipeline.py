@@ -345,8 +345,11 @@ def _shuffled_stream(source, n_local, block, config_seed, start_index):
 
 
 def _training_dataset(config, make_example, *, local_batch_size, start_step, process_index,
-                      process_count, subset=None):
-  """Infinite, batched per-host stream of make_example(image, label, seed) of the train split."""
+                      process_count, subset=None, image_dtype=tf.float32):
+  """Infinite, batched per-host stream of make_example(image, label, seed) of the train split.
+
+  `image` is decoded to `image_dtype` (float32 in [0, 1], or uint8).
+  """
   split = config.train_split
   process_index, process_count = _process_or_default(process_index, process_count)
   if local_batch_size < 1:
@@ -368,7 +371,7 @@ def _training_dataset(config, make_example, *, local_batch_size, start_step, pro
   def example(index, element):
     data, label = element
     seed = tf.random.experimental.stateless_fold_in(augment_seed, index)
-    return make_example(_decode(data, from_files), label, seed)
+    return make_example(_decode(data, from_files, image_dtype), label, seed)
 
   ds = stream.enumerate(start=start_index)
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -384,6 +387,9 @@ def create_pretrain_dataset(config, *, local_batch_size: int,
                             process_count=None) -> tf.data.Dataset:
   """Infinite per-host dataset of {'views': [B, 2, S, S, 3], 'label': [B]}.
 
+  With config.augment_on_device, of decoded images and seeds instead (see
+  `_decoded_training_dataset`); the train step makes the views.
+
   Args:
     config: the experiment ConfigDict (dataset, tfds_data_dir, train_split,
       image_size, shuffle_buffer_size, seed, augment).
@@ -397,6 +403,11 @@ def create_pretrain_dataset(config, *, local_batch_size: int,
     A tf.data.Dataset of float32 views in [0, 1] and int32 labels (-1 when
     the dataset has no labels).
   """
+  if config.augment_on_device:
+    return _decoded_training_dataset(config, local_batch_size=local_batch_size,
+                                     start_step=start_step, process_index=process_index,
+                                     process_count=process_count)
+
   def two_views(image, label, seed):
     seed_a, seed_b = tf.unstack(tf.random.experimental.stateless_split(seed, 2), num=2)
     views = tf.stack([augment.pretrain_view(image, s, config.augment, config.image_size)
@@ -406,6 +417,51 @@ def create_pretrain_dataset(config, *, local_batch_size: int,
   return _training_dataset(config, two_views,
                            local_batch_size=local_batch_size, start_step=start_step,
                            process_index=process_index, process_count=process_count)
+
+
+def _fixed_image_shape(config, split):
+  """(H, W, 3) of the images of `split`, which config.augment_on_device needs to be fixed.
+
+  Image folders: the size of the first image (an image of another size fails when the
+  pipeline reads it). TFDS: the image feature's shape, or a ValueError if it varies.
+  """
+  if _is_image_folder(config.dataset):
+    path = _image_folder(config, split)[0][0]
+    try:
+      return tuple(_decode(path, True, tf.uint8).shape)
+    except tf.errors.OpError as e:
+      raise ValueError(decode_error_message(config, split, e)) from None
+  builder = _tfds_builder(config)
+  shape = builder.info.features['image'].shape
+  if None in shape[:2]:
+    raise ValueError(
+        f'config.augment_on_device=True needs images of one size, but TFDS dataset '
+        f'{config.dataset!r} has images of shape {shape}. Set --config.augment_on_device=false '
+        'to augment them in tf.data.')
+  return tuple(shape[:2]) + (3,)
+
+
+def _decoded_training_dataset(config, **kwargs):
+  """{'image': uint8 [B, H, W, 3], 'seed': uint32 [B, 2], 'label': [B]} for augment_on_device.
+
+  'seed' is the low 32 bits of both words of the element's stateless seed (the one the
+  tf.data views would use), taken by augment_jax.pretrain_views as threefry key data: the
+  views stay a function of the stream position, so resuming is still exact.
+  """
+  split = config.train_split
+  shape = _fixed_image_shape(config, split)
+  message = (f'config.augment_on_device=True needs images of one size, but {config.dataset}/'
+             f'{split} has one that is not {shape[0]}x{shape[1]} like its first. Resize the '
+             'images to one size, or set --config.augment_on_device=false to augment them '
+             'in tf.data')
+
+  def image_and_seed(image, label, seed):
+    check = tf.debugging.assert_equal(tf.shape(image), shape, message=message)
+    with tf.control_dependencies([check]):
+      image = tf.ensure_shape(image, shape)
+    return {'image': image, 'seed': tf.cast(seed, tf.uint32), 'label': label}
+
+  return _training_dataset(config, image_and_seed, image_dtype=tf.uint8, **kwargs)
 
 
 def create_finetune_dataset(config, *, local_batch_size: int, subset=None,
@@ -427,11 +483,11 @@ def create_finetune_dataset(config, *, local_batch_size: int, subset=None,
                            subset=subset)
 
 
-def _decode(data, from_files):
+def _decode(data, from_files, dtype=tf.float32):
   if from_files:
     data = tf.io.read_file(data)
   image = tf.io.decode_image(data, channels=3, expand_animations=False)
-  return tf.image.convert_image_dtype(image, tf.float32)
+  return tf.image.convert_image_dtype(image, dtype)
 
 
 def _eval_source(config, split, max_examples):

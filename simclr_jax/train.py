@@ -19,6 +19,7 @@ import optax
 import orbax.checkpoint as ocp
 from clu import periodic_actions
 
+from simclr_jax import augment_jax
 from simclr_jax import config_validation
 from simclr_jax import evaluate
 from simclr_jax import input_pipeline
@@ -84,9 +85,25 @@ def loss_and_metrics(params, batch_stats, batch, *, model, temperature, mesh, ch
   return loss, (metrics, updates['batch_stats'])
 
 
+def augment_batch(batch, *, config_augment, image_size, mesh):
+  """{'image', 'seed', 'label'} -> {'views', 'label'}: config.augment_on_device's views.
+
+  Each example's views depend only on its own image and seed, so the vmapped augmentation
+  splits over the 'data' axis like the batch, without communication.
+  """
+  views = augment_jax.pretrain_views(batch['image'], batch['seed'], config_augment, image_size)
+  return {'views': jax.lax.with_sharding_constraint(views, batch_sharded(mesh)),
+          'label': batch['label']}
+
+
 def train_step(state: TrainState, batch, *, model, tx, schedule, temperature, mesh,
-               chunk_size=0):
-  """One optimisation step on a global batch; returns the new state and scalar metrics."""
+               chunk_size=0, augment=None):
+  """One optimisation step on a global batch; returns the new state and scalar metrics.
+
+  `augment`, if given, first turns the batch into views (`augment_batch`).
+  """
+  if augment is not None:
+    batch = augment(batch)
   grad_fn = jax.value_and_grad(
       functools.partial(loss_and_metrics, model=model, temperature=temperature, mesh=mesh,
                         chunk_size=chunk_size),
@@ -113,10 +130,11 @@ def only_if_finite(loss, grads, new_state, state, metrics):
   return kept, {**metrics, 'finite': finite}
 
 
-def make_train_step(model, tx, schedule, temperature, mesh, chunk_size=0):
+def make_train_step(model, tx, schedule, temperature, mesh, chunk_size=0, augment=None):
   """jit-compiles `train_step` with the state replicated and the batch split over 'data'."""
   step_fn = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                              temperature=temperature, mesh=mesh, chunk_size=chunk_size)
+                              temperature=temperature, mesh=mesh, chunk_size=chunk_size,
+                              augment=augment)
   return jax.jit(step_fn, in_shardings=(replicated(mesh), batch_sharded(mesh)),
                  out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
 
@@ -260,8 +278,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   batches = input_pipeline.device_batches(dataset, batch_sharded(mesh),
                                           prefetch=config.prefetch_batches, config=config,
                                           split=config.train_split)
+  augment = (functools.partial(augment_batch, config_augment=config.augment,
+                               image_size=config.image_size, mesh=mesh)
+             if config.augment_on_device else None)
   step_fn = make_train_step(model, tx, schedule, config.temperature, mesh,
-                            config.contrastive_chunk_size)
+                            config.contrastive_chunk_size, augment)
 
   monitor = (evaluate.KnnMonitor(config, model, mesh, info.num_classes)
              if config.eval_every_steps > 0 and info.num_classes else None)

@@ -481,3 +481,39 @@ def test_eval_labels_follow_the_train_classes(tmp_path):
   with pytest.raises(ValueError, match=r"split 'test' has classes that split 'train' lacks: "
                                        r"\['dog'\]"):
     input_pipeline.create_eval_dataset(config, 'test', local_batch_size=2)
+
+
+def test_augment_on_device_yields_decoded_images_and_seeds(tmp_path):
+  for i in range(7):  # Constant PNGs of one size; the red channel tells the image.
+    os.makedirs(tmp_path / 'train' / f'c{i % 2}', exist_ok=True)
+    _write_image(str(tmp_path / 'train' / f'c{i % 2}' / f'{i}.png'), i, 'RGB', (6, 5))
+  config = _config(tmp_path, augment_on_device=True)
+  # 7 images, batches of 3: step 2 straddles the first two epochs.
+  full = _batches(config, 4, local_batch_size=3)
+  for batch in full:
+    assert batch['image'].shape == (3, 6, 5, 3) and batch['image'].dtype == np.uint8
+    assert batch['seed'].shape == (3, 2) and batch['seed'].dtype == np.uint32
+    red = batch['image'][..., 0].reshape(3, -1)
+    assert (red == red[:, :1]).all()  # Decoded, not augmented.
+    np.testing.assert_array_equal(batch['label'], (red[:, 0] - 10) // 20 % 2)
+  seeds = np.concatenate([b['seed'] for b in full])
+  assert len({tuple(s) for s in seeds}) == len(seeds)  # One seed per element of the stream.
+  for step in (1, 2, 3):
+    resumed = _batches(config, 1, local_batch_size=3, start_step=step)[0]
+    for key in ('image', 'seed', 'label'):
+      np.testing.assert_array_equal(resumed[key], full[step][key])
+
+
+def test_augment_on_device_needs_images_of_one_size(image_folder, tfds_dir):
+  config = _config(image_folder, augment_on_device=True)
+  dataset = input_pipeline.create_pretrain_dataset(config, local_batch_size=4, process_index=0,
+                                                   process_count=1)
+  sharding = NamedSharding(Mesh(np.array(jax.devices()[:1]), ('data',)), P('data'))
+  with pytest.raises(ValueError, match=r'augment_on_device=True needs images of one size, but '
+                                       r'.* not 10x12 .*--config.augment_on_device=false'):
+    next(input_pipeline.device_batches(dataset, sharding, config=config, split='train'))
+  config = _config('simclr_test_tiny_labeled', tfds_data_dir=str(tfds_dir),
+                   augment_on_device=True)
+  with pytest.raises(ValueError, match=r'has images of shape \(None, None, 3\). Set '
+                                       r'--config.augment_on_device=false'):
+    input_pipeline.create_pretrain_dataset(config, local_batch_size=4)

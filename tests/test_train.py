@@ -1,5 +1,6 @@
 """The jitted train step: 8 devices equal 1 device (loss, gradients, BatchNorm statistics)."""
 
+import json
 import os
 import signal
 import textwrap
@@ -101,6 +102,22 @@ def test_divergence_stops_with_the_step_and_last_good_checkpoint(cifar10_subset,
   assert f'last good checkpoint is step {bad_step - 1}' in message
   state = manager.restore(bad_step - 1)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state))
+
+
+def test_augment_on_device_trains(cifar10_subset, tmp_path):
+  # tf.data only decodes; the jitted step makes the views. Their distribution is tested in
+  # test_augment_jax.py, the decoded stream's determinism and resume in test_input_pipeline.py.
+  config = tiny_config(cifar10_subset)
+  config.augment_on_device = True
+  config.num_train_steps, config.eval_every_steps = 2, 0
+  # Crop and flip only: the colour stages would double the compile time of this test.
+  config.augment.color_jitter_prob = config.augment.grayscale_prob = 0.0
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 2
+  with open(tmp_path / 'metrics.jsonl') as f:
+    records = [json.loads(line) for line in f]
+  assert [r['step'] for r in records] == [2]
+  assert np.isfinite(records[0]['loss']) and records[0]['contrastive_loss'] > 0
 
 
 def test_incompatible_checkpoint_is_refused_before_anything_is_written(

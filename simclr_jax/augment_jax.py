@@ -1,0 +1,347 @@
+"""The SimCLR pretraining view in JAX, for augmenting on the accelerator inside the train step.
+
+The same distribution as `augment.pretrain_view` (tf.data), tested statistically against it:
+the crop window follows TF's sample_distorted_bounding_box kernel (including its integer
+rounding, rejection of crops under 10% of the image and whole-image fallback), and the
+deterministic parts (crop + bicubic resize, colour ops, grayscale, blur) compute what the TF
+kernels compute, to float32 rounding. The random numbers themselves differ: views are a
+function of a JAX key, not of TF's Philox stream.
+
+Every function works on one float32 image [H, W, 3] in [0, 1] of a static size and one key;
+there is no data-dependent Python control flow, so `pretrain_views` vmaps them over a batch
+and runs inside a jitted, sharded train step.
+"""
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+_NUM_JITTER_OPS = 4  # brightness, contrast, saturation, hue.
+_MAX_ATTEMPTS = 100  # sample_distorted_bounding_box's max_attempts in augment.py.
+_MIN_OBJECT_COVERED = 0.1  # Its min_object_covered on the whole-image box.
+_GRAYSCALE_WEIGHTS = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale's.
+# Which of a pixel's (highest, middle, lowest) channel values are its R, G and B, by the
+# sextant of its hue: 0-5, and 6, where TF's HSV-to-RGB kernel gives all lowest values.
+_SEXTANT_CHANNELS = np.array([[0, 1, 2], [1, 0, 2], [2, 0, 1], [2, 1, 0], [1, 2, 0],
+                              [0, 2, 1], [2, 2, 2]])
+
+
+def to_float(images):
+  """uint8 images -> float32 in [0, 1] as tf.image.convert_image_dtype; floats unchanged."""
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) * np.float32(1 / 255)
+  return images.astype(jnp.float32)
+
+
+def _random_apply(fn, image, key, prob):
+  """Applies `fn(image, key)` with probability `prob` (augment._random_apply's key use)."""
+  if prob <= 0:
+    return image
+  coin_key, fn_key = jax.random.split(key)
+  if prob >= 1:
+    return fn(image, fn_key)
+  return jnp.where(jax.random.uniform(coin_key) < prob, fn(image, fn_key), image)
+
+
+def sample_crop_window(key, height, width, area_range, aspect_ratio_range):
+  """Samples (top, left, crop height, crop width) as TF's sample_distorted_bounding_box.
+
+  Mirrors the kernel (sample_distorted_bounding_box_op.cc) for the whole-image box with
+  min_object_covered=0.1 and max_attempts=100: each attempt draws an aspect ratio r, then
+  the crop height uniformly over the integers whose round(h * r) x h area fits `area_range`
+  (clamped so the width fits), nudges it by one pixel if rounding left the area out of
+  range, and is rejected if it still is or covers under 10% of the image. The offsets are
+  uniform over [0, side - crop side) (TF never places a smaller crop at the last offset).
+  All 100 attempts are drawn at once and the first accepted one is kept; the whole image
+  if none is. Arithmetic is float32 like the kernel's, so the rounding matches.
+
+  Args:
+    key: a JAX key.
+    height, width: static image size.
+    area_range: (min, max) area fractions.
+    aspect_ratio_range: (min, max) width / height.
+
+  Returns:
+    int32 scalars (top, left, crop_height, crop_width).
+  """
+  f32 = np.float32
+  min_area = f32(area_range[0]) * f32(width) * f32(height)
+  max_area = f32(area_range[1]) * f32(width) * f32(height)
+  # Per attempt: aspect ratio, height, top and left, each from its own uniform.
+  u_ratio, u_height, u_top, u_left = jax.random.uniform(key, [4, _MAX_ATTEMPTS])
+  lo, hi = f32(aspect_ratio_range[0]), f32(aspect_ratio_range[1])
+  ratio = u_ratio * (hi - lo) + lo
+
+  def round_int(x):  # lrintf: to nearest, ties to even.
+    return jnp.rint(x).astype(jnp.int32)
+
+  def uniform_int(u, n):  # Uniform over range(n), n >= 1.
+    return jnp.minimum(jnp.floor(u * n).astype(jnp.int32), n - 1)
+
+  h_min = round_int(jnp.sqrt(min_area / ratio))
+  h_max = round_int(jnp.sqrt(max_area / ratio))
+  # The tallest crop whose rounded width still fits (the kernel's 1e-7 margin on the 0.5 is
+  # below float32 resolution).
+  h_fit = jnp.floor((width + f32(0.5)) / ratio).astype(jnp.int32)
+  h_fit = jnp.where(round_int(h_fit * ratio) > width, h_fit - 1, h_fit)
+  h_max = jnp.minimum(jnp.where(round_int(h_max * ratio) > width, h_fit, h_max), height)
+  h_min = jnp.minimum(h_min, h_max)
+  h = h_min + uniform_int(u_height, h_max - h_min + 1)
+  w = round_int(h * ratio)
+  too_small = (w * h).astype(jnp.float32) < min_area
+  h = jnp.where(too_small, h + 1, h)
+  w = round_int(h * ratio)
+  too_big = (w * h).astype(jnp.float32) > max_area
+  h = jnp.where(too_big, h - 1, h)
+  w = round_int(h * ratio)
+  area = (w * h).astype(jnp.float32)
+  ok = ((area >= min_area) & (area <= max_area) & (w <= width) & (h <= height) & (w > 0) &
+        (h > 0) & (area >= 1) & (area / f32(width * height) >= f32(_MIN_OBJECT_COVERED)))
+  top = uniform_int(u_top, jnp.maximum(height - h, 1))
+  left = uniform_int(u_left, jnp.maximum(width - w, 1))
+  first = jnp.argmax(ok)
+  found = ok[first]
+  return (jnp.where(found, top[first], 0), jnp.where(found, left[first], 0),
+          jnp.where(found, h[first], height), jnp.where(found, w[first], width))
+
+
+def _keys_cubic(x, a=-0.5):
+  """Keys' cubic convolution kernel at distance x in [0, 2], as TF's coefficient table."""
+  near = ((a + 2) * x - (a + 3)) * x * x + 1
+  far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+  return jnp.where(x <= 1, near, far)
+
+
+def _resize_weights(start, length, in_size, out_size):
+  """[out_size, in_size] matrix of TF's bicubic resize of in[start:start + length].
+
+  tf.image.resize(BICUBIC) (ResizeBicubic, half-pixel centres): Keys a=-0.5 on the 4
+  nearest samples, the fractional position rounded to TF's table of 1/1024 steps, weights
+  of samples outside the crop set to 0 and the rest renormalised.
+  """
+  scale = length.astype(jnp.float32) / np.float32(out_size)
+  position = (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * scale - 0.5
+  base = jnp.floor(position)
+  frac = jnp.rint((position - base) * 1024) / 1024
+  taps = jnp.arange(-1, 3)
+  weights = _keys_cubic(jnp.abs(frac[:, None] - taps))
+  index = base.astype(jnp.int32)[:, None] + taps  # [out_size, 4], within the crop.
+  weights = jnp.where((index >= 0) & (index < length), weights, 0.0)
+  weights = weights * (1 / weights.sum(-1, keepdims=True))
+  one_hot = (start + index)[..., None] == jnp.arange(in_size)
+  return jnp.sum(weights[..., None] * one_hot, axis=1)
+
+
+def _matmul(a, b, subscripts):
+  # Full float32: on GPUs XLA's default precision would round these to TF32.
+  return jnp.einsum(subscripts, a, b, precision=lax.Precision.HIGHEST)
+
+
+def crop_and_resize(image, window, size):
+  """tf.image.resize(image[top:top + h, left:left + w], [size, size], BICUBIC), unclipped.
+
+  `window` is (top, left, h, w), possibly traced; the crop is a weight matrix over the
+  whole image, so shapes stay static.
+  """
+  top, left, crop_height, crop_width = window
+  height, width, _ = image.shape
+  rows = _resize_weights(top, crop_height, height, size)
+  cols = _resize_weights(left, crop_width, width, size)
+  # Rows first, as the TF kernel.
+  return _matmul(cols, _matmul(rows, image, 'oy,yxc->oxc'), 'px,oxc->opc')
+
+
+def random_resized_crop(image, key, size, area_range=(0.08, 1.0),
+                        aspect_ratio_range=(3 / 4, 4 / 3)):
+  """augment.random_resized_crop: a TF-distributed window, bicubic to size x size, clipped."""
+  height, width, _ = image.shape
+  window = sample_crop_window(key, height, width, area_range, aspect_ratio_range)
+  return jnp.clip(crop_and_resize(image, window, size), 0.0, 1.0)
+
+
+def random_flip(image, key, prob=0.5):
+  """Flips the image left-right with probability `prob`."""
+  return _random_apply(lambda x, _: x[:, ::-1], image, key, prob)
+
+
+def adjust_brightness(image, factor):
+  """Multiplies by `factor`: augment.random_brightness's (SimCLRv2's) brightness."""
+  return image * factor
+
+
+def adjust_contrast(image, factor):
+  """tf.image.adjust_contrast: (x - channel mean) * factor + channel mean."""
+  mean = image.mean(axis=(0, 1), keepdims=True)
+  return (image - mean) * factor + mean
+
+
+def _from_sextant(sextant, high, mid, low):
+  """RGB from the highest, middle and lowest channel values and the hue sextant."""
+  values = jnp.stack([high, mid, low], axis=-1)
+  return jnp.take_along_axis(values, jnp.asarray(_SEXTANT_CHANNELS)[sextant], axis=-1)
+
+
+def adjust_saturation(image, factor):
+  """tf.image.adjust_saturation: HSV, saturation times `factor` clipped to [0, 1], RGB."""
+  r, g, b = image[..., 0], image[..., 1], image[..., 2]
+  value = jnp.maximum(r, jnp.maximum(g, b))
+  spread = value - jnp.minimum(r, jnp.minimum(g, b))
+  saturation = jnp.where(value > 0, spread / jnp.where(value > 0, value, 1), 0.0)
+  norm = 1 / (6 * jnp.where(spread > 0, spread, 1))  # Grey pixels get hue 0 below.
+  hue = jnp.where(r == value, norm * (g - b),
+                  jnp.where(g == value, norm * (b - r) + 2 / 6, norm * (r - g) + 4 / 6))
+  hue = jnp.where(spread <= 0, 0.0, hue)
+  hue = jnp.where(hue < 0, hue + 1, hue)
+  saturation = jnp.clip(saturation * factor, 0.0, 1.0)
+  chroma = saturation * value
+  sextant_position = hue * 6
+  x = chroma * (1 - jnp.abs(jnp.mod(sextant_position, 2.0) - 1))
+  sextant = jnp.clip(sextant_position.astype(jnp.int32), 0, 6)
+  return _from_sextant(sextant, chroma, x, jnp.zeros_like(x)) + (value - chroma)[..., None]
+
+
+def adjust_hue(image, delta):
+  """tf.image.adjust_hue: rotates the hue by `delta` turns, keeping each pixel's min and max."""
+  r, g, b = image[..., 0], image[..., 1], image[..., 2]
+  # TF's case split by channel order; ties go the same way, so the floats match.
+  r_below_g = r < g
+  high = jnp.where(r_below_g, jnp.where(b > g, b, g), jnp.where(b > r, b, r))
+  low = jnp.where(r_below_g, jnp.where(b < r, b, r), jnp.where(b < g, b, g))
+  mid = jnp.where(r_below_g, jnp.where(b < r, r, jnp.where(b > g, g, b)),
+                  jnp.where(b < g, g, jnp.where(b > r, r, b)))
+  sextant = jnp.where(r_below_g, jnp.where(b < r, 1, jnp.where(b > g, 3, 2)),
+                      jnp.where(b < g, 0, jnp.where(b > r, 4, 5)))
+  ratio = (mid - low) / jnp.where(high > low, high - low, 1)
+  hue = sextant + jnp.where(sextant % 2 == 0, ratio, 1 - ratio)
+  hue = jnp.where(high == low, 0.0, hue) + delta * 6
+  hue = jnp.where(hue < 0, hue + 6, hue)
+  hue = jnp.where(hue >= 6, hue - 6, hue)
+  sextant = jnp.clip(hue.astype(jnp.int32), 0, 5)
+  ratio = hue - sextant
+  ratio = jnp.where(sextant % 2 == 0, ratio, 1 - ratio)
+  return _from_sextant(sextant, high, low + ratio * (high - low), low)
+
+
+def color_jitter(image, key, strength):
+  """Brightness, contrast, saturation (0.8s) and hue (0.2s) in random order (augment's)."""
+  b = c = s = 0.8 * strength
+  h = min(0.2 * strength, 0.5)
+  perm_key, *op_keys = jax.random.split(key, _NUM_JITTER_OPS + 1)
+
+  def scaling(adjust, op_key, spread):
+    # Factor ~ U[max(0, 1 - spread), 1 + spread]; a zero-strength op is the identity.
+    if spread <= 0:
+      return lambda x: x
+    factor = jax.random.uniform(op_key, minval=max(0.0, 1 - spread), maxval=1 + spread)
+    return lambda x: adjust(x, factor)
+
+  def hue(x):
+    return adjust_hue(x, jax.random.uniform(op_keys[3], minval=-h, maxval=h)) if h > 0 else x
+
+  ops = (scaling(adjust_brightness, op_keys[0], b), scaling(adjust_contrast, op_keys[1], c),
+         scaling(adjust_saturation, op_keys[2], s), hue)
+  perm = jnp.argsort(jax.random.uniform(perm_key, [_NUM_JITTER_OPS]))  # Uniform order.
+
+  def apply(i, x):
+    return jnp.clip(lax.switch(perm[i], ops, x), 0.0, 1.0)
+
+  # A loop, not unrolled: under vmap every step computes all 4 ops, and 4 unrolled steps
+  # would compile 16 copies of them.
+  return lax.fori_loop(0, _NUM_JITTER_OPS, apply, image)
+
+
+def to_grayscale(image):
+  """tf.image.rgb_to_grayscale, keeping 3 (equal) channels."""
+  gray = _matmul(image, jnp.asarray(_GRAYSCALE_WEIGHTS, jnp.float32), 'hwc,c->hw')
+  return jnp.repeat(gray[..., None], 3, axis=-1)
+
+
+def random_color_distortion(image, key, strength, jitter_prob=0.8, grayscale_prob=0.2):
+  """Colour jitter with p=jitter_prob, then independently grayscale with p=grayscale_prob."""
+  jitter_key, gray_key = jax.random.split(key)
+  image = _random_apply(lambda x, k: color_jitter(x, k, strength), image, jitter_key,
+                        jitter_prob)
+  return _random_apply(lambda x, _: to_grayscale(x), image, gray_key, grayscale_prob)
+
+
+def _blur_matrix(kernel, size):
+  """[size, size] banded matrix: zero-padded 'SAME' convolution with the odd `kernel`."""
+  radius = kernel.shape[0] // 2
+  offset = jnp.arange(size)[None, :] - jnp.arange(size)[:, None]
+  return jnp.where(jnp.abs(offset) <= radius, kernel[jnp.clip(offset + radius, 0, 2 * radius)],
+                   0.0)
+
+
+def gaussian_blur(image, sigma, kernel_size):
+  """augment.gaussian_blur: separable Gaussian, 2 * (kernel_size // 2) + 1 taps, zero padding."""
+  radius = kernel_size // 2
+  x = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  kernel = jnp.exp(-jnp.square(x) / (2.0 * jnp.square(sigma)))
+  kernel = kernel / kernel.sum()
+  height, width, _ = image.shape
+  # Horizontal pass first, as augment.gaussian_blur.
+  image = _matmul(_blur_matrix(kernel, width), image, 'xw,hwc->hxc')
+  return _matmul(_blur_matrix(kernel, height), image, 'yh,hwc->ywc')
+
+
+def random_gaussian_blur(image, key, prob=0.5, sigma_min=0.1, sigma_max=2.0):
+  """With p=prob, blurs with sigma ~ U[sigma_min, sigma_max], kernel ~10% of the height."""
+
+  def blur(x, k):
+    sigma = jax.random.uniform(k, minval=sigma_min, maxval=sigma_max)
+    return gaussian_blur(x, sigma, x.shape[0] // 10)
+
+  return _random_apply(blur, image, key, prob)
+
+
+def pretrain_view(image, key, config_augment, size):
+  """One SimCLR view: crop -> flip -> colour distortion -> blur -> clip (augment's order).
+
+  Args:
+    image: float32 [H, W, 3] in [0, 1] of a static size.
+    key: a JAX key.
+    config_augment: the `config.augment` ConfigDict.
+    size: side of the square output.
+
+  Returns:
+    float32 [size, size, 3] in [0, 1].
+  """
+  c = config_augment
+  crop_key, flip_key, color_key, blur_key = jax.random.split(key, 4)
+  image = random_resized_crop(image, crop_key, size, (c.crop_area_min, c.crop_area_max),
+                              (c.aspect_ratio_min, c.aspect_ratio_max))
+  image = random_flip(image, flip_key, c.flip_prob)
+  image = random_color_distortion(image, color_key, c.color_strength, c.color_jitter_prob,
+                                  c.grayscale_prob)
+  image = random_gaussian_blur(image, blur_key, c.blur_prob, c.blur_sigma_min,
+                               c.blur_sigma_max)
+  return jnp.clip(image, 0.0, 1.0)
+
+
+def _as_keys(keys):
+  """Typed JAX keys [N] from typed keys, or from raw threefry key data / seeds [N, 2] ints."""
+  if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
+    return keys
+  return jax.random.wrap_key_data(keys.astype(jnp.uint32), impl='threefry2x32')
+
+
+def pretrain_views(images, keys, config_augment, size):
+  """Two independent SimCLR views of each image, vmapped over the batch.
+
+  Args:
+    images: uint8 (or float in [0, 1]) [N, H, W, 3], all of one size.
+    keys: typed JAX keys [N], or int seeds [N, 2] used as threefry key data (the input
+      pipeline's per-example 'seed').
+    config_augment: the `config.augment` ConfigDict.
+    size: side of the square views.
+
+  Returns:
+    float32 [N, 2, size, size, 3] in [0, 1].
+  """
+
+  def two_views(image, key):
+    return jax.vmap(lambda k: pretrain_view(image, k, config_augment, size))(
+        jax.random.split(key))
+
+  return jax.vmap(two_views)(to_float(images), _as_keys(keys))
