@@ -1,6 +1,7 @@
-"""metrics.jsonl: one record per write; a resumed run drops the records it redoes."""
+"""metrics.jsonl: one record per write; a resumed run drops the records it redoes. Paths."""
 
 import json
+import os
 
 from simclr_jax import writers
 
@@ -15,3 +16,12 @@ def test_jsonl_records_and_resume_truncation(tmp_path):
       {'step': 2, 'loss': 0.2}, {'step': 4, 'loss': 0.4}]
   writers.drop_records_after(str(tmp_path / 'missing.jsonl'), 4)  # Nothing to trim: no error.
   assert not (tmp_path / 'missing.jsonl').exists()
+
+
+def test_workdir_paths_are_absolute_or_urls(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert writers.workdir_path('run', 'checkpoints') == os.path.join(tmp_path, 'run', 'checkpoints')
+  # Orbax, TensorBoard and tf.io.gfile take gs:// paths as they are.
+  assert writers.workdir_path('gs://bucket/run', 'config.json') == 'gs://bucket/run/config.json'
+  writers.write_atomically(writers.workdir_path('.', 'config.json'), '{}\n')
+  assert os.listdir(tmp_path) == ['config.json']  # Renamed into place: no .tmp left.
