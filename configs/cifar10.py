@@ -7,6 +7,9 @@ Offline, from a folder of images laid out as root/<split>/<class>/<image>:
   python -m simclr_jax.main --config=configs/cifar10.py --workdir=/tmp/simclr_cifar10 \
       --config.dataset=../shared/data/cifar10-jpeg
 
+On several hosts (see launch/), every host runs the same command on a shared workdir; add
+`--config.data_shards=8` (say) to get the same batches, and so the same run, on 1, 2, 4 or 8 hosts.
+
 Expected result: about 91% top-1 linear evaluation on the CIFAR-10 test split after the full
 1000 epochs (official google-research/simclr README; solo-learn reports 90.74% online linear
 probe for a B=256 variant). The online linear probe logged as `probe_accuracy` tracks it.
@@ -24,9 +27,13 @@ def get_config():
   config.tfds_data_dir = ''  # TFDS data_dir; '' uses TFDS's default (~/tensorflow_datasets).
   config.train_split = 'train'  # Split (TFDS) or sub-folder (image folder) to pretrain on.
   config.image_size = 32  # Side of the square crops fed to the encoder; <= 32 uses the CIFAR stem.
-  config.shuffle_buffer_size = 50_000  # Examples in the tf.data shuffle buffer (per host).
+  config.shuffle_buffer_size = 50_000  # Examples in the tf.data shuffle buffer (per shard).
   config.skip_bad_images = False  # Image folders: leave out undecodable files (else: an error).
   config.prefetch_batches = 2  # Global batches placed on the devices ahead of the train step.
+  # Data shards of the train split (0: one per process). V > 0 makes the batches the same for
+  # any process count dividing V (each process reads V / processes shards, batch / V examples
+  # from each); V must divide batch_size (and finetune.batch_size).
+  config.data_shards = 0
 
   # Augmentation (SimCLR appendix A; every parameter of the reference is a knob here).
   config.augment = ml_collections.ConfigDict()

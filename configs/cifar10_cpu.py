@@ -7,6 +7,11 @@ Run (2 epochs, the CIFAR-10 image folder, then evaluate the encoder):
       --config.dataset=../shared/data/cifar10-jpeg --config.mode=linear_eval \
       --config.pretrained_workdir=/tmp/simclr_cpu
 
+Two processes with 2 CPU devices each on this machine (launch/local.sh); data_shards=2 makes
+the run equal that of one process with the same setting:
+  launch/local.sh 2 2 --config=configs/cifar10_cpu.py --workdir=/tmp/simclr_cpu2 \
+      --config.dataset=../shared/data/cifar10-jpeg --config.data_shards=2
+
 benchmarks/cifar10_cpu_budget.py pretrains this config within a wall-clock budget and evaluates
 it against a random encoder and raw pixels; BENCHMARKS.md records what it gave (20 minutes on 2
 CPU cores: see there). Short runs favour a small batch, square-root learning-rate scaling, a

@@ -4,6 +4,9 @@ Run (TPU/GPU hosts; needs the prepared TFDS `imagenet2012`, or an image folder):
   python -m simclr_jax.main --config=configs/imagenet.py --workdir=gs://BUCKET/simclr_r50 \
       --config.tfds_data_dir=gs://BUCKET/tensorflow_datasets
 
+On a pod slice or cluster, every host runs this command (launch/ has TPU, SLURM and local scripts);
+`--config.data_shards=64` (say) makes the batches the same on any host count dividing 64.
+
 Expected result: the official README (v1) reports 69.1% top-1 linear evaluation for ResNet-50
 (1x) after 1000 epochs (--config.num_epochs=1000); the paper's batch-size/epochs study shows 100
 epochs at batch 4096 several points lower.

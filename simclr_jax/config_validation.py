@@ -20,7 +20,7 @@ def trains_classifier(config) -> bool:
                                        config.eval.linear_protocol == 'sgd')
 
 
-def validate_config(config, *, num_devices: int):
+def validate_config(config, *, num_devices: int, num_processes: int = 1):
   """Raises ValueError naming the first bad value in `config` and what is allowed."""
   _require(config.mode in MODES, f'config.mode={config.mode!r} is not known; use one of {MODES}.')
   _require(config.model.name in models.MODEL_NAMES,
@@ -89,15 +89,36 @@ def validate_config(config, *, num_devices: int):
   _require(0 < aug.blur_sigma_min <= aug.blur_sigma_max,
            f'config.augment.blur_sigma_min={aug.blur_sigma_min} and blur_sigma_max='
            f'{aug.blur_sigma_max} must satisfy 0 < min <= max (reference: 0.1, 2.0).')
-  if config.mode != 'pretrain':
+  if config.mode == 'pretrain':
+    _validate_data_shards(config, config.batch_size, 'config.batch_size', num_processes)
+  else:
     _validate_eval_config(config, num_devices)
   if trains_classifier(config):
     _validate_finetune_config(config, num_devices)
+    _validate_data_shards(config, config.finetune.batch_size, 'config.finetune.batch_size',
+                          num_processes)
 
 
 def _require_device_multiple(batch_size, name, num_devices):
   _require(isinstance(batch_size, int) and batch_size > 0 and batch_size % num_devices == 0,
            f'{name}={batch_size!r} must be a positive multiple of the {num_devices} devices.')
+
+
+def _validate_data_shards(config, batch_size, batch_name, num_processes):
+  """config.data_shards: 0, or a multiple of the process count that divides the batch."""
+  shards = config.data_shards
+  _require(isinstance(shards, int) and shards >= 0,
+           f'config.data_shards={shards!r} must be an integer >= 0 (0: one shard per process).')
+  if shards:
+    suggestion = -(-shards // num_processes) * num_processes
+    _require(shards % num_processes == 0,
+             f'config.data_shards={shards} is not a multiple of the {num_processes} processes; '
+             f'use a multiple of the process count (e.g. {suggestion}), or 0 for one shard per '
+             'process.')
+    _require(batch_size % shards == 0,
+             f'{batch_name}={batch_size} is not divisible by config.data_shards={shards}: each '
+             f'shard gives batch / data_shards examples to every batch; use a batch that is a '
+             'multiple of data_shards, or fewer shards.')
 
 
 def _validate_schedule(section, prefix):

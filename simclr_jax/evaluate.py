@@ -16,12 +16,14 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorflow as tf
 
 from simclr_jax import config_validation
 from simclr_jax import input_pipeline
 from simclr_jax import knn
 from simclr_jax import linear_classifier
 from simclr_jax import models
+from simclr_jax import writers
 from simclr_jax.sharding import batch_sharded, create_mesh, replicated, run_once
 
 PROTOCOLS = {'linear_eval': 'linear', 'knn_eval': 'knn'}
@@ -36,7 +38,7 @@ def _param_shapes(tree):
 
 def _read_only_manager(workdir: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'checkpoints'),
+      writers.workdir_path(workdir, 'checkpoints'),
       options=ocp.CheckpointManagerOptions(read_only=True, create=False))
 
 
@@ -71,10 +73,10 @@ def restore_encoder_variables(config, model, pretrained_workdir: str, step: int 
     got = {k: v for k, v in got.items() if not k.startswith("['probe']")}
     if want != got:
       differences = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
-      saved = os.path.join(os.path.abspath(pretrained_workdir), 'config.json')
+      saved = writers.workdir_path(pretrained_workdir, 'config.json')
       saved_model = 'unknown (no config.json)'
-      if os.path.exists(saved):
-        with open(saved) as f:
+      if tf.io.gfile.exists(saved):
+        with tf.io.gfile.GFile(saved) as f:
           saved_model = json.load(f)['model']
       raise ValueError(
           f'The checkpoint at step {step} in {directory} holds another architecture than '
@@ -222,7 +224,8 @@ def labelled_train_info(config) -> input_pipeline.DatasetInfo:
 def evaluate(config, workdir: str) -> dict:
   """Runs the protocol of config.mode; prints and writes WORKDIR/eval_results.json."""
   start = time.perf_counter()
-  config_validation.validate_config(config, num_devices=jax.device_count())
+  config_validation.validate_config(config, num_devices=jax.device_count(),
+                                    num_processes=jax.process_count())
   protocol = PROTOCOLS[config.mode]
   train_info = labelled_train_info(config)
   mesh = create_mesh()
@@ -230,7 +233,7 @@ def evaluate(config, workdir: str) -> dict:
   model = models.create_model(config.model, image_size=config.image_size,
                               num_classes=num_classes)
   variables, step = encoder_variables(config, model, mesh)
-  os.makedirs(workdir, exist_ok=True)
+  tf.io.gfile.makedirs(workdir)
   train, evaluation = embed_splits(config, model, variables, mesh)
 
   results = {**results_header(config, protocol, step),
@@ -259,6 +262,6 @@ def report_results(results: dict, workdir: str, start_time: float) -> dict:
                100 * results['top5'], results['dataset'], results['eval_split'])
   print(json.dumps(results, indent=2))
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'eval_results.json'), 'w') as f:
+    with tf.io.gfile.GFile(os.path.join(workdir, 'eval_results.json'), 'w') as f:
       json.dump(results, f, indent=2)
   return results

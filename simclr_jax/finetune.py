@@ -13,7 +13,6 @@ checkpoints into their own workdir (and resume from them), and score the eval sp
 
 import functools
 import math
-import os
 import time
 
 from absl import logging
@@ -21,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+import tensorflow as tf
 
 from simclr_jax import config_validation
 from simclr_jax import evaluate
@@ -109,7 +109,8 @@ def finetune(config, workdir: str):
   Returns the results, or None when a signal stopped training (a rerun resumes).
   """
   start = time.perf_counter()
-  config_validation.validate_config(config, num_devices=jax.device_count())
+  config_validation.validate_config(config, num_devices=jax.device_count(),
+                                    num_processes=jax.process_count())
   protocol, settings = protocol_settings(config)
   info = evaluate.labelled_train_info(config)
   subset = label_fractions.class_balanced_subset(
@@ -117,7 +118,7 @@ def finetune(config, workdir: str):
       settings.subset_seed)
   pretrained, pretrained_step = _pretrained_variables(config, info.num_classes)
 
-  os.makedirs(workdir, exist_ok=True)
+  tf.io.gfile.makedirs(workdir)
   mesh = create_mesh()
   model = models.create_classifier(
       config.model, image_size=config.image_size, num_classes=info.num_classes,
@@ -135,8 +136,7 @@ def finetune(config, workdir: str):
   manager = train.create_checkpoint_manager(workdir, config)
   state = train.restore_or_init_state(manager, init_fn, mesh, config)
   start_step = int(state.step)
-  if jax.process_index() == 0:
-    train.save_config(config, workdir)
+  train.save_config(config, workdir)
   logging.info('%s: %d of %d labelled examples, %s encoder, frozen through part %d, '
                'steps %d -> %d.', protocol, len(subset), info.num_examples, config.eval.encoder,
                settings.fine_tune_after_block, start_step, total_steps)

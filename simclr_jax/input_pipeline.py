@@ -1,10 +1,14 @@
 """tf.data input pipeline for SimCLR pretraining: image folders and TFDS.
 
-The per-host element stream is a pure function of (config.seed, process_index,
-position): epoch e is this host's shard permuted with a seed derived from
-(config.seed, e), and the k-th element of the stream is augmented with a seed
-derived from (config.seed, process_index, k). Resuming at a step therefore
-reproduces the uninterrupted stream exactly, without replaying earlier epochs.
+The train split is cut into data shards, one per host by default
+(config.data_shards = 0) or config.data_shards of them, a contiguous range of
+which each host reads. Each shard's element stream is a pure function of
+(config.seed, shard, position): epoch e is the shard permuted with a seed
+derived from (config.seed, e), and the k-th element of the stream is augmented
+with a seed derived from (config.seed, shard, k). Resuming at a step therefore
+reproduces the uninterrupted stream exactly, without replaying earlier epochs;
+with a fixed config.data_shards, the global batches do not depend on the
+number of hosts either.
 All randomness is stateless, so TF's global seed (tf.random.set_seed) has no
 effect. Image folders get a full permutation per epoch; TFDS datasets, read
 sequentially, a permutation within each block of config.shuffle_buffer_size.
@@ -252,18 +256,19 @@ def split_labels(config, split) -> np.ndarray:
   return np.concatenate([labels for _, labels in pairs.batch(4096).as_numpy_iterator()])
 
 
-def _local_source(config, split, process_index, process_count, subset=None):
-  """Returns (raw dataset of (bytes or path, label), n_local, from_files, block).
+def _local_source(config, split, shard, num_shards, subset=None):
+  """Returns (raw dataset of (bytes or path, label), n_local, from_files, block) of a shard.
 
+  Shard `shard` of `num_shards` holds n_local = (number of examples) // num_shards of them.
   `subset`: sorted indices of the split's examples to keep (default: all of them).
   """
   if _is_image_folder(config.dataset):
     paths, labels, _ = _image_folder(config, split)
     if subset is not None:
       paths, labels = [paths[i] for i in subset], [labels[i] for i in subset]
-    n_local = len(paths) // process_count
-    paths = paths[process_index::process_count][:n_local]
-    labels = labels[process_index::process_count][:n_local]
+    n_local = len(paths) // num_shards
+    paths = paths[shard::num_shards][:n_local]
+    labels = labels[shard::num_shards][:n_local]
     source = tf.data.Dataset.from_tensor_slices(
         (tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
     # The file list is sorted by class, so anything short of a full
@@ -274,29 +279,40 @@ def _local_source(config, split, process_index, process_count, subset=None):
   builder = _tfds_builder(config)
   num_examples = _tfds_split_info(builder, config, split).num_examples
   has_label = _tfds_num_classes(builder) > 0
-  options = tf.data.Options()
-  options.deterministic = True
-  read_config = tfds.ReadConfig(options=options)
+  read_config = tfds.ReadConfig(options=_options())
   if subset is None:
-    n_local = num_examples // process_count
+    n_local = num_examples // num_shards
     if n_local == 0:
       return None, 0, False, 1
-    sub_split = tfds.even_splits(split, n=process_count,
-                                 drop_remainder=True)[process_index]
+    sub_split = tfds.even_splits(split, n=num_shards,
+                                 drop_remainder=True)[shard]
     source = _tfds_pairs(builder, sub_split, has_label, read_config)
   else:
-    n_local = len(subset) // process_count
+    n_local = len(subset) // num_shards
     keep = np.zeros(num_examples, bool)
     keep[np.asarray(subset)] = True
     keep = tf.constant(keep)
     source = _tfds_pairs(builder, split, has_label, read_config).enumerate().filter(
         lambda i, _: tf.gather(keep, i)).map(lambda _, pair: pair).shard(
-            process_count, process_index)
+            num_shards, shard)
   source = source.take(n_local)
   # Records are read sequentially, so shuffling is per block of
   # shuffle_buffer_size encoded records (held in memory, like a shuffle buffer).
   block = max(1, min(int(config.shuffle_buffer_size), n_local))
   return source, n_local, False, block
+
+
+def _options():
+  """Deterministic order, and no autotuning model thread.
+
+  Deleting an iterator waits for that thread, which can sleep for up to a minute first (seen
+  at the end of multi-process runs, holding every process at shutdown). Without it, parallel
+  maps use all cores; the CIFAR-10 pretraining stream was no slower on this project's CPU.
+  """
+  options = tf.data.Options()
+  options.deterministic = True
+  options.autotune.enabled = False
+  return options
 
 
 def _process_or_default(process_index, process_count):
@@ -349,21 +365,49 @@ def _training_dataset(config, make_example, *, local_batch_size, start_step, pro
   """Infinite, batched per-host stream of make_example(image, label, seed) of the train split.
 
   `image` is decoded to `image_dtype` (float32 in [0, 1], or uint8).
+  The split is cut into config.data_shards shards (0: one per process), each a stream of its
+  own whose examples, shuffle and augmentation seeds depend on the shard, not on the process.
+  A process reads a contiguous range of shards, and its batch is the concatenation of
+  local_batch_size / (its number of shards) examples of each, in shard order. The global batch
+  (shard 0's examples, then shard 1's, ...) is therefore the same for any number of processes
+  that divides config.data_shards.
   """
-  split = config.train_split
   process_index, process_count = _process_or_default(process_index, process_count)
   if local_batch_size < 1:
     raise ValueError(f'local_batch_size={local_batch_size} must be >= 1.')
-  source, n_local, from_files, block = _local_source(
-      config, split, process_index, process_count, subset)
+  num_shards = config.data_shards or process_count
+  shards_per_process = num_shards // process_count
+  # local_batch_size is a multiple of shards_per_process iff the global batch is of num_shards.
+  if num_shards % process_count or local_batch_size % shards_per_process:
+    raise ValueError(
+        f'config.data_shards={config.data_shards} must be a multiple of the {process_count} '
+        f'processes and divide the global batch of {local_batch_size * process_count}.')
+  first = process_index * shards_per_process
+  streams = [_shard_batches(config, make_example, shard, num_shards,
+                            local_batch_size // shards_per_process, start_step, subset,
+                            image_dtype)
+             for shard in range(first, first + shards_per_process)]
+  ds = streams[0]
+  if len(streams) > 1:
+    ds = tf.data.Dataset.zip(tuple(streams)).map(
+        tf.autograph.experimental.do_not_convert(
+            lambda *batches: tf.nest.map_structure(lambda *x: tf.concat(x, 0), *batches)))
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def _shard_batches(config, make_example, shard, num_shards, batch_size, start_step, subset,
+                   image_dtype):
+  """Batches of make_example(...) of shard `shard` of `num_shards` of the train split."""
+  split = config.train_split
+  source, n_local, from_files, block = _local_source(config, split, shard, num_shards, subset)
   if n_local == 0:
     raise ValueError(
-        f'Split {split!r} of config.dataset={config.dataset!r} has '
-        f'fewer examples than the {process_count} processes.')
+        f'Split {split!r} of config.dataset={config.dataset!r} has fewer examples than the '
+        f'{num_shards} data shards (config.data_shards, or one per process).')
 
-  start_index = int(start_step) * int(local_batch_size)
+  start_index = int(start_step) * int(batch_size)
   stream = _shuffled_stream(source, n_local, block, config.seed, start_index)
-  augment_seed = _stream_seed(config.seed, _AUGMENT_STREAM, process_index)
+  augment_seed = _stream_seed(config.seed, _AUGMENT_STREAM, shard)
 
   # Control flow is explicit (tf.cond, tf.switch_case), so AutoGraph has
   # nothing to convert; skipping it saves tracing time.
@@ -375,11 +419,7 @@ def _training_dataset(config, make_example, *, local_batch_size, start_step, pro
 
   ds = stream.enumerate(start=start_index)
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(local_batch_size, drop_remainder=True)
-  ds = ds.prefetch(tf.data.AUTOTUNE)
-  options = tf.data.Options()
-  options.deterministic = True
-  return ds.with_options(options)
+  return ds.batch(batch_size, drop_remainder=True)
 
 
 def create_pretrain_dataset(config, *, local_batch_size: int,
@@ -543,7 +583,7 @@ def create_eval_dataset(config, split, *, local_batch_size: int, max_examples: i
       'label': tf.constant(-1, tf.int32), 'mask': tf.constant(False)}).repeat(
           num_batches * local_batch_size - local_count)
   ds = ds.concatenate(padding).batch(local_batch_size).prefetch(tf.data.AUTOTUNE)
-  return ds, num_examples
+  return ds.with_options(_options()), num_examples
 
 
 def class_names(config) -> list[str]:

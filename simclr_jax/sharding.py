@@ -8,8 +8,14 @@ DATA_AXIS = 'data'
 
 
 def create_mesh(devices=None) -> Mesh:
-  """1-D mesh named 'data' over all devices of all hosts (or the given ones)."""
+  """1-D mesh named 'data' over all devices of all hosts (or the given ones), host by host.
+
+  Each process's devices are contiguous (in JAX's order within a process), so the rows of a
+  batch-sharded global array built from process-local batches are process 0's batch, then
+  process 1's, and so on: the global batch does not depend on how devices are numbered.
+  """
   devices = jax.devices() if devices is None else devices
+  devices = sorted(devices, key=lambda d: d.process_index)  # Stable: keeps the local order.
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from clu import periodic_actions
+import tensorflow as tf
 
 from simclr_jax import augment_jax
 from simclr_jax import config_validation
@@ -141,7 +142,7 @@ def make_train_step(model, tx, schedule, temperature, mesh, chunk_size=0, augmen
 
 def create_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'checkpoints'),
+      writers.workdir_path(workdir, 'checkpoints'),
       options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
 
 
@@ -157,9 +158,9 @@ def _flat_config(config_dict, prefix=''):
 
 def config_differences(saved_path: str, config) -> list[str]:
   """'key: saved X, now Y' for each value that differs from the config saved at saved_path."""
-  if not os.path.exists(saved_path):
+  if not tf.io.gfile.exists(saved_path):
     return []
-  with open(saved_path) as f:
+  with tf.io.gfile.GFile(saved_path) as f:
     saved = _flat_config(json.load(f))
   now = _flat_config(json.loads(config.to_json_best_effort()))
   return [f'{k}: saved {saved.get(k)!r}, now {now.get(k)!r}'
@@ -169,7 +170,7 @@ def config_differences(saved_path: str, config) -> list[str]:
 def _check_resumable(manager, step: int, abstract_state, config):
   """Refuses a checkpoint whose parameters or optimiser state do not fit `config`."""
   path = os.path.join(str(manager.directory), str(step), 'default')
-  if not os.path.isdir(path):
+  if not tf.io.gfile.isdir(path):
     return
   saved = ocp.StandardCheckpointer().metadata(path).item_metadata
   def describe(leaves_with_path, part):
@@ -215,8 +216,13 @@ def restore_or_init_state(manager, init_fn, mesh, config) -> TrainState:
 
 
 def save_config(config, workdir: str):
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2) + '\n')
+  """Writes WORKDIR/config.json from process 0 (the workdir is shared by all hosts).
+
+  Atomically: the other hosts may be reading it (config_differences) while resuming.
+  """
+  if jax.process_index() == 0:
+    writers.write_atomically(os.path.join(workdir, 'config.json'),
+                             config.to_json_best_effort(indent=2) + '\n')
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -245,13 +251,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   Running it again on the same workdir resumes from the latest checkpoint.
   """
   # Everything that can be wrong with the inputs is checked before anything is compiled.
-  config_validation.validate_config(config, num_devices=jax.device_count())
+  config_validation.validate_config(config, num_devices=jax.device_count(),
+                                    num_processes=jax.process_count())
   info = input_pipeline.get_dataset_info(config, config.train_split)
   if info.num_examples < config.batch_size:
     raise ValueError(f'{config.dataset}/{config.train_split} has {info.num_examples} examples, '
                      f'fewer than config.batch_size={config.batch_size}; lower the batch size.')
 
-  os.makedirs(workdir, exist_ok=True)
+  tf.io.gfile.makedirs(workdir)
   mesh = create_mesh()
   model = models.create_model(config.model, image_size=config.image_size,
                               num_classes=info.num_classes, dtype=models.DTYPES[config.dtype],
@@ -265,8 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   manager = create_checkpoint_manager(workdir, config)
   state = restore_or_init_state(manager, init_fn, mesh, config)
   start_step = int(state.step)
-  if jax.process_index() == 0:
-    save_config(config, workdir)
+  save_config(config, workdir)
   num_params = sum(x.size for x in jax.tree.leaves(state.params['encoder']))
   logging.info('%s: %.2fM encoder parameters, %d devices, %d examples, steps %d -> %d.',
                config.model.name, num_params / 1e6, jax.device_count(), info.num_examples,
@@ -304,7 +310,9 @@ class StopRequest:
   """Turns SIGTERM and SIGINT into a request to checkpoint and stop after the current step.
 
   A second SIGINT (Ctrl-C twice) interrupts at once. With several processes, all stop at the
-  same step: JAX's preemption sync point (fed by SIGTERM through jax.distributed) decides.
+  same step: JAX's preemption sync point decides, fed by the SIGTERM handler that
+  jax.distributed installs (left in place: a Python handler would replace it) and by SIGINT,
+  passed on to that handler as a SIGTERM.
   """
 
   def __init__(self):
@@ -313,7 +321,8 @@ class StopRequest:
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      for signum in (signal.SIGTERM, signal.SIGINT):
+      multiprocess = jax.process_count() > 1
+      for signum in (signal.SIGINT,) if multiprocess else (signal.SIGTERM, signal.SIGINT):
         self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
@@ -328,6 +337,8 @@ class StopRequest:
     self.signal_name = signal.Signals(signum).name
     logging.warning('%s received: stopping after this step with a checkpoint.',
                     self.signal_name)
+    if jax.process_count() > 1:
+      os.kill(os.getpid(), signal.SIGTERM)  # To jax.distributed, which tells every process.
 
   def should_stop(self, step: int) -> bool:
     if jax.process_count() > 1:

@@ -1,4 +1,5 @@
-"""Metric writers: clu's TensorBoard + log writers, plus a JSON-lines file for scripts."""
+"""Metric writers (clu's TensorBoard + log writers, plus a JSON-lines file for scripts), and the
+workdir's files: local, or on a filesystem that all hosts see such as gs:// (tf.io.gfile)."""
 
 import json
 import logging as std_logging
@@ -8,6 +9,21 @@ from typing import Any, Mapping
 from absl import logging
 import jax
 from clu import metric_writers
+import tensorflow as tf
+
+
+def workdir_path(workdir: str, name: str) -> str:
+  """WORKDIR/name: a local WORKDIR made absolute (as Orbax needs), a URL (gs://...) as it is."""
+  if '://' not in workdir:
+    workdir = os.path.abspath(workdir)
+  return os.path.join(workdir, name)
+
+
+def write_atomically(path: str, text: str):
+  """Writes `text` aside, then renames it to `path`: no reader ever sees half a file."""
+  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
+    f.write(text)
+  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
 
 
 class JsonlWriter(metric_writers.MetricWriter):
@@ -18,7 +34,7 @@ class JsonlWriter(metric_writers.MetricWriter):
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     record = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
-    with open(self._path, 'a') as f:
+    with tf.io.gfile.GFile(self._path, 'a') as f:
       f.write(json.dumps(record) + '\n')
 
   # Only scalars go to the JSON-lines file; everything else is TensorBoard's business.
@@ -52,14 +68,11 @@ class JsonlWriter(metric_writers.MetricWriter):
 
 def drop_records_after(path: str, step: int):
   """Removes the lines of a metrics.jsonl logged after `step` (a resumed run redoes them)."""
-  if not os.path.exists(path):
+  if not tf.io.gfile.exists(path):
     return
-  with open(path) as f:
+  with tf.io.gfile.GFile(path) as f:
     lines = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.writelines(lines)
-  os.replace(tmp, path)
+  write_atomically(path, ''.join(lines))
 
 
 def create_writer(workdir: str, start_step: int = 0) -> metric_writers.MetricWriter:

@@ -79,3 +79,25 @@ def test_bad_evaluation_settings_are_named(cifar_config, mode, field, value, mes
   cifar_config[section][leaf] = value
   with pytest.raises(ValueError, match=message):
     config_validation.validate_config(cifar_config, num_devices=8)
+
+
+@pytest.mark.parametrize('mode,overrides,processes,message', [
+    ('pretrain', {'data_shards': 3}, 2,
+     r'config.data_shards=3 is not a multiple of the 2 processes; use a multiple of the '
+     r'process count \(e.g. 4\)'),
+    ('pretrain', {'data_shards': 3, 'batch_size': 512}, 1,
+     r'config.batch_size=512 is not divisible by config.data_shards=3'),
+    ('pretrain', {'data_shards': -1}, 1, r'config.data_shards=-1 must be an integer >= 0'),
+    ('finetune', {'data_shards': 8, 'batch_size': 100}, 1,  # Pretraining's batch: unused.
+     r'config.finetune.batch_size=500 is not divisible by config.data_shards=8'),
+])
+def test_data_shards_must_fit_processes_and_batch(cifar_config, mode, overrides, processes,
+                                                  message):
+  cifar_config.mode, cifar_config.pretrained_workdir = mode, '/some/run'
+  cifar_config.finetune.batch_size = 500
+  for key, value in overrides.items():
+    cifar_config[key] = value
+  with pytest.raises(ValueError, match=message):
+    config_validation.validate_config(cifar_config, num_devices=4, num_processes=processes)
+  cifar_config.data_shards = 4
+  config_validation.validate_config(cifar_config, num_devices=4, num_processes=processes)

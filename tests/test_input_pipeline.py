@@ -251,6 +251,26 @@ def test_processes_get_disjoint_equal_shards(image_folder):
   assert not shards[0] & shards[1]
 
 
+@pytest.mark.parametrize('data_shards', [2, 4])
+def test_data_shards_make_the_global_batch_independent_of_the_process_count(image_folder,
+                                                                             data_shards):
+  # 11 images in 4 shards of 2 (or 2 of 5); a global batch of 4 takes 4 / data_shards from
+  # each. From step 1 on, 3 batches: resumed streams, epochs wrapping around.
+  config = _light_config(image_folder, data_shards=data_shards)
+  single = _batches(config, 3, local_batch_size=4, start_step=1)
+  for count in (2, 4) if data_shards == 4 else (2,):
+    local = [_batches(config, 3, local_batch_size=4 // count, start_step=1, process_index=i,
+                      process_count=count) for i in range(count)]
+    for step, batch in enumerate(single):
+      for key in ('views', 'label'):
+        np.testing.assert_array_equal(
+            np.concatenate([shard[step][key] for shard in local]), batch[key])
+  with pytest.raises(ValueError, match=r'config.data_shards=3 must be a multiple of the 2 '
+                                       r'processes and divide the global batch of 4'):
+    _batches(_light_config(image_folder, data_shards=3), 1, local_batch_size=2,
+             process_index=0, process_count=2)
+
+
 def test_device_batches_are_sharded_global_arrays(image_folder):
   dataset = input_pipeline.create_pretrain_dataset(
       _light_config(image_folder), local_batch_size=4, process_index=0, process_count=1).take(3)

@@ -1,8 +1,9 @@
 """metrics.jsonl: one record per write; a resumed run drops the records it redoes. TensorBoard
-gets the augmentation grid when pretraining starts."""
+gets the augmentation grid when pretraining starts. Workdir paths."""
 
 import io
 import json
+import os
 
 import numpy as np
 from PIL import Image
@@ -37,3 +38,12 @@ def test_pretraining_starts_with_the_augmentation_grid_in_tensorboard(pretrained
   assert (int(width), int(height)) == (5 * 34 + 2, 8 * 34 + 2)
   grid = np.asarray(Image.open(io.BytesIO(png)))
   assert grid.shape == (8 * 34 + 2, 5 * 34 + 2, 3) and grid.std() > 20
+
+
+def test_workdir_paths_are_absolute_or_urls(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert writers.workdir_path('run', 'checkpoints') == os.path.join(tmp_path, 'run', 'checkpoints')
+  # Orbax, TensorBoard and tf.io.gfile take gs:// paths as they are.
+  assert writers.workdir_path('gs://bucket/run', 'config.json') == 'gs://bucket/run/config.json'
+  writers.write_atomically(writers.workdir_path('.', 'config.json'), '{}\n')
+  assert os.listdir(tmp_path) == ['config.json']  # Renamed into place: no .tmp left.

@@ -1,0 +1,122 @@
+"""Two processes on localhost equal one: jax.distributed, data shards, global BatchNorm, resume.
+
+launch/local.sh starts 2 processes of `python -m simclr_jax.main` with 2 CPU devices each
+(jax.distributed on localhost, gloo collectives); they must log the same losses as 1 process
+with 4 devices and 1 process with 1 device, stop together at the same step on SIGTERM with a
+checkpoint, and resume from it.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from multidevice import REPO_ROOT
+from simclr_jax import distributed
+
+_STEPS = 8
+# float32 sums in another order (per-device partial sums, gloo's all-reduce, one device's
+# convolutions) moved these by < 1e-6 relative over the 8 steps; another batch moves the loss
+# by several percent (compare consecutive steps).
+_RTOL = 1e-5
+_LOSSES = ('loss', 'contrastive_loss', 'contrastive_entropy', 'probe_loss')
+
+
+def _flags(workdir, dataset):
+  return [f'--workdir={workdir}', '--config=configs/cifar10.py', f'--config.dataset={dataset}',
+          '--config.model.width_multiplier=0.125', '--config.batch_size=16',
+          '--config.data_shards=2', f'--config.num_train_steps={_STEPS}',
+          '--config.log_every_steps=1', '--config.checkpoint_every_steps=100',
+          '--config.eval_every_steps=0', '--config.shuffle_buffer_size=256',
+          '--config.warmup_epochs=0']  # Full learning rate: the updates matter.
+
+
+def _start(command, log_path, devices=None):
+  """Starts `command` in its own session (so that all its processes can be killed)."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHON=sys.executable)
+  if devices:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  with open(log_path, 'w') as log:
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait(procs, deadline):
+  """Waits for every process (path of its log: process), killing all of them on failure."""
+  try:
+    for log_path, proc in procs.items():
+      try:
+        returncode = proc.wait(timeout=max(1, deadline - time.monotonic()))
+      except subprocess.TimeoutExpired:
+        returncode = 'timeout'
+      assert returncode == 0, f'{log_path}: {returncode}\n{log_path.read_text()[-5000:]}'
+  finally:
+    for proc in procs.values():
+      if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+  return {log_path.stem: log_path.read_text() for log_path in procs}
+
+
+def _metrics(workdir):
+  with open(workdir / 'metrics.jsonl') as f:
+    return [json.loads(line) for line in f]
+
+
+def test_two_processes_equal_one_and_stop_and_resume_together(cifar10_subset, tmp_path):
+  deadline = time.monotonic() + 540
+  local = [str(REPO_ROOT / 'launch' / 'local.sh'), '2', '2']
+  two = tmp_path / 'two_processes'
+  procs = {tmp_path / 'two.log': _start(local + _flags(two, cifar10_subset), tmp_path / 'two.log')}
+  for name, devices in (('four_devices', 4), ('one_device', 1)):
+    command = [sys.executable, '-m', 'simclr_jax.main'] + _flags(tmp_path / name, cifar10_subset)
+    procs[tmp_path / f'{name}.log'] = _start(command, tmp_path / f'{name}.log', devices)
+
+  # SIGTERM to local.sh, which passes it on to both processes, once the first step is logged.
+  first = procs[tmp_path / 'two.log']
+  while not ((two / 'metrics.jsonl').exists() and _metrics(two)):
+    assert first.poll() is None and time.monotonic() < deadline, (tmp_path / 'two.log').read_text()
+    time.sleep(0.1)
+  first.send_signal(signal.SIGTERM)
+  logs = _wait(procs, deadline)
+  # Each process prints '<signal or Preemption notice>: saved a checkpoint at step N ...'.
+  notes = re.findall(r'^\[(\d)\] [\w ]+: saved a checkpoint at step (\d+) ', logs['two'], re.M)
+  assert sorted(process for process, _ in notes) == ['0', '1'], logs['two']
+  (stopped,) = {int(step) for _, step in notes}  # The same step in both.
+  assert 1 <= stopped < _STEPS and os.listdir(two / 'checkpoints') == [str(stopped)]
+
+  resumed = _wait({tmp_path / 'resumed.log': _start(local + _flags(two, cifar10_subset),
+                                                    tmp_path / 'resumed.log')}, deadline)
+  assert f'Resuming from checkpoint at step {stopped}' in resumed['resumed']
+  runs = {name: _metrics(tmp_path / name) for name in ('four_devices', 'one_device')}
+  runs['two_processes'] = _metrics(two)  # Process 0 alone writes it: one record per step.
+  for name, records in runs.items():
+    assert [r['step'] for r in records] == list(range(1, _STEPS + 1)), name
+  for step in range(_STEPS):
+    expected = runs['four_devices'][step]
+    for name in ('two_processes', 'one_device'):
+      got = runs[name][step]
+      assert got['learning_rate'] == expected['learning_rate']
+      np.testing.assert_allclose([got[k] for k in _LOSSES], [expected[k] for k in _LOSSES],
+                                 rtol=_RTOL, err_msg=f'{name}, step {step + 1}')
+
+
+def test_flags_come_all_three_or_none():
+  with pytest.raises(ValueError, match=r'--num_processes and --process_id missing: give '
+                                       r'--coordinator_address, --num_processes'):
+    distributed.initialize('localhost:1234')
+  with pytest.raises(ValueError, match=r'--local_device_ids needs --coordinator_address'):
+    distributed.initialize(local_device_ids=[0])
+
+
+def test_slurm_counts_with_several_tasks(monkeypatch):
+  monkeypatch.setenv('SLURM_JOB_ID', '123')
+  monkeypatch.setenv('SLURM_NTASKS', '16')
+  assert distributed.detected_cluster() == 'SLURM'
+  monkeypatch.setenv('SLURM_NTASKS', '1')  # One task: a single process, nothing to join.
+  assert distributed.detected_cluster() is None
