@@ -75,3 +75,13 @@ def pretrained_workdir(cifar10_subset, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('pretrained')
   train.train_and_evaluate(tiny_config(cifar10_subset), str(workdir))
   return workdir
+
+
+# Multi-process tests that take minutes of wall time; run first, so that with `-n 2` the
+# other worker fills the time with the rest of the suite instead of waiting at the end.
+_SLOW_FIRST = ('test_multihost.py::test_two_processes', 'test_main.py::test_sigterm',
+               'test_train.py::test_train_step_on_eight_devices')
+
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=lambda item: not any(name in item.nodeid for name in _SLOW_FIRST))
