@@ -35,6 +35,7 @@ import jax
 import matplotlib
 import ml_collections
 import numpy as np
+import tensorflow as tf
 
 from simclr_jax import evaluate
 from simclr_jax import input_pipeline
@@ -301,7 +302,7 @@ def write_report(workdir: str, output_dir: str = '', *, step: int = -1, dataset:
       'feature_dim': int(train_data[0].shape[1]),
       'tsne_examples': min(tsne_examples, len(eval_data[1])),
       'k': min(k, len(train_data[1])), **results}
-  with open(os.path.join(run.workdir, 'config.json')) as f:
+  with tf.io.gfile.GFile(writers.workdir_path(run.workdir, 'config.json')) as f:
     saved_config = f.read()
   with open(out('report.md'), 'w') as f:
     f.write(report_markdown(summary, saved_config))

@@ -227,14 +227,14 @@ def save_config(config, workdir: str):
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved in WORKDIR/config.json (save_config), as a ConfigDict."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  path = writers.workdir_path(workdir, 'config.json')
+  if not tf.io.gfile.exists(path):
     raise ValueError(
         f'No config.json in {workdir}: the model is rebuilt from the config its run saved '
         'there. Pretraining writes it when it starts (python -m simclr_jax.main --config=... '
         f'--workdir={workdir}); if the checkpoints were copied here without it, copy the '
         "run's config.json along.")
-  with open(path) as f:
+  with tf.io.gfile.GFile(path) as f:
     return ml_collections.ConfigDict(json.load(f))
 
 
