@@ -1,7 +1,9 @@
 """Shared fixtures: the configs and the real CIFAR-10 folder."""
 
+import fcntl
 import os
 import pathlib
+import shutil
 
 import pytest
 
@@ -55,26 +57,50 @@ def tiny_config(dataset):
   return config
 
 
+def _built_once(tmp_path_factory, name, build):
+  """The folder `name`, made by `build(folder)` once per test run, even across xdist workers.
+
+  Without xdist it is a fresh temporary folder. With xdist, the first worker to get there builds
+  it in the run's shared temporary folder under a file lock; the others wait and reuse it.
+  """
+  if 'PYTEST_XDIST_WORKER' not in os.environ:
+    folder = tmp_path_factory.mktemp(name)
+    build(folder)
+    return folder
+  folder = tmp_path_factory.getbasetemp().parent / name
+  with open(f'{folder}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    done = pathlib.Path(f'{folder}.done')
+    if not done.exists():
+      shutil.rmtree(folder, ignore_errors=True)  # Left by a worker that failed halfway.
+      folder.mkdir()
+      build(folder)
+      done.touch()
+  return folder
+
+
 @pytest.fixture(scope='session')
 def cifar10_subset(cifar10_dir, tmp_path_factory):
   """Symlinked subset of real CIFAR-10: 26 train and 10 test images per class."""
-  root = tmp_path_factory.mktemp('cifar10_subset')
-  for split, per_class in (('train', 26), ('test', 10)):
-    for class_dir in sorted((cifar10_dir / split).iterdir()):
-      target = root / split / class_dir.name
-      target.mkdir(parents=True)
-      for image in sorted(class_dir.iterdir())[:per_class]:
-        (target / image.name).symlink_to(image)
-  return root
+
+  def build(root):
+    for split, per_class in (('train', 26), ('test', 10)):
+      for class_dir in sorted((cifar10_dir / split).iterdir()):
+        target = root / split / class_dir.name
+        target.mkdir(parents=True)
+        for image in sorted(class_dir.iterdir())[:per_class]:
+          (target / image.name).symlink_to(image)
+
+  return _built_once(tmp_path_factory, 'cifar10_subset', build)
 
 
 @pytest.fixture(scope='session')
 def pretrained_workdir(cifar10_subset, tmp_path_factory):
-  """A workdir holding a tiny pretraining run (4 steps) on `cifar10_subset`."""
+  """A workdir holding a tiny pretraining run (4 steps) on `cifar10_subset`; read-only."""
   from simclr_jax import train  # pylint: disable=g-import-not-at-top
-  workdir = tmp_path_factory.mktemp('pretrained')
-  train.train_and_evaluate(tiny_config(cifar10_subset), str(workdir))
-  return workdir
+  return _built_once(
+      tmp_path_factory, 'pretrained',
+      lambda workdir: train.train_and_evaluate(tiny_config(cifar10_subset), str(workdir)))
 
 
 # Multi-process tests that take minutes of wall time; run first, so that with `-n 2` the
