@@ -8,8 +8,9 @@ Reports, for the config's model and global batch on the first `num_devices` devi
 - compile time of the jitted train step;
 - images/s: the median over `steps` timed steps after `warmup_steps`, on a device-resident
   synthetic batch (the step alone, no input pipeline);
-- FLOPs per step from XLA's cost analysis of the compiled step, the achieved FLOP/s, and MFU
-  against the float32 matmul peak measured on the same device in the same run;
+- FLOPs per step from XLA's cost analysis of the step (with XLA's convolutions, see
+  time_train_step), the achieved FLOP/s, and MFU against the float32 matmul peak measured on
+  the same device in the same run;
 - the input pipeline's images/s alone (decode + two augmented views), when --dataset is given;
 - with --device_augment, the images/s of augment_jax.pretrain_views alone (two views of each
   uint8 image_size x image_size image, jitted, the config's batch split over the devices), and
@@ -72,28 +73,42 @@ def matmul_peak_flops(device, size=2048, repeats=10) -> float:
   return 2 * size**3 / best
 
 
+def _train_step(config, mesh, schedule, tx):
+  """(model, jitted train step) for `config`."""
+  model = models.create_model(config.model, image_size=config.image_size, num_classes=10,
+                              dtype=models.DTYPES[config.dtype], remat=config.remat)
+  return model, train.make_train_step(model, tx, schedule, config.temperature, mesh,
+                                      config.contrastive_chunk_size)
+
+
 def time_train_step(config, devices):
-  """Compile time, median step seconds and XLA FLOPs of the train step on `devices`."""
+  """Compile time, median step seconds and FLOPs of the train step on `devices`.
+
+  FLOPs are XLA's cost analysis of the step written with XLA's convolutions, whatever
+  model.conv_impl says: the math is the same, and XLA counts a loop body once, so the count
+  of the matmul convolutions' chunk loops would be too low (as is that of the loss's chunk loop
+  when contrastive_chunk_size is set, a small part of the step).
+  """
   mesh = create_mesh(devices)
   size, batch = config.image_size, config.batch_size
-  model = models.create_model(config.model, image_size=size, num_classes=10,
-                              dtype=models.DTYPES[config.dtype], remat=config.remat)
   total = FLAGS.warmup_steps + FLAGS.steps + 1
   config.num_train_steps = total
   schedule = optim.learning_rate_schedule(config, 50_000, total)
   tx = optim.create_optimizer(config, schedule)
+  model, step_fn = _train_step(config, mesh, schedule, tx)
   init = functools.partial(train.init_train_state, model, tx, jax.random.PRNGKey(0), size)
   state = run_once(init, out_shardings=replicated(mesh))
   rng = np.random.default_rng(0)
   batch_data = jax.device_put(
       {'views': rng.uniform(size=(batch, 2, size, size, 3)).astype(np.float32),
        'label': rng.integers(0, 10, size=batch).astype(np.int32)}, batch_sharded(mesh))
-  step_fn = train.make_train_step(model, tx, schedule, config.temperature, mesh,
-                                  config.contrastive_chunk_size)
+  xla_config = config.copy_and_resolve_references()
+  xla_config.model.conv_impl = 'xla'
+  _, xla_step_fn = _train_step(xla_config, mesh, schedule, tx)
+  flops = xla_step_fn.lower(state, batch_data).cost_analysis()['flops']
   start = time.perf_counter()
   compiled = step_fn.lower(state, batch_data).compile()
   compile_sec = time.perf_counter() - start
-  flops = compiled.cost_analysis()['flops']
   times = []
   for i in range(FLAGS.warmup_steps + FLAGS.steps):
     start = time.perf_counter()
@@ -161,7 +176,7 @@ def main(argv):
       'machine': f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs',
       'device': f'{devices[0].device_kind} x{len(devices)}',
       'model': config.model.name, 'width_multiplier': config.model.width_multiplier,
-      'conv_grad': config.model.conv_grad, 'dtype': config.dtype, 'remat': config.remat,
+      'conv_impl': config.model.conv_impl, 'dtype': config.dtype, 'remat': config.remat,
       'image_size': config.image_size,
       'batch_size': config.batch_size, 'compile_sec': round(compile_sec, 2),
       'step_sec_median': step_sec, 'images_per_sec': round(images_per_sec, 1),

@@ -56,7 +56,8 @@ def get_config():
   config.model = ml_collections.ConfigDict()
   config.model.name = 'resnet18'  # resnet18|resnet34|resnet50|resnet101|resnet152|resnet200.
   config.model.width_multiplier = 1.0  # Channel multiplier; 0.25 gives a 16-channel stem.
-  config.model.conv_grad = 'xla'  # Conv weight gradients: xla | matmul (equal; faster on CPU).
+  # Convolutions: xla | matmul (as patch matrix products: equal results, faster on CPU).
+  config.model.conv_impl = 'xla'
   config.model.head_layers = 3  # Projection head depth (SimCLRv2: 3; v1: 2).
   config.model.head_output_dim = 128  # Dimension of z, the projection the loss sees.
   config.model.bn_momentum = 0.9  # BatchNorm running-average momentum.

@@ -29,9 +29,9 @@ def validate_config(config, *, num_devices: int, num_processes: int = 1):
   _require(config.model.width_multiplier > 0,
            f'config.model.width_multiplier={config.model.width_multiplier} must be > 0 '
            '(1.0 is the standard width; 0.25 gives a 16-channel stem).')
-  _require(config.model.conv_grad in models.CONV_GRADS,
-           f'config.model.conv_grad={config.model.conv_grad!r} is not known; use one of '
-           f'{", ".join(models.CONV_GRADS)}.')
+  _require(config.model.conv_impl in models.CONV_IMPLS,
+           f'config.model.conv_impl={config.model.conv_impl!r} is not known; use one of '
+           f'{", ".join(models.CONV_IMPLS)}.')
   _require(config.dtype in models.DTYPES,
            f'config.dtype={config.dtype!r} is not known; use one of {", ".join(models.DTYPES)}.')
   _require(isinstance(config.remat, bool),

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from simclr_jax.models.heads import ProjectionHead
-from simclr_jax.models.resnet import CONV_GRADS, ResNet, STAGE_SIZES  # noqa: F401 (re-exported)
+from simclr_jax.models.resnet import CONV_IMPLS, ResNet, STAGE_SIZES  # noqa: F401 (re-exported)
 
 MODEL_NAMES = tuple(STAGE_SIZES)
 # config.dtype: the compute type of the encoder and head.
@@ -75,7 +75,7 @@ def _encoder(model_config, image_size, dtype, fine_tune_after_block=-1, remat=Fa
                 width_multiplier=model_config.width_multiplier,
                 cifar_stem=image_size <= 32, bn_momentum=model_config.bn_momentum,
                 bn_epsilon=model_config.bn_epsilon, dtype=dtype,
-                conv_grad=model_config.conv_grad, fine_tune_after_block=fine_tune_after_block,
+                conv_impl=model_config.conv_impl, fine_tune_after_block=fine_tune_after_block,
                 remat=remat, name='encoder')
 
 

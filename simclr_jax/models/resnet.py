@@ -12,12 +12,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from simclr_jax.models.conv import matmul_grad_conv
+from simclr_jax.models.conv import matmul_conv
 
 # Conv kernels: He-normal (fan_out), as in the official TF ResNet.
 _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'truncated_normal')
-# How convolution weight gradients are computed: XLA's own, or matmuls (faster on CPU).
-CONV_GRADS = {'xla': None, 'matmul': matmul_grad_conv}
+# How convolutions and their gradients are computed: XLA's own, or patch matmuls (CPU).
+CONV_IMPLS = {'xla': None, 'matmul': matmul_conv}
 
 
 class _ResidualBlock(nn.Module):
@@ -68,7 +68,7 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
-  conv_grad: str = 'xla'  # A key of CONV_GRADS.
+  conv_impl: str = 'xla'  # A key of CONV_IMPLS.
   # Fine-tuning: the stem (0) and stages 1..k up to this one are frozen (-1: none, 4: all):
   # no gradient flows into them and their BatchNorm stays in inference mode.
   fine_tune_after_block: int = -1
@@ -86,7 +86,7 @@ class ResNet(nn.Module):
       return jax.lax.stop_gradient(x) if part == self.fine_tune_after_block else x
 
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init,
-                             conv_general_dilated=CONV_GRADS[self.conv_grad])
+                             conv_general_dilated=CONV_IMPLS[self.conv_impl])
     width = max(1, int(round(64 * self.width_multiplier)))
     x = x.astype(self.dtype)
     if self.cifar_stem:
