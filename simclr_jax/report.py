@@ -23,6 +23,7 @@ The workdir is only read.
 
 import dataclasses
 import functools
+import io
 import json
 import os
 import time
@@ -108,7 +109,7 @@ def load_run(workdir: str, *, step: int = -1, dataset: str = '', max_examples: i
     ValueError: naming the fix, when WORKDIR has no checkpoint or no config.json, or the
       dataset cannot be read.
   """
-  workdir = os.path.abspath(workdir)
+  workdir = writers.absolute_workdir(workdir)
   if not evaluate.checkpoint_steps(workdir):
     raise ValueError(
         f'No checkpoint in {workdir}/checkpoints: --workdir must be the workdir of a '
@@ -269,7 +270,11 @@ def report_markdown(summary: dict, saved_config: str) -> str:
 
 
 def _save(fig, path: str):
-  fig.savefig(path, dpi=plots.DPI)
+  """Renders `fig` as a PNG at `path`, a local path or a URL tf.io.gfile knows (gs://...)."""
+  png = io.BytesIO()
+  fig.savefig(png, dpi=plots.DPI, format='png')
+  with tf.io.gfile.GFile(path, 'wb') as f:
+    f.write(png.getvalue())
   logging.info('Wrote %s.', path)
 
 
@@ -286,7 +291,7 @@ def write_report(workdir: str, output_dir: str = '', *, step: int = -1, dataset:
   run = load_run(workdir, step=step, dataset=dataset, max_examples=max_examples,
                  max_iterations=max_iterations)
   output_dir = output_dir or os.path.join(run.workdir, 'report')
-  os.makedirs(output_dir, exist_ok=True)
+  tf.io.gfile.makedirs(output_dir)
   out = lambda name: os.path.join(output_dir, name)
   _save(augmentations_figure(run, num_images, num_pairs), out('augmentations.png'))
   train_data, eval_data = run.embed_splits()
@@ -304,11 +309,11 @@ def write_report(workdir: str, output_dir: str = '', *, step: int = -1, dataset:
       'k': min(k, len(train_data[1])), **results}
   with tf.io.gfile.GFile(writers.workdir_path(run.workdir, 'config.json')) as f:
     saved_config = f.read()
-  with open(out('report.md'), 'w') as f:
+  with tf.io.gfile.GFile(out('report.md'), 'w') as f:
     f.write(report_markdown(summary, saved_config))
   summary['wall_time_sec'] = time.perf_counter() - start
-  with open(out('report.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
+  with tf.io.gfile.GFile(out('report.json'), 'w') as f:
+    f.write(json.dumps(summary, indent=2))
   logging.info('Report in %s (%.0f s): linear top-1 %.2f%%, kNN top-1 %.2f%%.', output_dir,
                summary['wall_time_sec'], 100 * results['linear']['top1'],
                100 * results['knn']['top1'])

@@ -12,11 +12,14 @@ from clu import metric_writers
 import tensorflow as tf
 
 
+def absolute_workdir(workdir: str) -> str:
+  """A local WORKDIR made absolute (as Orbax needs), a URL (gs://...) as it is."""
+  return workdir if '://' in workdir else os.path.abspath(workdir)
+
+
 def workdir_path(workdir: str, name: str) -> str:
-  """WORKDIR/name: a local WORKDIR made absolute (as Orbax needs), a URL (gs://...) as it is."""
-  if '://' not in workdir:
-    workdir = os.path.abspath(workdir)
-  return os.path.join(workdir, name)
+  """WORKDIR/name, with WORKDIR as absolute_workdir gives it."""
+  return os.path.join(absolute_workdir(workdir), name)
 
 
 def write_atomically(path: str, text: str):
