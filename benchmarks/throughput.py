@@ -102,9 +102,11 @@ def time_train_step(config, devices):
   batch_data = jax.device_put(
       {'views': rng.uniform(size=(batch, 2, size, size, 3)).astype(np.float32),
        'label': rng.integers(0, 10, size=batch).astype(np.int32)}, batch_sharded(mesh))
-  xla_config = config.copy_and_resolve_references()
-  xla_config.model.conv_impl = 'xla'
-  _, xla_step_fn = _train_step(xla_config, mesh, schedule, tx)
+  xla_step_fn = step_fn
+  if config.model.conv_impl != 'xla':
+    xla_config = config.copy_and_resolve_references()
+    xla_config.model.conv_impl = 'xla'
+    _, xla_step_fn = _train_step(xla_config, mesh, schedule, tx)
   flops = xla_step_fn.lower(state, batch_data).cost_analysis()['flops']
   start = time.perf_counter()
   compiled = step_fn.lower(state, batch_data).compile()

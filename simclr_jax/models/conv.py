@@ -40,14 +40,11 @@ def _split(a, n):
   return a.reshape((n, a.shape[0] // n) + a.shape[1:])
 
 
-def _pad_config(pads):
-  (top, bottom), (left, right) = pads
-  return ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0))
-
-
 def _pad(x, pads):
+  (top, bottom), (left, right) = pads
   # lax.pad also takes the negative padding that 'SAME' can produce.
-  return lax.pad(x, jnp.zeros((), x.dtype), _pad_config(pads))
+  return lax.pad(x, jnp.zeros((), x.dtype),
+                 ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
 
 
 def _output_size(in_size, kernel_shape, strides, pads):
@@ -107,12 +104,16 @@ def _input_grad(g, w, x_shape, strides, pads, precision):
 
   n = _num_chunks(batch, out_h * out_w, kernel.shape[0])
   dx_pad = lax.map(chunk_grad, _split(g, n)).reshape((batch, padded_h, padded_w, cin))
-  _, unpad = jax.vjp(lambda x: _pad(x, pads), jnp.zeros(x_shape, g.dtype))
+  unpad = jax.linear_transpose(lambda x: _pad(x, pads), jax.ShapeDtypeStruct(x_shape, g.dtype))
   return unpad(dx_pad)[0]
 
 
 def _weight_grad(x, g, kernel_shape, strides, pads, precision):
-  """sum over batch chunks of patches^T @ g, accumulated in float32."""
+  """sum over batch chunks of patches^T @ g, accumulated in float32.
+
+  The patches are rebuilt from x rather than saved by the forward: they are kh*kw times the
+  size of the activation.
+  """
   out_size = g.shape[1:3]
 
   def add_chunk(total, chunk):
