@@ -44,6 +44,9 @@ def get_config():
   config.augment.flip_prob = 0.5  # Probability of a horizontal flip.
   config.augment.color_jitter_prob = 0.8  # Probability of applying colour jitter.
   config.augment.color_strength = 0.5  # s: brightness/contrast/saturation 0.8s, hue 0.2s.
+  # Brightness as the reference's simclrv2 (multiply by U[1-b, 1+b]) or simclrv1 (add
+  # U[-b, b]) colour jitter; the other three ops are the same in both.
+  config.augment.color_jitter_impl = 'simclrv2'
   config.augment.grayscale_prob = 0.2  # Probability of converting to grayscale.
   config.augment.blur_prob = 0.0  # Probability of Gaussian blur (0 = off, as for CIFAR).
   config.augment.blur_sigma_min = 0.1  # Gaussian blur: smallest sigma (pixels).
@@ -56,8 +59,12 @@ def get_config():
   config.model = ml_collections.ConfigDict()
   config.model.name = 'resnet18'  # resnet18|resnet34|resnet50|resnet101|resnet152|resnet200.
   config.model.width_multiplier = 1.0  # Channel multiplier; 0.25 gives a 16-channel stem.
-  # Convolutions: xla | matmul (as patch matrix products: equal results, faster on CPU).
-  config.model.conv_impl = 'xla'
+  # Convolutions: xla | matmul (as patch matrix products: equal results, faster on CPU) |
+  # auto (matmul on CPU, XLA's own on GPU and TPU).
+  config.model.conv_impl = 'auto'
+  # reference: a projection shortcut (1x1 conv + BN) on the first block of every stage, as in
+  # google-research/simclr; torchvision: only where the shape changes (loads torchvision weights).
+  config.model.shortcut = 'reference'
   config.model.head_layers = 3  # Projection head depth (SimCLRv2: 3; v1: 2).
   config.model.head_output_dim = 128  # Dimension of z, the projection the loss sees.
   config.model.bn_momentum = 0.9  # BatchNorm running-average momentum.
@@ -112,7 +119,10 @@ def get_config():
   config.finetune.batch_size = 512  # Global batch size.
   config.finetune.learning_rate = 0.1  # Base lr (reference), scaled by finetune.lr_scaling.
   config.finetune.lr_scaling = 'linear'  # linear: base * batch / 256 | sqrt: base * sqrt(batch).
-  config.finetune.momentum = 0.9  # Nesterov momentum.
+  # momentum: Nesterov SGD (the reference's linear evaluation) | lars (its fine-tuning).
+  config.finetune.optimizer = 'momentum'
+  config.finetune.momentum = 0.9  # Momentum (Nesterov for 'momentum', heavy-ball for LARS).
+  config.finetune.lars_trust_coefficient = 0.001  # LARS eta (finetune.optimizer=lars).
   config.finetune.weight_decay = 0.0  # Reference: none.
   config.finetune.warmup_epochs = 0.0  # Linear warm-up epochs, then cosine decay to 0.
 

@@ -25,7 +25,6 @@ def get_config():
   """Returns the CPU-sized CIFAR-10 config; every knob is documented in cifar10.py."""
   config = load_sibling_config(__file__, 'cifar10')
   config.model.width_multiplier = 0.25  # 16-channel stem, 128-d representation h.
-  config.model.conv_impl = 'matmul'  # Several times faster training on CPU, same results.
   config.batch_size = 128  # Small batches: more updates per CPU-minute.
   config.num_epochs = 2  # A few CPU-hours at most; the benchmark sets num_train_steps.
   config.learning_rate = 0.075  # Base lr, sqrt-scaled: 0.075 * sqrt(128) = 0.85.

@@ -70,11 +70,20 @@ def random_flip(image, seed, prob=0.5):
                        prob)
 
 
-def random_brightness(image, seed, max_delta):
-  """Multiplies by a factor in U[max(0, 1 - max_delta), 1 + max_delta] (SimCLRv2)."""
-  factor = tf.random.stateless_uniform([], seed, minval=max(0.0, 1.0 - max_delta),
-                                       maxval=1.0 + max_delta)
-  return image * factor
+def _brightness_range(max_delta, impl):
+  """(min, max) of the brightness draw: a factor (simclrv2) or an offset (simclrv1)."""
+  if impl == 'simclrv2':
+    return max(0.0, 1.0 - max_delta), 1.0 + max_delta
+  if impl == 'simclrv1':
+    return -max_delta, max_delta
+  raise ValueError(f'Unknown colour jitter impl {impl!r}: use simclrv2 or simclrv1.')
+
+
+def adjust_brightness(image, value, impl='simclrv2'):
+  """Multiplies by `value` (SimCLRv2) or adds it (SimCLRv1, tf.image.random_brightness's op)."""
+  if impl == 'simclrv1':
+    return tf.image.adjust_brightness(image, value)
+  return tf.multiply(image, value)
 
 
 def random_permutation(seed, n):
@@ -82,39 +91,46 @@ def random_permutation(seed, n):
   return tf.argsort(tf.random.stateless_uniform([n], seed))
 
 
-def color_jitter(image, seed, strength):
-  """Brightness, contrast, saturation (0.8s) and hue (0.2s) in random order."""
+def sample_color_jitter(seed, strength, impl='simclrv2'):
+  """The random draws of `color_jitter`: its order of ops and their parameters.
+
+  Brightness is U[max(0, 1 - b), 1 + b] (a factor, simclrv2) or U[-b, b] (an offset,
+  simclrv1), contrast and saturation factors U[max(0, 1 - c), 1 + c], hue delta U[-h, h],
+  with b = c = 0.8 * strength and h = 0.2 * strength. The same seeds and ranges as
+  tf.image.stateless_random_{brightness, contrast, saturation, hue} would draw.
+
+  Returns:
+    (order, params): an int32 [4] uniformly random permutation, step i applying op
+    order[i] of (brightness, contrast, saturation, hue); float32 [4], their parameters.
+  """
   b = c = s = 0.8 * strength
   h = min(0.2 * strength, 0.5)  # TF's limit; a +-0.5 shift spans the hue circle.
   perm_seed, *op_seeds = _split(seed, _NUM_JITTER_OPS + 1)
+  # Factors are clamped at 0 as TF's random contrast/saturation require (only for s > 1.25).
+  ranges = (_brightness_range(b, impl), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s),
+            (-h, h))
+  params = tf.stack([tf.random.stateless_uniform([], op_seed, minval=low, maxval=high)
+                     for op_seed, (low, high) in zip(op_seeds, ranges)])
+  return random_permutation(perm_seed, _NUM_JITTER_OPS), params
 
-  # A zero-strength op is skipped, as in the official code (TF's random
-  # contrast/saturation reject an empty range). The lower bounds are clamped
-  # at 0 because TF rejects negative factors (relevant only for s > 1.25).
-  def brightness(x):
-    return random_brightness(x, op_seeds[0], b) if b > 0 else x
 
-  def contrast(x):
-    if c <= 0:
-      return x
-    return tf.image.stateless_random_contrast(x, max(0.0, 1 - c), 1 + c,
-                                              op_seeds[1])
+def color_jitter(image, seed, strength, impl='simclrv2'):
+  """Brightness, contrast, saturation (0.8s) and hue (0.2s) in random order.
 
-  def saturation(x):
-    if s <= 0:
-      return x
-    return tf.image.stateless_random_saturation(x, max(0.0, 1 - s), 1 + s,
-                                                op_seeds[2])
-
-  def hue(x):
-    return tf.image.stateless_random_hue(x, h, op_seeds[3]) if h > 0 else x
-
-  ops = (brightness, contrast, saturation, hue)
-  perm = random_permutation(perm_seed, _NUM_JITTER_OPS)
+  The image is clipped to [0, 1] after each op. `impl` picks the brightness op of the
+  reference's `color_jitter_rand`: 'simclrv2' multiplies, 'simclrv1' adds.
+  """
+  if strength <= 0:
+    return image  # Every op would be the identity; the official code skips them.
+  order, params = sample_color_jitter(seed, strength, impl)
+  ops = (lambda x: adjust_brightness(x, params[0], impl),
+         lambda x: tf.image.adjust_contrast(x, params[1]),
+         lambda x: tf.image.adjust_saturation(x, params[2]),
+         lambda x: tf.image.adjust_hue(x, params[3]))
   # Unrolled: a tf.while_loop builds a 4x smaller graph but runs ~30% slower
   # on small images, where per-op overhead dominates.
   for i in range(_NUM_JITTER_OPS):
-    image = tf.switch_case(perm[i], [lambda op=op: op(image) for op in ops])
+    image = tf.switch_case(order[i], [lambda op=op: op(image) for op in ops])
     image = tf.clip_by_value(image, 0.0, 1.0)
   return image
 
@@ -125,10 +141,10 @@ def to_grayscale(image):
 
 
 def random_color_distortion(image, seed, strength, jitter_prob=0.8,
-                            grayscale_prob=0.2):
+                            grayscale_prob=0.2, impl='simclrv2'):
   """Colour jitter with p=jitter_prob, then independently grayscale with p=grayscale_prob."""
   jitter_seed, gray_seed = _split(seed, 2)
-  image = _random_apply(lambda x, s: color_jitter(x, s, strength), image,
+  image = _random_apply(lambda x, s: color_jitter(x, s, strength, impl), image,
                         jitter_seed, jitter_prob)
   return _random_apply(lambda x, s: to_grayscale(x), image, gray_seed,
                        grayscale_prob)
@@ -180,8 +196,10 @@ def pretrain_view(image, seed, config_augment, size):
                               (c.crop_area_min, c.crop_area_max),
                               (c.aspect_ratio_min, c.aspect_ratio_max))
   image = random_flip(image, flip_seed, c.flip_prob)
+  # A config.json saved before color_jitter_impl existed was trained with v2.
   image = random_color_distortion(image, color_seed, c.color_strength,
-                                  c.color_jitter_prob, c.grayscale_prob)
+                                  c.color_jitter_prob, c.grayscale_prob,
+                                  c.get('color_jitter_impl', 'simclrv2'))
   if c.blur_prob > 0:
     image = random_gaussian_blur(image, blur_seed, c.blur_prob,
                                  c.blur_sigma_min, c.blur_sigma_max)

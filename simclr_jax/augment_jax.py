@@ -165,9 +165,9 @@ def random_flip(image, key, prob=0.5):
   return _random_apply(lambda x, _: x[:, ::-1], image, key, prob)
 
 
-def adjust_brightness(image, factor):
-  """Multiplies by `factor`: augment.random_brightness's (SimCLRv2's) brightness."""
-  return image * factor
+def adjust_brightness(image, value, impl='simclrv2'):
+  """augment.adjust_brightness: multiplies by `value` (SimCLRv2) or adds it (SimCLRv1)."""
+  return image + value if impl == 'simclrv1' else image * value
 
 
 def adjust_contrast(image, factor):
@@ -223,28 +223,44 @@ def adjust_hue(image, delta):
   return _from_sextant(sextant, high, low + ratio * (high - low), low)
 
 
-def color_jitter(image, key, strength):
-  """Brightness, contrast, saturation (0.8s) and hue (0.2s) in random order (augment's)."""
+def _brightness_range(max_delta, impl):
+  """augment._brightness_range: a factor's (simclrv2) or an offset's (simclrv1) range."""
+  if impl == 'simclrv2':
+    return max(0.0, 1.0 - max_delta), 1.0 + max_delta
+  if impl == 'simclrv1':
+    return -max_delta, max_delta
+  raise ValueError(f'Unknown colour jitter impl {impl!r}: use simclrv2 or simclrv1.')
+
+
+def sample_color_jitter(key, strength, impl='simclrv2'):
+  """augment.sample_color_jitter: (order [4], params [4]) of the colour jitter's ops.
+
+  order[i] is the op of (brightness, contrast, saturation, hue) that step i applies, a
+  uniformly random permutation; params are their uniform brightness factor or offset,
+  contrast and saturation factors and hue delta.
+  """
   b = c = s = 0.8 * strength
   h = min(0.2 * strength, 0.5)
   perm_key, *op_keys = jax.random.split(key, _NUM_JITTER_OPS + 1)
+  ranges = (_brightness_range(b, impl), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s),
+            (-h, h))
+  params = jnp.stack([jax.random.uniform(op_key, minval=low, maxval=high)
+                      for op_key, (low, high) in zip(op_keys, ranges)])
+  return jnp.argsort(jax.random.uniform(perm_key, [_NUM_JITTER_OPS])), params
 
-  def scaling(adjust, op_key, spread):
-    # Factor ~ U[max(0, 1 - spread), 1 + spread]; a zero-strength op is the identity.
-    if spread <= 0:
-      return lambda x: x
-    factor = jax.random.uniform(op_key, minval=max(0.0, 1 - spread), maxval=1 + spread)
-    return lambda x: adjust(x, factor)
 
-  def hue(x):
-    return adjust_hue(x, jax.random.uniform(op_keys[3], minval=-h, maxval=h)) if h > 0 else x
-
-  ops = (scaling(adjust_brightness, op_keys[0], b), scaling(adjust_contrast, op_keys[1], c),
-         scaling(adjust_saturation, op_keys[2], s), hue)
-  perm = jnp.argsort(jax.random.uniform(perm_key, [_NUM_JITTER_OPS]))  # Uniform order.
+def color_jitter(image, key, strength, impl='simclrv2'):
+  """Brightness, contrast, saturation (0.8s) and hue (0.2s) in random order (augment's)."""
+  if strength <= 0:
+    return image  # Every op would be the identity, skipped as in augment.
+  order, params = sample_color_jitter(key, strength, impl)
+  ops = (lambda x: adjust_brightness(x, params[0], impl),
+         lambda x: adjust_contrast(x, params[1]),
+         lambda x: adjust_saturation(x, params[2]),
+         lambda x: adjust_hue(x, params[3]))
 
   def apply(i, x):
-    return jnp.clip(lax.switch(perm[i], ops, x), 0.0, 1.0)
+    return jnp.clip(lax.switch(order[i], ops, x), 0.0, 1.0)
 
   # A loop, not unrolled: under vmap every step computes all 4 ops, and 4 unrolled steps
   # would compile 16 copies of them.
@@ -257,10 +273,11 @@ def to_grayscale(image):
   return jnp.repeat(gray[..., None], 3, axis=-1)
 
 
-def random_color_distortion(image, key, strength, jitter_prob=0.8, grayscale_prob=0.2):
+def random_color_distortion(image, key, strength, jitter_prob=0.8, grayscale_prob=0.2,
+                            impl='simclrv2'):
   """Colour jitter with p=jitter_prob, then independently grayscale with p=grayscale_prob."""
   jitter_key, gray_key = jax.random.split(key)
-  image = _random_apply(lambda x, k: color_jitter(x, k, strength), image, jitter_key,
+  image = _random_apply(lambda x, k: color_jitter(x, k, strength, impl), image, jitter_key,
                         jitter_prob)
   return _random_apply(lambda x, _: to_grayscale(x), image, gray_key, grayscale_prob)
 
@@ -312,8 +329,9 @@ def pretrain_view(image, key, config_augment, size):
   image = random_resized_crop(image, crop_key, size, (c.crop_area_min, c.crop_area_max),
                               (c.aspect_ratio_min, c.aspect_ratio_max))
   image = random_flip(image, flip_key, c.flip_prob)
+  # A config.json saved before color_jitter_impl existed was trained with v2.
   image = random_color_distortion(image, color_key, c.color_strength, c.color_jitter_prob,
-                                  c.grayscale_prob)
+                                  c.grayscale_prob, c.get('color_jitter_impl', 'simclrv2'))
   image = random_gaussian_blur(image, blur_key, c.blur_prob, c.blur_sigma_min,
                                c.blur_sigma_max)
   return jnp.clip(image, 0.0, 1.0)

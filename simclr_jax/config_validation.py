@@ -12,6 +12,7 @@ def _require(ok: bool, message: str):
 MODES = ('pretrain', 'linear_eval', 'knn_eval', 'finetune')
 EVAL_ENCODERS = ('pretrained', 'random', 'pixels')
 LINEAR_PROTOCOLS = ('lbfgs', 'sgd')
+COLOR_JITTER_IMPLS = ('simclrv2', 'simclrv1')
 
 
 def trains_classifier(config) -> bool:
@@ -29,9 +30,13 @@ def validate_config(config, *, num_devices: int, num_processes: int = 1):
   _require(config.model.width_multiplier > 0,
            f'config.model.width_multiplier={config.model.width_multiplier} must be > 0 '
            '(1.0 is the standard width; 0.25 gives a 16-channel stem).')
-  _require(config.model.conv_impl in models.CONV_IMPLS,
+  _require(config.model.conv_impl in models.CONV_IMPL_NAMES,
            f'config.model.conv_impl={config.model.conv_impl!r} is not known; use one of '
-           f'{", ".join(models.CONV_IMPLS)}.')
+           f'{", ".join(models.CONV_IMPL_NAMES)}.')
+  _require(config.model.shortcut in models.SHORTCUTS,
+           f'config.model.shortcut={config.model.shortcut!r} is not known; use one of '
+           f'{", ".join(models.SHORTCUTS)} (reference: google-research/simclr; torchvision: '
+           'to load torchvision weights).')
   _require(config.dtype in models.DTYPES,
            f'config.dtype={config.dtype!r} is not known; use one of {", ".join(models.DTYPES)}.')
   _require(isinstance(config.remat, bool),
@@ -83,6 +88,9 @@ def validate_config(config, *, num_devices: int, num_processes: int = 1):
   _require(0 < aug.aspect_ratio_min <= aug.aspect_ratio_max,
            f'config.augment.aspect_ratio_min={aug.aspect_ratio_min} and aspect_ratio_max='
            f'{aug.aspect_ratio_max} must satisfy 0 < min <= max (reference: 3/4, 4/3).')
+  _require(aug.color_jitter_impl in COLOR_JITTER_IMPLS,
+           f'config.augment.color_jitter_impl={aug.color_jitter_impl!r} is not known; use one '
+           f'of {COLOR_JITTER_IMPLS} (simclrv2: multiplicative brightness; simclrv1: additive).')
   _require(aug.color_strength >= 0,
            f'config.augment.color_strength={aug.color_strength} must be >= 0 '
            '(0.5 for CIFAR, 1.0 for ImageNet).')
@@ -174,4 +182,7 @@ def _validate_finetune_config(config, num_devices):
   _require(ft.epochs > 0, f'config.finetune.epochs={ft.epochs} must be > 0.')
   _require_device_multiple(ft.batch_size, 'config.finetune.batch_size', num_devices)
   _validate_schedule(ft, 'config.finetune.')
+  _require(ft.optimizer in optim.FINETUNE_OPTIMIZERS,
+           f'config.finetune.optimizer={ft.optimizer!r} is not known; use one of '
+           f'{optim.FINETUNE_OPTIMIZERS} (momentum: linear evaluation; lars: fine-tuning).')
   _require(0 <= ft.momentum < 1, f'config.finetune.momentum={ft.momentum} must be in [0, 1).')

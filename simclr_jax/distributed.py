@@ -11,6 +11,7 @@ from typing import Sequence
 from absl import logging
 import jax
 from jax._src import cloud_tpu_init  # No public API tells a TPU VM before the backend starts.
+from jax._src import distributed as jax_distributed  # The coordination service's barrier.
 
 
 def detected_cluster() -> str | None:
@@ -62,3 +63,14 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                jax.process_count(), source, jax.local_device_count(), jax.device_count())
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)
+
+
+def barrier(name: str, timeout_s: int = 1800):
+  """Waits until every process gets here (a no-op in a single process).
+
+  Through the coordination service, not a device collective: gloo, JAX's CPU collectives,
+  gives up on a peer after 30 s, while processes can reach their first collective minutes
+  apart (compilation on a loaded host). `name` must be new for each use in a run.
+  """
+  if jax.process_count() > 1:
+    jax_distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)

@@ -244,9 +244,27 @@ def evaluate(config, workdir: str) -> dict:
   return report_results(results, workdir, start)
 
 
+# eval_results.json's `compare_with`: which published figures a protocol's number is
+# comparable to (README: "Which number to compare with which").
+COMPARE_WITH = {
+    'linear': "the SimCLR paper's transfer-learning figures (logistic regression on frozen "
+              'features of unaugmented images, L2 tuned on held-out train examples). Not the '
+              "reference's CIFAR-10 (~91%) or ImageNet (64.5%, 69.1%) linear-evaluation figures: "
+              'those come from the SGD protocol (eval.linear_protocol=sgd, '
+              'configs/*_linear_eval.py).',
+    'linear_sgd': "the reference's linear-evaluation figures: CIFAR-10 ResNet-18 ~91% after "
+                  '1000 epochs; ImageNet ResNet-50 64.5% after 100 epochs, 69.1% after 1000.',
+    'knn': 'kNN figures of other codebases (e.g. CIFAR-10 ResNet-18, 1000 epochs: 91.4%), '
+           'not linear-evaluation figures.',
+    'finetune': 'semi-supervised fine-tuning figures at the same label fraction (SimCLRv2, '
+                'ResNet-50 1x: 57.9% with 1% and 68.4% with 10% of the ImageNet labels).',
+}
+
+
 def results_header(config, protocol: str, checkpoint_step) -> dict:
   """The fields of eval_results.json that say what was evaluated."""
-  return {'protocol': protocol, 'dataset': config.dataset, 'train_split': config.train_split,
+  return {'protocol': protocol, 'compare_with': COMPARE_WITH[protocol],
+          'dataset': config.dataset, 'train_split': config.train_split,
           'eval_split': config.eval.split, 'encoder': config.eval.encoder,
           'model': config.model.name, 'width_multiplier': config.model.width_multiplier,
           'pretrained_workdir': (config.pretrained_workdir if checkpoint_step is not None

@@ -128,7 +128,7 @@ def finetune(config, workdir: str):
   schedule = optim.warmup_cosine_schedule(
       optim.scaled_learning_rate(settings.learning_rate, settings.batch_size,
                                  settings.lr_scaling),
-      int(round(settings.warmup_epochs * len(subset) / settings.batch_size)), total_steps)
+      optim.warmup_steps(settings.warmup_epochs, len(subset), settings.batch_size), total_steps)
   tx = optim.create_finetune_optimizer(settings, schedule)
   init_fn = functools.partial(init_finetune_state, model, tx, jax.random.PRNGKey(config.seed),
                               config.image_size, pretrained)

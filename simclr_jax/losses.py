@@ -16,9 +16,12 @@ _LARGE_NUM = 1e9
 
 
 class ContrastiveOutput(NamedTuple):
-  loss: jax.Array  # Mean NT-Xent over all 2N anchors.
-  accuracy: jax.Array  # Fraction of anchors whose most similar other-view column is the positive.
-  entropy: jax.Array  # Mean entropy of the softmax over each anchor's 2N - 1 candidates.
+  """The reference's loss and metrics (google-research/simclr, objective.py and metrics.py)."""
+  loss: jax.Array  # mean(loss_a) + mean(loss_b): twice the mean NT-Xent over the 2N anchors.
+  # Fraction of view-a anchors whose most similar view-b column is their positive.
+  accuracy: jax.Array
+  # Mean entropy of softmax(logits_ab): each view-a anchor over the N view-b columns.
+  entropy: jax.Array
 
 
 def _l2_normalize(x):
@@ -26,25 +29,28 @@ def _l2_normalize(x):
 
 
 def _anchor_rows(z_a, z_b, z_a_all, z_b_all, temperature, row_offset):
-  """Sums of loss, correct and entropy over anchors z_a, z_b (rows row_offset + i of the batch)."""
+  """Sums of loss (both views), correct and entropy (view a) over anchors z_a, z_b.
+
+  The anchors are rows row_offset + i of the batch; the metrics are the reference's, computed on
+  logits_ab alone.
+  """
   n_rows, n = z_a.shape[0], z_a_all.shape[0]
   positives = row_offset + jnp.arange(n_rows)
   self_mask = jax.nn.one_hot(positives, n, dtype=z_a.dtype) * _LARGE_NUM
 
-  def anchor_sums(anchors, same_view_all, other_view_all):
+  def loss_sum(anchors, same_view_all, other_view_all):
     logits_other = anchors @ other_view_all.T / temperature
     logits_same = anchors @ same_view_all.T / temperature - self_mask
     logits = jnp.concatenate([logits_other, logits_same], axis=1)
     log_probs = jax.nn.log_softmax(logits, axis=1)
-    loss = -jnp.take_along_axis(log_probs, positives[:, None], axis=1).sum()
-    correct = jnp.sum(jnp.argmax(logits_other, axis=1) == positives)
-    # exp(log p) * log p is 0 for the masked columns (p underflows to exactly 0).
-    entropy = -jnp.sum(jnp.exp(log_probs) * log_probs)
-    return loss, correct, entropy
+    return -jnp.take_along_axis(log_probs, positives[:, None], axis=1).sum(), logits_other
 
-  sums_a = anchor_sums(z_a, z_a_all, z_b_all)
-  sums_b = anchor_sums(z_b, z_b_all, z_a_all)
-  return tuple(a + b for a, b in zip(sums_a, sums_b))
+  loss_a, logits_ab = loss_sum(z_a, z_a_all, z_b_all)
+  loss_b, _ = loss_sum(z_b, z_b_all, z_a_all)
+  correct = jnp.sum(jnp.argmax(logits_ab, axis=1) == positives)
+  log_probs_ab = jax.nn.log_softmax(logits_ab, axis=1)
+  entropy = -jnp.sum(jnp.exp(log_probs_ab) * log_probs_ab)
+  return loss_a + loss_b, correct, entropy
 
 
 def _local_rows(z_a, z_b, z_a_all, z_b_all, temperature, row_offset, chunk_size):
@@ -89,7 +95,7 @@ def nt_xent(z_a: jax.Array, z_b: jax.Array, temperature: float,
   """
   z_a = _l2_normalize(z_a.astype(jnp.float32))
   z_b = _l2_normalize(z_b.astype(jnp.float32))
-  num_anchors = 2 * z_a.shape[0]
+  n = z_a.shape[0]
 
   if mesh is None or mesh.shape[axis_name] == 1:
     sums = _local_rows(z_a, z_b, z_a, z_b, temperature, 0, chunk_size)
@@ -104,6 +110,6 @@ def nt_xent(z_a: jax.Array, z_b: jax.Array, temperature: float,
     sums = jax.shard_map(sharded_sums, mesh=mesh, in_specs=(P(axis_name), P(axis_name)),
                          out_specs=P())(z_a, z_b)
   loss, correct, entropy = sums
-  return ContrastiveOutput(loss=loss / num_anchors,
-                           accuracy=correct.astype(jnp.float32) / num_anchors,
-                           entropy=entropy / num_anchors)
+  # The reference's reduce_mean(loss_a + loss_b): the sum over all 2N anchors divided by N.
+  return ContrastiveOutput(loss=loss / n, accuracy=correct.astype(jnp.float32) / n,
+                           entropy=entropy / n)

@@ -1,5 +1,6 @@
 """Learning-rate schedule and optimisers (LARS, momentum SGD, AdamW) for SimCLR."""
 
+import functools
 import math
 
 import jax
@@ -7,6 +8,7 @@ import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ('lars', 'sgd', 'adamw')
+FINETUNE_OPTIMIZERS = ('momentum', 'lars')
 LR_SCALINGS = ('linear', 'sqrt')
 
 
@@ -37,11 +39,19 @@ def warmup_cosine_schedule(peak: float, warmup_steps: int, total_steps: int) -> 
   return schedule
 
 
+def warmup_steps(warmup_epochs: float, num_examples: int, batch_size: int) -> int:
+  """Warm-up steps as the reference counts them: int(round(epochs * examples // batch)).
+
+  The floor division comes first (10 epochs of 50,000 at batch 512: 976 steps, not 977).
+  """
+  return int(round(warmup_epochs * num_examples // batch_size))
+
+
 def learning_rate_schedule(config, num_examples: int, total_steps: int) -> optax.Schedule:
   """Pretraining schedule: warm-up over `config.warmup_epochs`, then cosine to 0."""
   peak = scaled_learning_rate(config.learning_rate, config.batch_size, config.lr_scaling)
-  warmup_steps = int(round(config.warmup_epochs * num_examples / config.batch_size))
-  return warmup_cosine_schedule(peak, warmup_steps, total_steps)
+  return warmup_cosine_schedule(
+      peak, warmup_steps(config.warmup_epochs, num_examples, config.batch_size), total_steps)
 
 
 def _names(path):
@@ -49,15 +59,15 @@ def _names(path):
   return [str(getattr(k, 'key', k)) for k in path]
 
 
-def decay_mask(params):
+def decay_mask(params, supervised_head: str = 'probe'):
   """True for the conv and dense kernels of encoder and head.
 
-  BatchNorm parameters, biases and the online probe (a supervised head) are excluded from
-  weight decay and from the LARS trust ratio, as in the reference.
+  BatchNorm parameters, biases and the supervised head (the online probe in pretraining) are
+  excluded from weight decay and from the LARS trust ratio, as in the reference.
   """
   def is_decayed(path, _):
     names = _names(path)
-    return names[-1] == 'kernel' and 'probe' not in names
+    return names[-1] == 'kernel' and supervised_head not in names
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
@@ -88,9 +98,23 @@ def frozen_mask(params, fine_tune_after_block: int):
 
 
 def create_finetune_optimizer(ft_config, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """Nesterov momentum SGD (the reference's fine-tuning optimiser); frozen parameters fixed."""
-  tx = optax.chain(optax.add_decayed_weights(ft_config.weight_decay, mask=decay_mask),
-                   optax.sgd(schedule, momentum=ft_config.momentum, nesterov=True))
+  """The reference's fine-tuning optimisers; frozen parameters stay fixed.
+
+  'momentum': Nesterov momentum SGD with weight decay on every kernel, the classifier's
+  included (its linear evaluation). 'lars': LARS as in pretraining, the classifier (its
+  'head_supervised') excluded from decay and trust ratio (its 1%/10% fine-tuning).
+  """
+  if ft_config.optimizer == 'lars':
+    mask = functools.partial(decay_mask, supervised_head='classifier')
+    tx = optax.lars(schedule, weight_decay=ft_config.weight_decay, weight_decay_mask=mask,
+                    trust_coefficient=ft_config.lars_trust_coefficient, trust_ratio_mask=mask,
+                    momentum=ft_config.momentum)
+  elif ft_config.optimizer == 'momentum':
+    tx = optax.chain(optax.add_decayed_weights(ft_config.weight_decay, mask=decay_mask),
+                     optax.sgd(schedule, momentum=ft_config.momentum, nesterov=True))
+  else:
+    raise ValueError(f'config.finetune.optimizer={ft_config.optimizer!r} is not known; use one '
+                     f'of {FINETUNE_OPTIMIZERS}.')
 
   def labels(params):
     return jax.tree.map(lambda frozen: 'frozen' if frozen else 'trained',

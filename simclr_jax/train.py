@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from simclr_jax import augment_jax
 from simclr_jax import config_validation
+from simclr_jax import distributed
 from simclr_jax import evaluate
 from simclr_jax import input_pipeline
 from simclr_jax import losses
@@ -57,11 +58,14 @@ def init_train_state(model, tx, rng, image_size: int) -> TrainState:
                     rng=state_rng)
 
 
-def loss_and_metrics(params, batch_stats, batch, *, model, temperature, mesh, chunk_size=0):
-  """NT-Xent (+ probe cross-entropy) of a batch of view pairs; returns (loss, (metrics, stats)).
+def loss_and_metrics(params, batch_stats, batch, *, model, temperature, mesh, chunk_size=0,
+                     weight_decay=0.0):
+  """NT-Xent (+ probe loss) of a batch of view pairs; returns (loss, (metrics, stats)).
 
   `batch['views']` is [N, 2, H, W, C]; both views of an image sit in one shard, and the model
   sees all 2N images at once so BatchNorm statistics cover the global batch of both views.
+  The probe's loss is its cross-entropy plus `weight_decay` * ||kernel||^2 / 2: the optimiser
+  leaves the probe out of its decay, and the reference adds the probe's decay to the loss.
   """
   views = batch['views']
   n = views.shape[0]
@@ -79,8 +83,10 @@ def loss_and_metrics(params, batch_stats, batch, *, model, temperature, mesh, ch
     labels = jnp.repeat(batch['label'], 2)
     logits = out['probe_logits']
     probe_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    loss = loss + probe_loss
+    probe_decay = weight_decay * 0.5 * jnp.sum(jnp.square(params['probe']['kernel']))
+    loss = loss + probe_loss + probe_decay
     metrics['probe_loss'] = probe_loss
+    metrics['probe_weight_decay'] = probe_decay
     metrics['probe_accuracy'] = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
   metrics['loss'] = loss
   return loss, (metrics, updates['batch_stats'])
@@ -98,7 +104,7 @@ def augment_batch(batch, *, config_augment, image_size, mesh):
 
 
 def train_step(state: TrainState, batch, *, model, tx, schedule, temperature, mesh,
-               chunk_size=0, augment=None):
+               chunk_size=0, augment=None, weight_decay=0.0):
   """One optimisation step on a global batch; returns the new state and scalar metrics.
 
   `augment`, if given, first turns the batch into views (`augment_batch`).
@@ -107,7 +113,7 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, temperature, me
     batch = augment(batch)
   grad_fn = jax.value_and_grad(
       functools.partial(loss_and_metrics, model=model, temperature=temperature, mesh=mesh,
-                        chunk_size=chunk_size),
+                        chunk_size=chunk_size, weight_decay=weight_decay),
       has_aux=True)
   (loss, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -131,11 +137,15 @@ def only_if_finite(loss, grads, new_state, state, metrics):
   return kept, {**metrics, 'finite': finite}
 
 
-def make_train_step(model, tx, schedule, temperature, mesh, chunk_size=0, augment=None):
-  """jit-compiles `train_step` with the state replicated and the batch split over 'data'."""
+def make_train_step(model, tx, schedule, temperature, mesh, chunk_size=0, augment=None,
+                    weight_decay=0.0):
+  """jit-compiles `train_step` with the state replicated and the batch split over 'data'.
+
+  `weight_decay` is the probe's, added to the loss (loss_and_metrics).
+  """
   step_fn = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
                               temperature=temperature, mesh=mesh, chunk_size=chunk_size,
-                              augment=augment)
+                              augment=augment, weight_decay=weight_decay)
   return jax.jit(step_fn, in_shardings=(replicated(mesh), batch_sharded(mesh)),
                  out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
 
@@ -288,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                image_size=config.image_size, mesh=mesh)
              if config.augment_on_device else None)
   step_fn = make_train_step(model, tx, schedule, config.temperature, mesh,
-                            config.contrastive_chunk_size, augment)
+                            config.contrastive_chunk_size, augment, config.weight_decay)
 
   monitor = (evaluate.KnnMonitor(config, model, mesh, info.num_classes)
              if config.eval_every_steps > 0 and info.num_classes else None)
@@ -358,6 +368,17 @@ def _check_finite(steps, metrics, manager):
         'raise warmup_epochs) and rerun the command: it resumes from that checkpoint.')
 
 
+def _compiled_on_every_process(step_fn, state, batch, start_step: int):
+  """`step_fn` compiled for these arguments, once every process has compiled it.
+
+  Compile times differ between processes by more than the 30 s that gloo (CPU collectives)
+  waits for a peer in the first step's collectives; the barrier lines them up first.
+  """
+  compiled = step_fn.lower(state, batch).compile()
+  distributed.barrier(f'simclr_jax_step_{start_step + 1}_compiled')
+  return compiled
+
+
 def run_training_loop(config, workdir, state, step_fn, batches, *, manager, batch_size: int,
                       start_step: int, total_steps: int, extra_metrics=None, images=None):
   """Runs `step_fn` to total_steps, logging and checkpointing as config says; returns state.
@@ -379,7 +400,10 @@ def run_training_loop(config, workdir, state, step_fn, batches, *, manager, batc
   stopped_at = None
   with StopRequest() as stop:
     for step in range(start_step + 1, total_steps + 1):
-      state, metrics = step_fn(state, next(batches))
+      batch = next(batches)
+      if step == start_step + 1:
+        step_fn = _compiled_on_every_process(step_fn, state, batch, start_step)
+      state, metrics = step_fn(state, batch)
       window.append(metrics)
       report_progress(step)
       if step == start_step + 1:

@@ -79,19 +79,28 @@ def _built_once(tmp_path_factory, name, build):
   return folder
 
 
+def _symlinked_subset(cifar10_dir, root, per_class):
+  """root/<split>/<class>/ with the first per_class[split] images of each class, as links."""
+  for split, count in per_class.items():
+    for class_dir in sorted((cifar10_dir / split).iterdir()):
+      target = root / split / class_dir.name
+      target.mkdir(parents=True)
+      for image in sorted(class_dir.iterdir())[:count]:
+        (target / image.name).symlink_to(image)
+
+
 @pytest.fixture(scope='session')
 def cifar10_subset(cifar10_dir, tmp_path_factory):
   """Symlinked subset of real CIFAR-10: 26 train and 10 test images per class."""
+  return _built_once(tmp_path_factory, 'cifar10_subset', lambda root: _symlinked_subset(
+      cifar10_dir, root, {'train': 26, 'test': 10}))
 
-  def build(root):
-    for split, per_class in (('train', 26), ('test', 10)):
-      for class_dir in sorted((cifar10_dir / split).iterdir()):
-        target = root / split / class_dir.name
-        target.mkdir(parents=True)
-        for image in sorted(class_dir.iterdir())[:per_class]:
-          (target / image.name).symlink_to(image)
 
-  return _built_once(tmp_path_factory, 'cifar10_subset', build)
+@pytest.fixture(scope='session')
+def cifar10_canary_subset(cifar10_dir, tmp_path_factory):
+  """Symlinked subset of real CIFAR-10: 300 train and 100 test images per class."""
+  return _built_once(tmp_path_factory, 'cifar10_canary_subset', lambda root: _symlinked_subset(
+      cifar10_dir, root, {'train': 300, 'test': 100}))
 
 
 @pytest.fixture(scope='session')

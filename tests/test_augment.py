@@ -1,7 +1,9 @@
 """Tests of the stateless SimCLR augmentations."""
 
+import ml_collections
 import numpy as np
 import pytest
+from scipy import stats
 import tensorflow as tf
 
 from simclr_jax import augment
@@ -14,6 +16,13 @@ def _seed(a, b=0):
 
 def _image(height=20, width=24, seed=0):
   return tf.random.stateless_uniform([height, width, 3], _seed(seed, 99))
+
+
+def _map_seeds(fn, n, dtypes, seed=0):
+  """[fn(seed) for n independent seeds] as numpy, in one graph (one tracing)."""
+  seeds = tf.random.experimental.stateless_split(_seed(seed, 5), n)
+  out = tf.function(lambda s: tf.map_fn(fn, s, fn_output_signature=dtypes))(seeds)
+  return tf.nest.map_structure(lambda x: x.numpy(), out)
 
 
 @pytest.fixture
@@ -185,16 +194,93 @@ def test_color_jitter_changes_image_and_is_seeded():
   np.testing.assert_array_equal(a, augment.color_jitter(image, _seed(1), 0.5).numpy())
 
 
-def test_brightness_factor_range():
-  ones = tf.fill([2, 2, 3], 0.5)
-  factors = [float(augment.random_brightness(ones, _seed(i), 0.4)[0, 0, 0]) / 0.5
-             for i in range(50)]
-  assert min(factors) >= 0.6 - 1e-6 and max(factors) <= 1.4 + 1e-6
-  assert max(factors) - min(factors) > 0.3
-  # SimCLRv2 clamps the lower bound at 0 for max_delta > 1.
-  factors = [float(augment.random_brightness(ones, _seed(i), 1.6)[0, 0, 0]) / 0.5
-             for i in range(50)]
-  assert min(factors) >= 0.0
+def _jitter_ranges(strength, impl):
+  """The reference's ranges of the brightness, contrast, saturation and hue draws."""
+  b = 0.8 * strength
+  brightness = (max(0.0, 1 - b), 1 + b) if impl == 'simclrv2' else (-b, b)
+  return [brightness, (max(0.0, 1 - b), 1 + b), (max(0.0, 1 - b), 1 + b),
+          (-0.2 * strength, 0.2 * strength)]
+
+
+@pytest.mark.parametrize('impl,strength', [('simclrv2', 0.5), ('simclrv2', 2.0),
+                                           ('simclrv1', 0.5), ('simclrv1', 1.0)])
+def test_color_jitter_draws_follow_the_reference(impl, strength):
+  # simclrv2 multiplies by U[max(0, 1 - b), 1 + b] (clamped at 0 for strength 2), simclrv1
+  # adds U[-b, b]; contrast and saturation factors U[max(0, 1 - 0.8s), 1 + 0.8s], hue U[-h, h].
+  n = 2000
+  image = _image(4, 4) * 0.9 + 0.1  # Away from 0, so that ratios are exact enough.
+
+  def draw(seed):
+    _, params = augment.sample_color_jitter(seed, strength, impl)
+    return params, augment.adjust_brightness(image, params[0], impl)
+
+  params, bright = _map_seeds(draw, n, (tf.float32, tf.float32))
+  change = bright / image.numpy() if impl == 'simclrv2' else bright - image.numpy()
+  # One factor (offset) per image: float32 rounding of values below 4 is < 1e-6.
+  np.testing.assert_allclose(change, np.broadcast_to(params[:, 0, None, None, None],
+                                                     change.shape), rtol=0, atol=1e-6)
+  for values, (low, high) in zip(params.T, _jitter_ranges(strength, impl)):
+    assert low <= values.min() and values.max() <= high
+    # At n = 2000 the KS test rejects CDFs ~0.045 apart at p = 1e-3 (a shifted or scaled
+    # range); seeds are fixed, so the outcome is deterministic.
+    assert stats.kstest(values, stats.uniform(low, high - low).cdf).pvalue > 1e-3, (low, high)
+
+
+def _reference_jitter(image, order, params, impl):
+  """The four ops of the reference's color_jitter_rand in `order`, each clipped to [0, 1].
+
+  Brightness and contrast are written out; saturation and hue are the TF ops the reference
+  calls.
+  """
+
+  def brightness(x, value):
+    return x * value if impl == 'simclrv2' else x + value
+
+  def contrast(x, factor):
+    mean = x.mean((0, 1), keepdims=True)
+    return (x - mean) * factor + mean
+
+  ops = (brightness, contrast, lambda x, v: tf.image.adjust_saturation(x, v).numpy(),
+         lambda x, v: tf.image.adjust_hue(x, v).numpy())
+  for op in order:
+    image = np.clip(ops[op](image, params[op]), 0.0, 1.0)
+  return image
+
+
+@pytest.mark.parametrize('impl', ['simclrv2', 'simclrv1'])
+def test_color_jitter_applies_its_ops_in_the_sampled_order(impl):
+  n, strength = 200, 0.5
+  image = _image(8, 8)
+
+  def jitter(seed):
+    order, params = augment.sample_color_jitter(seed, strength, impl)
+    return augment.color_jitter(image, seed, strength, impl), order, params
+
+  out, orders, params = _map_seeds(jitter, n, (tf.float32, tf.int32, tf.float32))
+  for i in range(n):
+    # Float32 rounding of the numpy brightness and contrast vs TF's, carried through 4 ops.
+    np.testing.assert_allclose(
+        out[i], _reference_jitter(image.numpy(), orders[i], params[i], impl), rtol=0,
+        atol=1e-5, err_msg=f'order {orders[i]}')
+  assert all(sorted(order) == [0, 1, 2, 3] for order in orders)
+  # Each of the 24 orders has probability 1/24: 200 uniform draws leave 3 or more unseen
+  # with probability < C(24, 3) (21/24)^200 < 1e-8.
+  assert len({tuple(order) for order in orders}) >= 22
+
+
+def test_pretrain_view_uses_the_configured_jitter_impl(aug_config):
+  # The impls differ only in brightness: with the jitter always on, so do the views.
+  aug_config.color_jitter_prob = 1.0
+  views = []
+  for impl in ('simclrv2', 'simclrv1'):
+    aug_config.color_jitter_impl = impl
+    views.append(augment.pretrain_view(_image(), _seed(3), aug_config, 16).numpy())
+  assert np.abs(views[0] - views[1]).mean() > 1e-2
+
+
+def test_color_jitter_impl_is_validated():
+  with pytest.raises(ValueError, match='simclrv3'):
+    augment.color_jitter(_image(), _seed(0), 0.5, 'simclrv3')
 
 
 def test_random_order_uses_many_permutations():
@@ -212,6 +298,31 @@ def test_flip_probabilities():
   flipped = [not np.array_equal(augment.random_flip(image, _seed(i), 0.5).numpy(),
                                 image.numpy()) for i in range(40)]
   assert 5 < sum(flipped) < 35
+
+
+def test_pretrain_view_grayscale_and_blur_rates_follow_the_config(aug_config):
+  n = 1000
+  aug_config.color_jitter_prob = 0.0  # Nothing else makes the 3 channels equal.
+  # Not random_color_distortion's and random_gaussian_blur's defaults (0.2, 0.5), so
+  # pretrain_view dropping the config's value shows.
+  aug_config.grayscale_prob = 0.35
+  aug_config.blur_prob = 0.3
+  aug_config.blur_sigma_min = 1.0  # A blur with sigma near 0.1 leaves float32 pixels unchanged.
+  unblurred_config = ml_collections.ConfigDict(aug_config)
+  unblurred_config.blur_prob = 0.0  # The same seed gives the same view, minus the blur.
+  image = _image(32, 32)
+
+  def both_views(seed):
+    return (augment.pretrain_view(image, seed, aug_config, 32),
+            augment.pretrain_view(image, seed, unblurred_config, 32))
+
+  views, unblurred = _map_seeds(both_views, n, (tf.float32, tf.float32))
+  gray = (np.ptp(views, axis=-1) < 1e-6).all((1, 2))
+  blurred = (np.abs(views - unblurred) > 1e-3).any((1, 2, 3))
+  for count, prob in ((gray.sum(), 0.35), (blurred.sum(), 0.3)):
+    # Within 4.5 standard deviations (+-0.07) of the binomial count: a correct rate fails
+    # with probability < 1e-5, while the defaults 0.2 and 0.5 are ~10 and ~14 away.
+    assert abs(count - n * prob) < 4.5 * np.sqrt(n * prob * (1 - prob)), (prob, count / n)
 
 
 def _numpy_gaussian_blur(image, sigma, kernel_size):

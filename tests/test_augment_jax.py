@@ -13,6 +13,7 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from scipy import stats
@@ -123,15 +124,15 @@ def test_colour_ops_match_tf(name, tf_fn, values):
                                  atol=_ATOL, err_msg=f'{name}({value})')
 
 
-def test_brightness_multiplies_like_augment():
-  # augment.random_brightness multiplies by its uniform factor (SimCLRv2), unlike
-  # tf.image.adjust_brightness, which adds.
+@pytest.mark.parametrize('impl,values', [('simclrv2', (0.0, 0.6, 1.4)),
+                                         ('simclrv1', (-0.4, 0.0, 0.25))])
+def test_brightness_matches_augment(impl, values):
+  # A factor (simclrv2) or an offset (simclrv1, tf.image.adjust_brightness).
   image = _colour_test_images()[0]
-  seed = tf.constant([3, 4], tf.int64)
-  factor = float(tf.random.stateless_uniform([], seed, minval=0.6, maxval=1.4))
-  np.testing.assert_allclose(augment_jax.adjust_brightness(image, factor),
-                             augment.random_brightness(image, seed, 0.4).numpy(), rtol=0,
-                             atol=_ATOL)
+  for value in values:
+    np.testing.assert_allclose(augment_jax.adjust_brightness(image, value, impl),
+                               augment.adjust_brightness(image, value, impl).numpy(), rtol=0,
+                               atol=_ATOL, err_msg=f'{impl}({value})')
 
 
 def test_grayscale_matches_tf():
@@ -167,6 +168,118 @@ def test_crop_window_whole_image_cases(area_range, aspect_range):
                                            area_range, aspect_range)
   np.testing.assert_array_equal(begin.numpy()[:2], [0, 0])
   np.testing.assert_array_equal(size.numpy()[:2], [32, 32])
+
+
+# The colour jitter and the config's rates against their definitions (as test_augment.py).
+
+
+def _compile_and_run(fn, *args):
+  """_run for functions returning a tuple of arrays."""
+  return tuple(np.asarray(x) for x in _compile(fn, *args)(*args))
+
+
+def _jitter_ranges(strength, impl):
+  """The reference's ranges of the brightness, contrast, saturation and hue draws."""
+  b = 0.8 * strength
+  brightness = (max(0.0, 1 - b), 1 + b) if impl == 'simclrv2' else (-b, b)
+  return [brightness, (max(0.0, 1 - b), 1 + b), (max(0.0, 1 - b), 1 + b),
+          (-0.2 * strength, 0.2 * strength)]
+
+
+@pytest.mark.parametrize('impl,strength', [('simclrv2', 0.5), ('simclrv2', 2.0),
+                                           ('simclrv1', 0.5), ('simclrv1', 1.0)])
+def test_color_jitter_draws_follow_the_reference(impl, strength):
+  # simclrv2 multiplies by U[max(0, 1 - b), 1 + b] (clamped at 0 for strength 2), simclrv1
+  # adds U[-b, b]; contrast and saturation factors U[max(0, 1 - 0.8s), 1 + 0.8s], hue U[-h, h].
+  n = 2000
+  image = _image((4, 4, 3)) * 0.9 + 0.1  # Away from 0, so that ratios are exact enough.
+
+  def draw(key):
+    _, params = augment_jax.sample_color_jitter(key, strength, impl)
+    return params, augment_jax.adjust_brightness(image, params[0], impl)
+
+  params, bright = _compile_and_run(jax.vmap(draw), _keys(n, 2))
+  change = bright / image if impl == 'simclrv2' else bright - image
+  # One factor (offset) per image: float32 rounding of values below 4 is < 1e-6.
+  np.testing.assert_allclose(change, np.broadcast_to(params[:, 0, None, None, None],
+                                                     change.shape), rtol=0, atol=1e-6)
+  for values, (low, high) in zip(params.T, _jitter_ranges(strength, impl)):
+    assert low <= values.min() and values.max() <= high
+    p = stats.kstest(values, stats.uniform(low, high - low).cdf).pvalue
+    assert p > _P_MIN, (low, high, p)
+
+
+def _reference_jitter(image, order, params, impl):
+  """The four ops of the reference's color_jitter_rand in `order`, each clipped to [0, 1].
+
+  Brightness and contrast are written out; saturation and hue are the TF ops the reference
+  calls.
+  """
+
+  def brightness(x, value):
+    return x * value if impl == 'simclrv2' else x + value
+
+  def contrast(x, factor):
+    mean = x.mean((0, 1), keepdims=True)
+    return (x - mean) * factor + mean
+
+  ops = (brightness, contrast, lambda x, v: tf.image.adjust_saturation(x, v).numpy(),
+         lambda x, v: tf.image.adjust_hue(x, v).numpy())
+  for op in order:
+    image = np.clip(ops[op](image, params[op]), 0.0, 1.0)
+  return image
+
+
+@pytest.mark.parametrize('impl', ['simclrv2', 'simclrv1'])
+def test_color_jitter_applies_its_ops_in_the_sampled_order(impl):
+  n, strength = 200, 0.5
+  image = _image((8, 8, 3), 4)
+
+  def jitter(key):
+    order, params = augment_jax.sample_color_jitter(key, strength, impl)
+    return augment_jax.color_jitter(image, key, strength, impl), order, params
+
+  out, orders, params = _compile_and_run(jax.vmap(jitter), _keys(n, 3))
+  for i in range(n):
+    # Float32 rounding of each op (see test_colour_ops_match_tf), carried through 4 ops.
+    np.testing.assert_allclose(out[i], _reference_jitter(image, orders[i], params[i], impl),
+                               rtol=0, atol=_ATOL, err_msg=f'order {orders[i]}')
+  assert all(sorted(order) == [0, 1, 2, 3] for order in orders)
+  # Each of the 24 orders has probability 1/24: 200 uniform draws leave 3 or more unseen
+  # with probability < C(24, 3) (21/24)^200 < 1e-8.
+  assert len({tuple(order) for order in orders}) >= 22
+
+
+def test_pretrain_view_rates_and_impl_follow_the_config():
+  n = 1000
+  config = load_config('cifar10').augment
+  config.color_jitter_prob = 0.0  # Nothing else makes the 3 channels equal.
+  # Not random_color_distortion's and random_gaussian_blur's defaults (0.2, 0.5), so
+  # pretrain_view dropping the config's value shows.
+  config.grayscale_prob = 0.35
+  config.blur_prob = 0.3
+  config.blur_sigma_min = 1.0  # A blur with sigma near 0.1 leaves float32 pixels unchanged.
+  unblurred = ml_collections.ConfigDict(config)
+  unblurred.blur_prob = 0.0  # The same key gives the same view, minus the blur.
+  # The impls differ only in brightness: with the jitter always on, so do the views.
+  jittered = {impl: ml_collections.ConfigDict(config) for impl in ('simclrv2', 'simclrv1')}
+  for impl, impl_config in jittered.items():
+    impl_config.update(color_jitter_prob=1.0, color_jitter_impl=impl, grayscale_prob=0.0)
+  image = _image((32, 32, 3), 5)
+
+  def all_views(key):
+    return tuple(augment_jax.pretrain_view(image, key, c, 32)
+                 for c in (config, unblurred, *jittered.values()))
+
+  views, unblurred_views, v2_views, v1_views = _compile_and_run(jax.vmap(all_views),
+                                                                _keys(n, 4))
+  gray = (np.ptp(views, axis=-1) < 1e-6).all((1, 2))
+  blurred = (np.abs(views - unblurred_views) > 1e-3).any((1, 2, 3))
+  for count, prob in ((gray.sum(), 0.35), (blurred.sum(), 0.3)):
+    # Within 4.5 standard deviations (+-0.07) of the binomial count: a correct rate fails
+    # with probability < 1e-5, while the defaults 0.2 and 0.5 are ~10 and ~14 away.
+    assert abs(count - n * prob) < 4.5 * np.sqrt(n * prob * (1 - prob)), (prob, count / n)
+  assert np.abs(v1_views - v2_views).mean() > 1e-2
 
 
 # Random parts: the same distributions as TensorFlow's.
@@ -232,13 +345,14 @@ def _summaries(views):
           'chroma': (views.max(-1) - views.min(-1)).mean((-2, -1))}
 
 
-def test_color_jitter_distribution_matches_tf():
+@pytest.mark.parametrize('impl', ['simclrv2', 'simclrv1'])
+def test_color_jitter_distribution_matches_tf(impl):
   n, strength, prob = 2000, 0.5, 0.8
   image = _image((16, 16, 3), 3)
   ours = _run(jax.vmap(lambda k: augment_jax.random_color_distortion(
-      image, k, strength, prob, 0.0)), _keys(n))
-  theirs = _tf_map(lambda s: augment.random_color_distortion(image, s, strength, prob, 0.0),
-                   _tf_seeds(n))
+      image, k, strength, prob, 0.0, impl)), _keys(n))
+  theirs = _tf_map(lambda s: augment.random_color_distortion(image, s, strength, prob, 0.0,
+                                                             impl), _tf_seeds(n))
   jittered = (ours != image).any((1, 2, 3)).sum()
   assert stats.binomtest(jittered, n, prob).pvalue > _P_MIN, jittered / n
   ours_s, theirs_s = _summaries(ours), _summaries(theirs)

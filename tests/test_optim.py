@@ -30,11 +30,11 @@ def test_decay_mask_excludes_exactly_batchnorm_parameters_biases_and_probe(cifar
     # BN parameters and biases are the vectors; kernels of convs and dense layers are not.
     assert (leaf.ndim == 1) == (is_bn or is_bias), names
     assert flat_mask[path] == (not (is_bn or is_bias or in_probe)), names
-  # ResNet-18: stem BN + 2 per block x 8 + 3 projection BNs = 20 BNs (scale and bias each),
-  # head: 2 centred BNs + 1 scale-only BN; probe bias is the only dense bias.
-  assert num_bn == 2 * 20 + 2 * 2 + 1
+  # ResNet-18 (reference layout): stem BN + 2 per block x 8 + 4 projection BNs = 21 BNs (scale
+  # and bias each), head: 2 centred BNs + 1 scale-only BN; probe bias is the only dense bias.
+  assert num_bn == 2 * 21 + 2 * 2 + 1
   assert num_bias == 1
-  assert num_kernels == 1 + 2 * 8 + 3 + 3
+  assert num_kernels == 1 + 2 * 8 + 4 + 3
 
 
 def _numpy_lars(params, grads_seq, mask, lrs, wd, eta, momentum):

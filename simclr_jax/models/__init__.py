@@ -6,10 +6,24 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from simclr_jax.models.heads import ProjectionHead
-from simclr_jax.models.resnet import CONV_IMPLS, ResNet, STAGE_SIZES  # noqa: F401 (re-exported)
+from simclr_jax.models.heads import DENSE_INIT, ProjectionHead
+from simclr_jax.models.resnet import CONV_IMPLS, ResNet, SHORTCUTS, STAGE_SIZES  # noqa: F401
 
 MODEL_NAMES = tuple(STAGE_SIZES)
+# config.model.conv_impl: 'auto' picks the patch matmuls on CPU (several times faster there) and
+# XLA's convolutions on GPU and TPU (cuDNN / the MXU).
+CONV_IMPL_NAMES = ('auto',) + tuple(CONV_IMPLS)
+
+
+def conv_impl_for(name: str, platform: str = '') -> str:
+  """The key of CONV_IMPLS that config.model.conv_impl `name` means on `platform`.
+
+  `platform` defaults to JAX's default backend ('cpu', 'gpu', 'tpu'; 'cuda'/'rocm' also work).
+  """
+  if name != 'auto':
+    return name
+  return 'matmul' if (platform or jax.default_backend()) == 'cpu' else 'xla'
+
 # config.dtype: the compute type of the encoder and head.
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # Encoder parts fine_tune_after_block counts: the stem (0) and the four stages (1-4).
@@ -33,7 +47,7 @@ class SimCLRModel(nn.Module):
     z = self.head(h, train=train).astype(jnp.float32)
     out = {'h': h.astype(jnp.float32), 'z': z}
     if self.num_classes:
-      out['probe_logits'] = nn.Dense(self.num_classes, name='probe')(
+      out['probe_logits'] = nn.Dense(self.num_classes, kernel_init=DENSE_INIT, name='probe')(
           jax.lax.stop_gradient(out['h']))
     return out
 
@@ -75,8 +89,10 @@ def _encoder(model_config, image_size, dtype, fine_tune_after_block=-1, remat=Fa
                 width_multiplier=model_config.width_multiplier,
                 cifar_stem=image_size <= 32, bn_momentum=model_config.bn_momentum,
                 bn_epsilon=model_config.bn_epsilon, dtype=dtype,
-                conv_impl=model_config.conv_impl, fine_tune_after_block=fine_tune_after_block,
-                remat=remat, name='encoder')
+                conv_impl=conv_impl_for(model_config.conv_impl),
+                # Runs saved before the option existed used the torchvision layout.
+                shortcut=model_config.get('shortcut', 'torchvision'),
+                fine_tune_after_block=fine_tune_after_block, remat=remat, name='encoder')
 
 
 def _head(model_config, dtype, keep_layers=0):

@@ -5,12 +5,16 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+# The reference's LinearLayer (projection and supervised heads): kernels from N(0, 0.01).
+DENSE_INIT = nn.initializers.normal(stddev=0.01)
+
 
 class ProjectionHead(nn.Module):
   """`num_layers` x (dense without bias -> BN -> ReLU), the last without ReLU or BN centring.
 
   Hidden layers are as wide as the representation; BN replaces the dense biases, and the last
-  BN is uncentred (scale only), as in the reference implementation. With `keep_layers` > 0
+  BN is uncentred (scale only), and the dense kernels start from N(0, 0.01), as in the
+  reference implementation. With `keep_layers` > 0
   only the first `keep_layers` (hidden) layers run: SimCLRv2 fine-tunes from the first one.
   """
   num_layers: int
@@ -27,7 +31,7 @@ class ProjectionHead(nn.Module):
     for i in range(self.keep_layers or self.num_layers):
       last = i == self.num_layers - 1
       x = nn.Dense(self.output_dim if last else hidden_dim, use_bias=False, dtype=self.dtype,
-                   name=f'dense{i + 1}')(x)
+                   kernel_init=DENSE_INIT, name=f'dense{i + 1}')(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                        epsilon=self.bn_epsilon, use_bias=not last, dtype=self.dtype,
                        name=f'bn{i + 1}')(x)

@@ -1,8 +1,12 @@
 """ResNet v1 encoders (He et al. 2016) as used by SimCLR, with a width multiplier.
 
 Images of side <= 32 get the CIFAR stem (3x3 stride-1 conv, no max-pool); larger images the
-ImageNet stem (7x7 stride-2 conv + 3x3 stride-2 max-pool). The stride of a bottleneck block sits
-on its 3x3 convolution, as in the official SimCLR code.
+ImageNet stem (7x7 stride-2 conv + 3x3 stride-2 max-pool with TF 'SAME' padding). The stride of
+a bottleneck block sits on its 3x3 convolution, as in the official SimCLR code.
+
+Shortcuts: the reference (google-research/simclr) projects (1x1 conv + BN) on the first block of
+every stage, also where the shape is unchanged (stage 1 of ResNet-18/34); torchvision projects
+only where the shape changes. Bottleneck networks are the same in both layouts.
 """
 
 import functools
@@ -14,18 +18,31 @@ import jax.numpy as jnp
 
 from simclr_jax.models.conv import matmul_conv
 
-# Conv kernels: He-normal (fan_out), as in the official TF ResNet.
-_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'truncated_normal')
+# Conv kernels: Keras' default VarianceScaling (scale 1, fan_in, truncated normal), which the
+# reference's Conv2dFixedPadding uses.
+_conv_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
 # How convolutions and their gradients are computed: XLA's own, or patch matmuls (CPU).
 CONV_IMPLS = {'xla': None, 'matmul': matmul_conv}
+SHORTCUTS = ('reference', 'torchvision')
+
+
+def stem_max_pool(x):
+  """The ImageNet stem's 3x3 stride-2 max-pool with TF 'SAME' padding, as the reference.
+
+  On even sizes 'SAME' pads (0, 1): the windows start on the first pixel (a symmetric (1, 1)
+  padding would shift them by one).
+  """
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
 
 
 class _ResidualBlock(nn.Module):
-  """relu(shortcut(x) + BN(branch(x))); the shortcut projects when the shape changes."""
+  """relu(shortcut(x) + BN(branch(x))); the shortcut projects when the shape changes or
+  `project` says so."""
   filters: int
   strides: int
   conv_cls: Any  # nn.Conv with the model's dtype, initialiser and weight-gradient method.
   norm: Any
+  project: bool = False
 
   def conv(self, features, kernel, strides=1, **kwargs):
     return self.conv_cls(features, (kernel, kernel), (strides, strides), **kwargs)
@@ -36,7 +53,7 @@ class _ResidualBlock(nn.Module):
     # Zero-initialised last scale: every block starts as the identity.
     y = self.norm(scale_init=nn.initializers.zeros)(y)
     residual = x
-    if residual.shape != y.shape:
+    if self.project or residual.shape != y.shape:
       residual = self.conv(y.shape[-1], 1, self.strides, name='proj_conv')(x)
       residual = self.norm(name='proj_bn')(residual)
     return nn.relu(residual + y)
@@ -69,6 +86,7 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
   conv_impl: str = 'xla'  # A key of CONV_IMPLS.
+  shortcut: str = 'reference'  # One of SHORTCUTS.
   # Fine-tuning: the stem (0) and stages 1..k up to this one are frozen (-1: none, 4: all):
   # no gradient flows into them and their BatchNorm stays in inference mode.
   fine_tune_after_block: int = -1
@@ -95,14 +113,15 @@ class ResNet(nn.Module):
     else:
       x = conv(width, (7, 7), (2, 2), padding=3, name='stem_conv')(x)
       x = nn.relu(norm_for(0)(name='stem_bn')(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = stem_max_pool(x)
     x = end_of(0, x)
     block_cls = nn.remat(self.block_cls) if self.remat else self.block_cls
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = block_cls(width * 2**stage, strides, conv, norm_for(stage + 1),
-                           name=f'stage{stage + 1}_block{block + 1}')(x)
+        project = block == 0 and self.shortcut == 'reference'
+        x = block_cls(width * 2**stage, strides, conv, norm_for(stage + 1), project,
+                      name=f'stage{stage + 1}_block{block + 1}')(x)
       x = end_of(stage + 1, x)
     return jnp.mean(x, axis=(1, 2))
 
