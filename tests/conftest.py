@@ -115,6 +115,7 @@ def pretrained_workdir(cifar10_subset, tmp_path_factory):
 # Multi-process tests that take minutes of wall time; run first, so that with `-n 2` the
 # other worker fills the time with the rest of the suite instead of waiting at the end.
 _SLOW_FIRST = ('test_multihost.py::test_two_processes', 'test_main.py::test_sigterm',
+               'test_gpu_check.py::test_dry_run', 'test_quality_canary.py',
                'test_train.py::test_train_step_on_eight_devices')
 
 
