@@ -258,6 +258,8 @@ COMPARE_WITH = {
            'not linear-evaluation figures.',
     'finetune': 'semi-supervised fine-tuning figures at the same label fraction (SimCLRv2, '
                 'ResNet-50 1x: 57.9% with 1% and 68.4% with 10% of the ImageNet labels).',
+    'report': "its linear number is the L-BFGS protocol ('linear'), its kNN number the kNN "
+              "protocol ('knn'): compare each as those.",
 }
 
 

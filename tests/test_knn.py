@@ -17,6 +17,14 @@ def brute_force_knn(train_x, train_y, queries, num_classes, k, temperature):
   return scores
 
 
+def brute_force_accuracies(train_x, train_y, queries, labels, num_classes, k, temperature):
+  """Top-1 and top-5 accuracy of `brute_force_knn`; ties go to the lower class index."""
+  scores = brute_force_knn(train_x, train_y, queries, num_classes, k, temperature)
+  ranking = np.argsort(-scores, axis=1, kind='stable')
+  return {'top1': np.mean(ranking[:, 0] == labels),
+          'top5': np.mean([label in row[:5] for label, row in zip(labels, ranking)])}
+
+
 @pytest.mark.parametrize('seed,k,chunk_size', [(0, 7, 16), (1, 1, 5), (2, 30, 64)])
 def test_knn_scores_match_brute_force(seed, k, chunk_size):
   rng = np.random.default_rng(seed)

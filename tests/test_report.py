@@ -17,6 +17,9 @@ import tensorflow as tf
 from threadpoolctl import threadpool_limits
 
 from conftest import REPO_ROOT
+from test_evaluate import decoded_split
+from test_knn import brute_force_accuracies
+from simclr_jax import linear_classifier
 from simclr_jax import plots
 from simclr_jax import report
 
@@ -26,6 +29,7 @@ TSNE_SIZE = tuple(int(x * plots.DPI) for x in plots.TSNE_INCHES)
 CONFUSION_SIZE = tuple(int(x * plots.DPI) for x in plots.CONFUSION_INCHES)
 # On a busy 2-core machine, OpenMP threads that wait for each other slow t-SNE down 10-50x.
 OPENMP_THREADS = 1
+MAX_ITERATIONS = 20  # Of the report's L-BFGS linear probe.
 
 
 def assert_picture(image, width: int, height: int):
@@ -45,8 +49,10 @@ def red_pixels(image) -> int:
 
 @pytest.fixture(scope='module')
 def report_run(pretrained_workdir, tmp_path_factory):
-  """(output folder, report.json) of the report command, run in-process with its flags.
+  """(output folder, report.json, probed) of the report command, run in-process with its flags.
 
+  `probed` records what the report's probes were given and the confusion matrix they returned:
+  {'run', 'train': (features, labels), 'evaluation': (features, labels), 'matrix'}.
   It writes to a URL, TensorFlow's in-memory ram:// file system, as it would to gs://; the
   files are then copied to a local folder for the checks.
   """
@@ -54,19 +60,28 @@ def report_run(pretrained_workdir, tmp_path_factory):
   flag_values = flags.FlagValues()
   report.define_flags(flag_values)
   flag_values(['report', f'--workdir={pretrained_workdir}', f'--output_dir={url}',
-               '--max_iterations=20', '--num_images=4', '--num_queries=4', '--k=5'])
-  with threadpool_limits(OPENMP_THREADS, 'openmp'):
+               f'--max_iterations={MAX_ITERATIONS}', '--num_images=4', '--num_queries=4',
+               '--k=5'])
+  probed, probe_results = {}, report.probe_results
+
+  def recording_probe_results(run, train_data, eval_data):
+    results, matrix = probe_results(run, train_data, eval_data)
+    probed.update(run=run, train=train_data, evaluation=eval_data, matrix=matrix)
+    return results, matrix
+
+  with pytest.MonkeyPatch.context() as patch, threadpool_limits(OPENMP_THREADS, 'openmp'):
+    patch.setattr(report, 'probe_results', recording_probe_results)
     report.main(['report'], flag_values)
   output_dir = tmp_path_factory.mktemp('report')
   for name in tf.io.gfile.listdir(url):
     tf.io.gfile.copy(f'{url}/{name}', str(output_dir / name))
   summary = json.loads((output_dir / 'report.json').read_text())
   assert summary['output_dir'] == url
-  return output_dir, summary
+  return output_dir, summary, probed
 
 
 def test_report_writes_the_figures(report_run):
-  output_dir, _ = report_run
+  output_dir, _, _ = report_run
   assert_picture(output_dir / 'augmentations.png', 5 * CELL, 4 * CELL)  # 4 x (1 + 2 pairs).
   assert_picture(output_dir / 'neighbors.png', 6 * CELL, 4 * CELL)  # 4 queries x (1 + 5).
   assert_picture(output_dir / 'tsne.png', *TSNE_SIZE)
@@ -80,16 +95,61 @@ def test_report_writes_the_figures(report_run):
     assert np.sum(np.abs(scatter - colour).max(axis=-1) <= 3) >= 10
 
 
-def test_report_markdown_has_the_accuracies(report_run, pretrained_workdir):
-  output_dir, summary = report_run
-  assert summary['checkpoint_step'] == 4
-  text = (output_dir / 'report.md').read_text()
+def test_report_embeds_the_test_split(report_run, cifar10_subset):
+  _, summary, probed = report_run
+  (train_x, train_y), (eval_x, eval_y) = probed['train'], probed['evaluation']
+  # Every image of both splits, in file order (classes sorted).
+  np.testing.assert_array_equal(train_y, np.repeat(np.arange(10), 26))
+  np.testing.assert_array_equal(eval_y, np.repeat(np.arange(10), 10))
+  assert summary['num_eval_examples'] == len(eval_y) and summary['feature_dim'] == 64
+  # The evaluated features are the encoder's h of the test images themselves (64 of them: one
+  # compile), not of train images.
+  pixels, _ = decoded_split(cifar10_subset, 'test')
+  h = probed['run'].embed_images(pixels[:64].reshape(-1, 32, 32, 3))
+  np.testing.assert_allclose(eval_x[:64], h, rtol=1e-4, atol=1e-4 * np.abs(h).max())
+  # Far from tolerance for other images: the check tells the splits apart.
+  assert np.abs(train_x[:64] - h).max() > 0.1 * np.abs(h).max()
+
+
+def test_report_accuracies_and_confusion_match_a_recomputation(report_run):
+  output_dir, summary, probed = report_run
+  (train_x, train_y), (eval_x, eval_y) = probed['train'], probed['evaluation']
   linear, knn_results = summary['linear'], summary['knn']
-  assert 0 <= linear['top1'] <= linear['top5'] <= 1 and knn_results['k'] == 20
-  assert re.search(rf'\| linear .*\| {100 * linear["top1"]:.2f}% \| '
-                   rf'{100 * linear["top5"]:.2f}% \|', text)
-  assert re.search(rf'\| kNN \(k = 20.*\| {100 * knn_results["top1"]:.2f}% \| '
-                   rf'{100 * knn_results["top5"]:.2f}% \|', text)
+  assert summary['checkpoint_step'] == 4 and knn_results['k'] == 20
+
+  # The linear probe: refitted on the train features with the chosen l2 and the report's
+  # iterations (fit itself is tested against numpy gradient descent), scored here in numpy.
+  classifier = linear_classifier.fit(train_x, train_y, 10, linear['l2'],
+                                     max_iterations=MAX_ITERATIONS)
+  weights, bias, mean, scale = (np.asarray(x) for x in (classifier.weights, classifier.bias,
+                                                        classifier.mean, classifier.scale))
+  logits = ((eval_x - mean) * scale) @ weights + bias
+  ranking = np.argsort(-logits, axis=1, kind='stable')
+  linear_top1 = np.mean(ranking[:, 0] == eval_y)
+  linear_top5 = np.mean([label in row[:5] for label, row in zip(eval_y, ranking)])
+  assert linear['top1'] == pytest.approx(linear_top1, abs=1e-9)
+  assert linear['top5'] == pytest.approx(linear_top5, abs=1e-9)
+  # The confusion matrix: rows are the true classes of the test examples.
+  matrix = np.zeros((10, 10), int)
+  for true, predicted in zip(eval_y, ranking[:, 0]):
+    matrix[true, predicted] += 1
+  np.testing.assert_array_equal(probed['matrix'], matrix)
+
+  expected_knn = brute_force_accuracies(train_x, train_y, eval_x, eval_y, 10, 20,
+                                        knn_results['knn_temperature'])
+  assert knn_results['top1'] == pytest.approx(expected_knn['top1'], abs=1e-9)
+  assert knn_results['top5'] == pytest.approx(expected_knn['top5'], abs=1e-9)
+
+  text = (output_dir / 'report.md').read_text()
+  assert re.search(rf'\| linear .*\| {100 * linear_top1:.2f}% \| {100 * linear_top5:.2f}% \|',
+                   text)
+  assert re.search(rf'\| kNN \(k = 20.*\| {100 * expected_knn["top1"]:.2f}% \| '
+                   rf'{100 * expected_knn["top5"]:.2f}% \|', text)
+
+
+def test_report_markdown_has_the_counts_figures_and_config(report_run, pretrained_workdir):
+  output_dir, _, _ = report_run
+  text = (output_dir / 'report.md').read_text()
   assert '260 train and 100 test examples' in text
   for name in report.FIGURES:
     assert f']({name})' in text
