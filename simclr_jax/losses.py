@@ -93,8 +93,10 @@ def nt_xent(z_a: jax.Array, z_b: jax.Array, temperature: float,
   `chunk_size` > 0 computes each device's rows that many anchors at a time, with the same
   value and gradients in less memory; it must divide the anchors per device.
   """
-  z_a = _l2_normalize(z_a.astype(jnp.float32))
-  z_b = _l2_normalize(z_b.astype(jnp.float32))
+  # At least float32 (bfloat16 projections are promoted; float64 ones stay float64).
+  dtype = jnp.promote_types(jnp.promote_types(z_a.dtype, z_b.dtype), jnp.float32)
+  z_a = _l2_normalize(z_a.astype(dtype))
+  z_b = _l2_normalize(z_b.astype(dtype))
   n = z_a.shape[0]
 
   if mesh is None or mesh.shape[axis_name] == 1:
@@ -111,5 +113,5 @@ def nt_xent(z_a: jax.Array, z_b: jax.Array, temperature: float,
                          out_specs=P())(z_a, z_b)
   loss, correct, entropy = sums
   # The reference's reduce_mean(loss_a + loss_b): the sum over all 2N anchors divided by N.
-  return ContrastiveOutput(loss=loss / n, accuracy=correct.astype(jnp.float32) / n,
+  return ContrastiveOutput(loss=loss / n, accuracy=correct.astype(dtype) / n,
                            entropy=entropy / n)

@@ -30,6 +30,11 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 NUM_ENCODER_PARTS = 5
 
 
+def at_least_float32(x):
+  """x in float32, or float64 if it is (the float64 equivalence tests, jax_enable_x64)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 class SimCLRModel(nn.Module):
   """Encoder f, projection head g, and an optional online linear probe.
 
@@ -44,8 +49,8 @@ class SimCLRModel(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool):
     h = self.encoder(images, train=train)
-    z = self.head(h, train=train).astype(jnp.float32)
-    out = {'h': h.astype(jnp.float32), 'z': z}
+    z = at_least_float32(self.head(h, train=train))
+    out = {'h': at_least_float32(h), 'z': z}
     if self.num_classes:
       out['probe_logits'] = nn.Dense(self.num_classes, kernel_init=DENSE_INIT, name='probe')(
           jax.lax.stop_gradient(out['h']))
@@ -72,7 +77,7 @@ class Classifier(nn.Module):
     if self.head is not None:
       x = self.head(x, train=train)
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
-                    name='classifier')(x.astype(jnp.float32))
+                    name='classifier')(at_least_float32(x))
 
 
 def init_variables(model, rng, image_size: int):
