@@ -8,6 +8,8 @@ with shape [H, W, 3].
 
 import tensorflow as tf
 
+from simclr_jax import augment_jax
+
 _NUM_JITTER_OPS = 4  # brightness, contrast, saturation, hue.
 
 
@@ -70,15 +72,6 @@ def random_flip(image, seed, prob=0.5):
                        prob)
 
 
-def _brightness_range(max_delta, impl):
-  """(min, max) of the brightness draw: a factor (simclrv2) or an offset (simclrv1)."""
-  if impl == 'simclrv2':
-    return max(0.0, 1.0 - max_delta), 1.0 + max_delta
-  if impl == 'simclrv1':
-    return -max_delta, max_delta
-  raise ValueError(f'Unknown colour jitter impl {impl!r}: use simclrv2 or simclrv1.')
-
-
 def adjust_brightness(image, value, impl='simclrv2'):
   """Multiplies by `value` (SimCLRv2) or adds it (SimCLRv1, tf.image.random_brightness's op)."""
   if impl == 'simclrv1':
@@ -107,8 +100,8 @@ def sample_color_jitter(seed, strength, impl='simclrv2'):
   h = min(0.2 * strength, 0.5)  # TF's limit; a +-0.5 shift spans the hue circle.
   perm_seed, *op_seeds = _split(seed, _NUM_JITTER_OPS + 1)
   # Factors are clamped at 0 as TF's random contrast/saturation require (only for s > 1.25).
-  ranges = (_brightness_range(b, impl), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s),
-            (-h, h))
+  ranges = (augment_jax.brightness_range(b, impl), (max(0.0, 1 - c), 1 + c),
+            (max(0.0, 1 - s), 1 + s), (-h, h))
   params = tf.stack([tf.random.stateless_uniform([], op_seed, minval=low, maxval=high)
                      for op_seed, (low, high) in zip(op_seeds, ranges)])
   return random_permutation(perm_seed, _NUM_JITTER_OPS), params

@@ -223,8 +223,11 @@ def adjust_hue(image, delta):
   return _from_sextant(sextant, high, low + ratio * (high - low), low)
 
 
-def _brightness_range(max_delta, impl):
-  """augment._brightness_range: a factor's (simclrv2) or an offset's (simclrv1) range."""
+def brightness_range(max_delta, impl):
+  """(min, max) of the brightness draw: a factor (simclrv2) or an offset (simclrv1).
+
+  Shared with augment.py (pure Python: usable in a tf.data graph).
+  """
   if impl == 'simclrv2':
     return max(0.0, 1.0 - max_delta), 1.0 + max_delta
   if impl == 'simclrv1':
@@ -242,7 +245,7 @@ def sample_color_jitter(key, strength, impl='simclrv2'):
   b = c = s = 0.8 * strength
   h = min(0.2 * strength, 0.5)
   perm_key, *op_keys = jax.random.split(key, _NUM_JITTER_OPS + 1)
-  ranges = (_brightness_range(b, impl), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s),
+  ranges = (brightness_range(b, impl), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s),
             (-h, h))
   params = jnp.stack([jax.random.uniform(op_key, minval=low, maxval=high)
                       for op_key, (low, high) in zip(op_keys, ranges)])

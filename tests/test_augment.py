@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from simclr_jax import augment
 from conftest import load_config
+from jitter_reference import reference_jitter
 
 
 def _seed(a, b=0):
@@ -226,27 +227,6 @@ def test_color_jitter_draws_follow_the_reference(impl, strength):
     assert stats.kstest(values, stats.uniform(low, high - low).cdf).pvalue > 1e-3, (low, high)
 
 
-def _reference_jitter(image, order, params, impl):
-  """The four ops of the reference's color_jitter_rand in `order`, each clipped to [0, 1].
-
-  Brightness and contrast are written out; saturation and hue are the TF ops the reference
-  calls.
-  """
-
-  def brightness(x, value):
-    return x * value if impl == 'simclrv2' else x + value
-
-  def contrast(x, factor):
-    mean = x.mean((0, 1), keepdims=True)
-    return (x - mean) * factor + mean
-
-  ops = (brightness, contrast, lambda x, v: tf.image.adjust_saturation(x, v).numpy(),
-         lambda x, v: tf.image.adjust_hue(x, v).numpy())
-  for op in order:
-    image = np.clip(ops[op](image, params[op]), 0.0, 1.0)
-  return image
-
-
 @pytest.mark.parametrize('impl', ['simclrv2', 'simclrv1'])
 def test_color_jitter_applies_its_ops_in_the_sampled_order(impl):
   n, strength = 200, 0.5
@@ -260,7 +240,7 @@ def test_color_jitter_applies_its_ops_in_the_sampled_order(impl):
   for i in range(n):
     # Float32 rounding of the numpy brightness and contrast vs TF's, carried through 4 ops.
     np.testing.assert_allclose(
-        out[i], _reference_jitter(image.numpy(), orders[i], params[i], impl), rtol=0,
+        out[i], reference_jitter(image.numpy(), orders[i], params[i], impl), rtol=0,
         atol=1e-5, err_msg=f'order {orders[i]}')
   assert all(sorted(order) == [0, 1, 2, 3] for order in orders)
   # Each of the 24 orders has probability 1/24: 200 uniform draws leave 3 or more unseen

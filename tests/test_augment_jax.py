@@ -22,6 +22,7 @@ import tensorflow as tf
 from conftest import load_config
 from multidevice import run_on_eight_cpu_devices
 from simclr_jax import augment, augment_jax
+from jitter_reference import reference_jitter
 
 _P_MIN = 1e-3
 _ATOL = 1e-5  # Deterministic parts: float32 rounding of [0, 1] values, summed over taps.
@@ -209,27 +210,6 @@ def test_color_jitter_draws_follow_the_reference(impl, strength):
     assert p > _P_MIN, (low, high, p)
 
 
-def _reference_jitter(image, order, params, impl):
-  """The four ops of the reference's color_jitter_rand in `order`, each clipped to [0, 1].
-
-  Brightness and contrast are written out; saturation and hue are the TF ops the reference
-  calls.
-  """
-
-  def brightness(x, value):
-    return x * value if impl == 'simclrv2' else x + value
-
-  def contrast(x, factor):
-    mean = x.mean((0, 1), keepdims=True)
-    return (x - mean) * factor + mean
-
-  ops = (brightness, contrast, lambda x, v: tf.image.adjust_saturation(x, v).numpy(),
-         lambda x, v: tf.image.adjust_hue(x, v).numpy())
-  for op in order:
-    image = np.clip(ops[op](image, params[op]), 0.0, 1.0)
-  return image
-
-
 @pytest.mark.parametrize('impl', ['simclrv2', 'simclrv1'])
 def test_color_jitter_applies_its_ops_in_the_sampled_order(impl):
   n, strength = 200, 0.5
@@ -242,7 +222,7 @@ def test_color_jitter_applies_its_ops_in_the_sampled_order(impl):
   out, orders, params = _compile_and_run(jax.vmap(jitter), _keys(n, 3))
   for i in range(n):
     # Float32 rounding of each op (see test_colour_ops_match_tf), carried through 4 ops.
-    np.testing.assert_allclose(out[i], _reference_jitter(image, orders[i], params[i], impl),
+    np.testing.assert_allclose(out[i], reference_jitter(image, orders[i], params[i], impl),
                                rtol=0, atol=_ATOL, err_msg=f'order {orders[i]}')
   assert all(sorted(order) == [0, 1, 2, 3] for order in orders)
   # Each of the 24 orders has probability 1/24: 200 uniform draws leave 3 or more unseen

@@ -1,0 +1,25 @@
+"""The reference's colour jitter written out, for the tf.data and JAX augmentation tests."""
+
+import numpy as np
+import tensorflow as tf
+
+
+def reference_jitter(image, order, params, impl):
+  """The four ops of the reference's color_jitter_rand in `order`, each clipped to [0, 1].
+
+  Brightness and contrast are written out; saturation and hue are the TF ops the reference
+  calls.
+  """
+
+  def brightness(x, value):
+    return x * value if impl == 'simclrv2' else x + value
+
+  def contrast(x, factor):
+    mean = x.mean((0, 1), keepdims=True)
+    return (x - mean) * factor + mean
+
+  ops = (brightness, contrast, lambda x, v: tf.image.adjust_saturation(x, v).numpy(),
+         lambda x, v: tf.image.adjust_hue(x, v).numpy())
+  for op in order:
+    image = np.clip(ops[op](image, params[op]), 0.0, 1.0)
+  return image
