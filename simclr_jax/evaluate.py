@@ -74,17 +74,20 @@ def restore_encoder_variables(config, model, pretrained_workdir: str, step: int 
     if want != got:
       differences = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
       saved = writers.workdir_path(pretrained_workdir, 'config.json')
-      saved_model = 'unknown (no config.json)'
+      saved_model, hint = 'unknown (no config.json)', ''
       if tf.io.gfile.exists(saved):
         with tf.io.gfile.GFile(saved) as f:
           saved_model = json.load(f)['model']
+        if 'shortcut' not in saved_model and config.model.shortcut != 'torchvision':
+          hint = (' Runs saved before config.model.shortcut existed have the torchvision '
+                  'layout: add --config.model.shortcut=torchvision.')
       raise ValueError(
           f'The checkpoint at step {step} in {directory} holds another architecture than '
           f'config.model ({config.model.name}, width {config.model.width_multiplier}, '
           f'image_size {config.image_size}): {len(differences)} {collection} entries differ, '
           f'e.g. {differences[0]}: checkpoint {got.get(differences[0])}, config '
           f'{want.get(differences[0])}. The run was saved with model {saved_model}; pass the '
-          'same --config.model.* and --config.image_size values.')
+          f'same --config.model.* and --config.image_size values.{hint}')
   return {'params': restored['params'], 'batch_stats': restored['batch_stats']}, step
 
 

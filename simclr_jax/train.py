@@ -198,11 +198,15 @@ def _check_resumable(manager, step: int, abstract_state, config):
   if mismatched:
     detail = ('; '.join(differences[:6]) if differences
               else 'no config.json to compare with')
+    hint = ''
+    if "model.shortcut: saved None, now 'reference'" in differences:
+      hint = (' Runs saved before config.model.shortcut existed have the torchvision layout: '
+              'add --config.model.shortcut=torchvision.')
     raise ValueError(
         f'{workdir} holds a checkpoint (step {step}) made with an incompatible config: its '
         f'{" and ".join(mismatched)} do not fit this model/optimiser. Config differences: '
         f'{detail}. Nothing was overwritten; use a new --workdir, or the saved values to '
-        'resume this run.')
+        f'resume this run.{hint}')
   if differences:
     logging.warning('Resuming %s with config values that differ from the saved run: %s',
                     workdir, '; '.join(differences))

@@ -140,6 +140,26 @@ def test_incompatible_checkpoint_is_refused_before_anything_is_written(
   assert before == {p: p.stat().st_mtime_ns for p in pretrained_workdir.rglob('*')}
 
 
+def test_run_saved_before_the_shortcut_option_gets_the_fix(cifar10_subset, tmp_path):
+  # A run of the torchvision layout whose config.json has no model.shortcut, as before the
+  # option existed; today's default (reference) must be refused with the flag that fits.
+  from simclr_jax import evaluate  # pylint: disable=g-import-not-at-top
+  old = tiny_config(cifar10_subset)
+  old.model.shortcut, old.num_train_steps, old.eval_every_steps = 'torchvision', 1, 0
+  workdir = tmp_path / 'old_run'
+  train.train_and_evaluate(old, str(workdir))
+  saved = json.loads((workdir / 'config.json').read_text())
+  del saved['model']['shortcut']
+  (workdir / 'config.json').write_text(json.dumps(saved))
+  fix = r'torchvision layout: add --config\.model\.shortcut=torchvision\.'
+  with pytest.raises(ValueError, match=fix):
+    train.train_and_evaluate(tiny_config(cifar10_subset), str(workdir))
+  config = tiny_config(cifar10_subset)
+  config.mode, config.pretrained_workdir = 'knn_eval', str(workdir)
+  with pytest.raises(ValueError, match=fix):
+    evaluate.evaluate(config, str(tmp_path / 'eval'))
+
+
 def test_sigint_and_sigterm_become_a_stop_request():
   previous = signal.getsignal(signal.SIGINT)
   with train.StopRequest() as stop:
