@@ -14,8 +14,8 @@ every part, so an interrupted session still leaves what it measured:
 - linear_eval: the L-BFGS linear evaluation of that run (top-1);
 - memory: benchmarks/memory.py, peak memory of the train step at batch 512 per option.
 With --dry_run the same parts run on the CPU at tiny sizes (1/8 width, batch 16, a few steps,
-a ResNet-18 in place of the ResNet-50, XLA's unoptimised code; --dataset a small image folder),
-which tests/test_gpu_check.py does.
+a ResNet-18 in place of the ResNet-50, float32 throughput only, XLA's unoptimised code;
+--dataset a small image folder), which tests/test_gpu_check.py does.
 
 The driver itself never imports JAX: on a GPU it would hold memory the parts need.
 """
@@ -204,7 +204,9 @@ def parts(dry_run: bool, dataset: str, workdir: str) -> list[Part]:
             '--options=float32,bfloat16,remat,chunked']
   memory += (DRY_MODEL + ['--batch_sizes=16', '--chunk_size=8', '--batch_multiple=16']
              if dry_run else ['--batch_sizes=512', '--chunk_size=128'])
-  dtypes = ('float32', 'bfloat16')
+  # The dry run times float32 only: bfloat16 differs by one flag, and every compile costs
+  # the test suite seconds (bfloat16 compute is tested in tests/test_models.py).
+  dtypes = ('float32',) if dry_run else ('float32', 'bfloat16')
   return [
       DevicePart('device', [python, '-c', DEVICE_SCRIPT]),
       *(Part(f'throughput_resnet18_cifar_{dtype}', throughput(

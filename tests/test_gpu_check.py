@@ -47,13 +47,15 @@ def test_dry_run_writes_every_part(cifar10_subset, tmp_path):
                   str(cifar10_subset)], cwd=tmp_path, env=env, check=True, timeout=1200)
   results = json.loads(out.read_text())
   assert results['mode'] == 'dry_run'
-  assert list(results['parts']) == list(gpu_check.GPU_CAPS)
+  # Every part, less the bfloat16 throughputs (the same script with another --config.dtype).
+  assert list(results['parts']) == [name for name in gpu_check.GPU_CAPS
+                                    if not name.endswith('_bfloat16')]
   for name, part in results['parts'].items():
     assert part['status'] == 'ok', (name, part.get('stderr_tail'))
     assert numbers(part['result']), name
   parts = results['parts']
   assert parts['device']['result']['device_count'] >= 1
-  for name in gpu_check.GPU_CAPS:
+  for name in results['parts']:
     if name.startswith('throughput_'):
       assert parts[name]['result']['images_per_sec'] > 0, name
   pretrain = parts['pretrain']['result']

@@ -141,14 +141,20 @@ def test_incompatible_checkpoint_is_refused_before_anything_is_written(
 
 
 def test_run_saved_before_the_shortcut_option_gets_the_fix(cifar10_subset, tmp_path):
-  # A run of the torchvision layout whose config.json has no model.shortcut, as before the
-  # option existed; today's default (reference) must be refused with the flag that fits.
-  from simclr_jax import evaluate  # pylint: disable=g-import-not-at-top
+  # A checkpoint of the torchvision layout whose config.json has no model.shortcut, as runs
+  # saved before the option existed; today's default (reference) must be refused, before
+  # anything is compiled, with the flag that fits.
+  from simclr_jax import evaluate, models, optim  # pylint: disable=g-import-not-at-top
   old = tiny_config(cifar10_subset)
-  old.model.shortcut, old.num_train_steps, old.eval_every_steps = 'torchvision', 1, 0
+  old.model.shortcut = 'torchvision'
   workdir = tmp_path / 'old_run'
-  train.train_and_evaluate(old, str(workdir))
-  saved = json.loads((workdir / 'config.json').read_text())
+  model = models.create_model(old.model, image_size=old.image_size, num_classes=10)
+  tx = optim.create_optimizer(old, optim.learning_rate_schedule(old, 260, 4))
+  state = train.init_train_state(model, tx, jax.random.PRNGKey(0), old.image_size)
+  manager = train.create_checkpoint_manager(str(workdir), old)
+  manager.save(1, args=ocp.args.StandardSave(state))
+  manager.wait_until_finished()
+  saved = json.loads(old.to_json_best_effort())
   del saved['model']['shortcut']
   (workdir / 'config.json').write_text(json.dumps(saved))
   fix = r'torchvision layout: add --config\.model\.shortcut=torchvision\.'
