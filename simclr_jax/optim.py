@@ -71,12 +71,18 @@ def decay_mask(params, supervised_head: str = 'probe'):
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
+def _lars(section, schedule: optax.Schedule, mask) -> optax.GradientTransformation:
+  """LARS with `section`'s weight decay, trust coefficient and momentum; `mask` picks the
+  parameters that get both decay and trust ratio (the reference excludes the same set)."""
+  return optax.lars(schedule, weight_decay=section.weight_decay, weight_decay_mask=mask,
+                    trust_coefficient=section.lars_trust_coefficient, trust_ratio_mask=mask,
+                    momentum=section.momentum)
+
+
 def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
   """The optimiser named by config.optimizer, with decay masked as in `decay_mask`."""
   if config.optimizer == 'lars':
-    return optax.lars(schedule, weight_decay=config.weight_decay, weight_decay_mask=decay_mask,
-                      trust_coefficient=config.lars_trust_coefficient,
-                      trust_ratio_mask=decay_mask, momentum=config.momentum)
+    return _lars(config, schedule, decay_mask)
   if config.optimizer == 'sgd':
     return optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
                        optax.sgd(schedule, momentum=config.momentum))
@@ -105,10 +111,8 @@ def create_finetune_optimizer(ft_config, schedule: optax.Schedule) -> optax.Grad
   'head_supervised') excluded from decay and trust ratio (its 1%/10% fine-tuning).
   """
   if ft_config.optimizer == 'lars':
-    mask = functools.partial(decay_mask, supervised_head='classifier')
-    tx = optax.lars(schedule, weight_decay=ft_config.weight_decay, weight_decay_mask=mask,
-                    trust_coefficient=ft_config.lars_trust_coefficient, trust_ratio_mask=mask,
-                    momentum=ft_config.momentum)
+    tx = _lars(ft_config, schedule,
+                functools.partial(decay_mask, supervised_head='classifier'))
   elif ft_config.optimizer == 'momentum':
     tx = optax.chain(optax.add_decayed_weights(ft_config.weight_decay, mask=decay_mask),
                      optax.sgd(schedule, momentum=ft_config.momentum, nesterov=True))

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from simclr_jax import augment
 from conftest import load_config
-from jitter_reference import reference_jitter
+from jitter_reference import reference_jitter, reference_jitter_ranges
 
 
 def _seed(a, b=0):
@@ -195,14 +195,6 @@ def test_color_jitter_changes_image_and_is_seeded():
   np.testing.assert_array_equal(a, augment.color_jitter(image, _seed(1), 0.5).numpy())
 
 
-def _jitter_ranges(strength, impl):
-  """The reference's ranges of the brightness, contrast, saturation and hue draws."""
-  b = 0.8 * strength
-  brightness = (max(0.0, 1 - b), 1 + b) if impl == 'simclrv2' else (-b, b)
-  return [brightness, (max(0.0, 1 - b), 1 + b), (max(0.0, 1 - b), 1 + b),
-          (-0.2 * strength, 0.2 * strength)]
-
-
 @pytest.mark.parametrize('impl,strength', [('simclrv2', 0.5), ('simclrv2', 2.0),
                                            ('simclrv1', 0.5), ('simclrv1', 1.0)])
 def test_color_jitter_draws_follow_the_reference(impl, strength):
@@ -220,7 +212,7 @@ def test_color_jitter_draws_follow_the_reference(impl, strength):
   # One factor (offset) per image: float32 rounding of values below 4 is < 1e-6.
   np.testing.assert_allclose(change, np.broadcast_to(params[:, 0, None, None, None],
                                                      change.shape), rtol=0, atol=1e-6)
-  for values, (low, high) in zip(params.T, _jitter_ranges(strength, impl)):
+  for values, (low, high) in zip(params.T, reference_jitter_ranges(strength, impl)):
     assert low <= values.min() and values.max() <= high
     # At n = 2000 the KS test rejects CDFs ~0.045 apart at p = 1e-3 (a shifted or scaled
     # range); seeds are fixed, so the outcome is deterministic.

@@ -22,7 +22,7 @@ import tensorflow as tf
 from conftest import load_config
 from multidevice import run_on_eight_cpu_devices
 from simclr_jax import augment, augment_jax
-from jitter_reference import reference_jitter
+from jitter_reference import reference_jitter, reference_jitter_ranges
 
 _P_MIN = 1e-3
 _ATOL = 1e-5  # Deterministic parts: float32 rounding of [0, 1] values, summed over taps.
@@ -179,14 +179,6 @@ def _compile_and_run(fn, *args):
   return tuple(np.asarray(x) for x in _compile(fn, *args)(*args))
 
 
-def _jitter_ranges(strength, impl):
-  """The reference's ranges of the brightness, contrast, saturation and hue draws."""
-  b = 0.8 * strength
-  brightness = (max(0.0, 1 - b), 1 + b) if impl == 'simclrv2' else (-b, b)
-  return [brightness, (max(0.0, 1 - b), 1 + b), (max(0.0, 1 - b), 1 + b),
-          (-0.2 * strength, 0.2 * strength)]
-
-
 @pytest.mark.parametrize('impl,strength', [('simclrv2', 0.5), ('simclrv2', 2.0),
                                            ('simclrv1', 0.5), ('simclrv1', 1.0)])
 def test_color_jitter_draws_follow_the_reference(impl, strength):
@@ -204,7 +196,7 @@ def test_color_jitter_draws_follow_the_reference(impl, strength):
   # One factor (offset) per image: float32 rounding of values below 4 is < 1e-6.
   np.testing.assert_allclose(change, np.broadcast_to(params[:, 0, None, None, None],
                                                      change.shape), rtol=0, atol=1e-6)
-  for values, (low, high) in zip(params.T, _jitter_ranges(strength, impl)):
+  for values, (low, high) in zip(params.T, reference_jitter_ranges(strength, impl)):
     assert low <= values.min() and values.max() <= high
     p = stats.kstest(values, stats.uniform(low, high - low).cdf).pvalue
     assert p > _P_MIN, (low, high, p)
