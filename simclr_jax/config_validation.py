@@ -63,6 +63,8 @@ def validate_config(config, *, num_devices: int, num_processes: int = 1):
                 per_device % config.contrastive_chunk_size == 0),
            f'config.contrastive_chunk_size={config.contrastive_chunk_size!r} must be 0 (no '
            f'chunks) or divide the {per_device} images per device (batch_size / devices).')
+  _require(config.probe_learning_rate_scale >= 0,
+           f'config.probe_learning_rate_scale={config.probe_learning_rate_scale} must be >= 0.')
   _require(config.optimizer in optim.OPTIMIZERS,
            f'config.optimizer={config.optimizer!r} is not known; use one of {optim.OPTIMIZERS}.')
   _validate_schedule(config, 'config.')
@@ -78,6 +80,8 @@ def validate_config(config, *, num_devices: int, num_processes: int = 1):
   for name in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
                'shuffle_buffer_size', 'prefetch_batches'):
     _require(config[name] >= 1, f'config.{name}={config[name]} must be >= 1.')
+  _require(config.progress_every_secs > 0,
+           f'config.progress_every_secs={config.progress_every_secs} must be > 0.')
 
   aug = config.augment
   for name in ('flip_prob', 'color_jitter_prob', 'grayscale_prob', 'blur_prob'):

@@ -6,7 +6,7 @@ address of process 0), given either explicitly (--coordinator_address, --num_pro
 """
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from absl import logging
 import jax
@@ -74,3 +74,17 @@ def barrier(name: str, timeout_s: int = 1800):
   """
   if jax.process_count() > 1:
     jax_distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
+def all_gather_text(name: str, text: str, timeout_s: int = 1800) -> list[str]:
+  """The `text` of every process, in process order ([text] in a single process).
+
+  Through the coordination service's key-value store, like `barrier` (which it also is: it
+  returns once every process got here). `name` must be new for each use in a run.
+  """
+  if jax.process_count() == 1:
+    return [text]
+  client = jax_distributed.global_state.client
+  client.key_value_set(f'{name}/{jax.process_index()}', text)
+  return [client.blocking_key_value_get(f'{name}/{i}', timeout_s * 1000)
+          for i in range(jax.process_count())]

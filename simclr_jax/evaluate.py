@@ -15,9 +15,9 @@ from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
-import orbax.checkpoint as ocp
 import tensorflow as tf
 
+from simclr_jax import checkpoints
 from simclr_jax import config_validation
 from simclr_jax import input_pipeline
 from simclr_jax import knn
@@ -36,24 +36,16 @@ def _param_shapes(tree):
           for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _read_only_manager(workdir: str) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      writers.workdir_path(workdir, 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False))
-
-
-def checkpoint_steps(workdir: str) -> list[int]:
-  """Steps of the checkpoints in WORKDIR/checkpoints (empty if none, or no such folder)."""
-  return sorted(_read_only_manager(workdir).all_steps())
-
-
 def restore_encoder_variables(config, model, pretrained_workdir: str, step: int = -1):
   """Params and BatchNorm statistics from a pretraining checkpoint; returns (variables, step).
 
-  Raises ValueError when there is no checkpoint, or when it holds another architecture than
-  `config.model` describes (naming the differences and the saved config's model).
+  Moves nothing (the workdir is another run's). Raises ValueError when there is no
+  checkpoint; when the checkpoint asked for (the latest by default) cannot be read, naming
+  why and the other steps to pass as config.pretrained_step (rather than evaluating another
+  step than asked for); or when it holds another architecture than `config.model` describes
+  (naming the differences and the saved config's model).
   """
-  manager = _read_only_manager(pretrained_workdir)
+  manager = checkpoints.read_only_manager(pretrained_workdir)
   directory, steps = str(manager.directory), manager.all_steps()
   if not steps:
     raise ValueError(f'No checkpoint in {directory}; set config.pretrained_workdir to the '
@@ -65,7 +57,8 @@ def restore_encoder_variables(config, model, pretrained_workdir: str, step: int 
                      f'{directory}: {sorted(steps)}.')
   expected = jax.eval_shape(
       lambda: models.init_variables(model, jax.random.PRNGKey(0), config.image_size))
-  restored = manager.restore(step)
+  restored = checkpoints.restore_read_only(
+      manager, step, '--step' if config.mode == 'report' else '--config.pretrained_step')
   for collection in ('params', 'batch_stats'):
     want, got = _param_shapes(expected[collection]), _param_shapes(restored[collection])
     # The probe depends on the dataset's classes; evaluation does not use it.

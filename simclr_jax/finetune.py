@@ -22,6 +22,7 @@ import ml_collections
 import optax
 import tensorflow as tf
 
+from simclr_jax import checkpoints
 from simclr_jax import config_validation
 from simclr_jax import evaluate
 from simclr_jax import input_pipeline
@@ -133,8 +134,8 @@ def finetune(config, workdir: str):
   init_fn = functools.partial(init_finetune_state, model, tx, jax.random.PRNGKey(config.seed),
                               config.image_size, pretrained)
 
-  manager = train.create_checkpoint_manager(workdir, config)
-  state = train.restore_or_init_state(manager, init_fn, mesh, config)
+  manager = checkpoints.create_checkpoint_manager(workdir, config)
+  state = checkpoints.restore_or_init_state(manager, init_fn, mesh, config)
   start_step = int(state.step)
   train.save_config(config, workdir)
   logging.info('%s: %d of %d labelled examples, %s encoder, frozen through part %d, '

@@ -17,6 +17,7 @@ sequentially, a permutation within each block of config.shuffle_buffer_size.
 import collections
 import concurrent.futures
 import dataclasses
+import errno
 import functools
 import itertools
 import logging
@@ -29,6 +30,12 @@ import tensorflow as tf
 from simclr_jax import augment
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+# Image formats tf.io.decode_image cannot read (WebP only without alpha or animation): listings
+# leave them out with a warning rather than fail on them mid-run.
+_UNDECODABLE_EXTENSIONS = ('.webp', '.tif', '.tiff', '.heic', '.heif', '.avif', '.jxl', '.jp2',
+                           '.ico', '.svg')
+_STAT_ERRORS = {errno.ENOENT: 'broken link', errno.ELOOP: 'symlink loop',
+                errno.EACCES: 'permission denied'}
 _FOLDER_EXAMPLE = '../shared/data/cifar10-jpeg'
 # Distinct streams so the shuffle and augmentation seeds are independent.
 _SHUFFLE_STREAM = 1
@@ -66,8 +73,8 @@ def _is_image_folder(dataset):
   return False
 
 
-def _list_image_folder(dataset, split):
-  """Returns (sorted file paths, labels, class names) of root/<split>/<class>/<image>."""
+def _split_dir(dataset, split):
+  """root/<split> of an image-folder dataset; a ValueError with the fix if either is missing."""
   root = os.path.expanduser(dataset)
   if not os.path.isdir(root):
     raise ValueError(
@@ -81,21 +88,118 @@ def _list_image_folder(dataset, split):
         f'({split_dir} is missing; sub-folders found: {found}). Set the split '
         'with --config.train_split or lay the data out as '
         'root/<split>/<class>/<image>.')
-  classes = sorted(e.name for e in os.scandir(split_dir)
-                   if e.is_dir() and not e.name.startswith('.'))
-  paths, labels = [], []
-  for label, name in enumerate(classes):
-    class_dir = os.path.join(split_dir, name)
-    files = sorted(e.name for e in os.scandir(class_dir)
-                   if e.name.lower().endswith(IMAGE_EXTENSIONS)
-                   and not e.name.startswith('.'))
-    paths.extend(os.path.join(class_dir, f) for f in files)
-    labels.extend([label] * len(files))
+  return split_dir
+
+
+def _links_up(entry, split_dir):
+  """Whether the class folder `entry` links to split_dir or a folder above it (a loop)."""
+  if not entry.is_symlink():
+    return False
+  target = os.path.realpath(entry.path)
+  return os.path.commonpath([target, os.path.realpath(split_dir)]) == target
+
+
+def _unreadable_reason(entry):
+  """Why the image file `entry` cannot be read, or None; a syscall or two, no decoding."""
+  try:
+    if entry.is_file():
+      return None if os.access(entry.path, os.R_OK) else 'permission denied'
+    os.stat(entry.path)  # Raises for a broken link.
+  except OSError as e:
+    return _STAT_ERRORS.get(e.errno, e.strerror)
+  return 'not a regular file'
+
+
+def _is_class_dir(entry):
+  """Whether the entry of a split folder is a folder, hence a class if it holds images."""
+  try:
+    return not entry.name.startswith('.') and entry.is_dir()
+  except OSError:  # A symlink loop such as x -> x: not a folder.
+    return False
+
+
+def _scan_class(class_dir):
+  """(sorted readable image paths, sorted [(path, reason)] unreadable, Counter of ignored ext)."""
+  images, unreadable, ignored = [], [], collections.Counter()
+  with os.scandir(class_dir) as entries:
+    for entry in entries:
+      if entry.name.startswith('.'):
+        continue
+      extension = os.path.splitext(entry.name)[1].lower()
+      if extension in _UNDECODABLE_EXTENSIONS:
+        ignored[extension] += 1
+      elif extension in IMAGE_EXTENSIONS:
+        reason = _unreadable_reason(entry)
+        if reason is None:
+          images.append(entry.path)
+        else:
+          unreadable.append((entry.path, reason))
+  return sorted(images), sorted(unreadable), ignored
+
+
+def _listed(bad, limit=5):
+  """'path (reason); ...' of the first `limit` of [(path, reason)], then ' ...' if more."""
+  return '; '.join(f'{p} ({r})' for p, r in bad[:limit]) + (' ...' if len(bad) > limit else '')
+
+
+def _check_unreadable(dataset, split, unreadable, skip_bad_images):
+  """Raises a ValueError naming the unreadable files; with skip_bad_images, logs their count."""
+  if not unreadable:
+    return
+  if not skip_bad_images:
+    raise ValueError(
+        f'{len(unreadable)} image(s) in {dataset}/{split} cannot be read: {_listed(unreadable)}. '
+        'Fix their permissions or links, or delete them, or set '
+        '--config.skip_bad_images=true to leave them out (the log counts them).')
+  logging.warning('Skipping %d unreadable images of %s/%s (config.skip_bad_images), e.g. %s: '
+                  '%s.', len(unreadable), dataset, split, *unreadable[0])
+
+
+def _warn_left_out(split_dir, empty, ignored):
+  """Logs the class folders without images and the files of undecodable formats of a split."""
+  if empty:
+    logging.warning('Ignoring %d folder(s) of %s that hold no images, so are not classes: %s%s. '
+                    'Put images in them or remove them.', len(empty), split_dir,
+                    ', '.join(empty[:5]), ' ...' if len(empty) > 5 else '')
+  if ignored:
+    counts = ', '.join(f'{n} {extension}' for extension, n in sorted(ignored.items()))
+    logging.warning("Ignoring %s files in %s (TensorFlow's decoder reads JPEG, PNG, BMP and "
+                    'GIF): convert them to one of those to use them.', counts, split_dir)
+
+
+@functools.lru_cache(maxsize=16)
+def _list_image_folder(dataset, split, skip_bad_images):
+  """(sorted paths, labels, class names) of root/<split>/<class>/<image>, listed once.
+
+  Class folders without readable images (empty, or a link back up the tree) are not classes,
+  and files of formats TensorFlow cannot decode are left out; both are logged. Unreadable
+  files (no permission, broken links) raise a ValueError, or with skip_bad_images are left out.
+  """
+  split_dir = _split_dir(dataset, split)
+  with os.scandir(split_dir) as entries:
+    class_dirs = sorted(filter(_is_class_dir, entries), key=lambda e: e.name)
+  paths, labels, classes, empty = [], [], [], []
+  unreadable, ignored = [], collections.Counter()
+  for entry in class_dirs:
+    if _links_up(entry, split_dir):
+      empty.append(f'{entry.name} (a link to {os.path.realpath(entry.path)})')
+      continue
+    images, bad, odd = _scan_class(entry.path)
+    unreadable += bad
+    ignored += odd
+    if not images:
+      empty.append(entry.name)
+      continue
+    paths += images
+    labels += [len(classes)] * len(images)
+    classes.append(entry.name)
+  _check_unreadable(dataset, split, unreadable, skip_bad_images)
+  _warn_left_out(split_dir, empty, ignored)
   if not paths:
     raise ValueError(
         f'config.dataset={dataset!r}: no images in {split_dir}/<class>/ '
-        f'(classes found: {classes}; extensions searched: {IMAGE_EXTENSIONS}). '
-        'Put the images in one sub-folder per class.')
+        f'(class folders found: {[e.name for e in class_dirs]}; extensions searched: '
+        f'{IMAGE_EXTENSIONS}). Put the images in one sub-folder per class.')
   return paths, labels, classes
 
 
@@ -124,12 +228,12 @@ def find_unreadable_images(paths):
 def _folder_examples(dataset, split, train_split, skip_bad_images):
   """(paths, labels, classes) of an image-folder split; labels index train_split's classes.
 
-  With skip_bad_images, files TensorFlow cannot decode are left out (once per process,
+  With skip_bad_images, files TensorFlow cannot read or decode are left out (once per process,
   counted in the log).
   """
-  paths, labels, classes = _list_image_folder(dataset, split)
+  paths, labels, classes = _list_image_folder(dataset, split, skip_bad_images)
   if split != train_split:
-    train_classes = _list_image_folder(dataset, train_split)[2]
+    train_classes = _list_image_folder(dataset, train_split, skip_bad_images)[2]
     missing = sorted(set(classes) - set(train_classes))
     if missing:
       raise ValueError(
@@ -162,9 +266,8 @@ def decode_error_message(config, split, error) -> str:
   bad = find_unreadable_images(_image_folder(config, split)[0])
   if not bad:
     return f'Reading {config.dataset}/{split} failed: {error.message.strip()[:500]}'
-  listed = '; '.join(f'{p} ({r})' for p, r in bad[:5])
-  return (f'{len(bad)} image(s) in {config.dataset}/{split} cannot be decoded: {listed}'
-          f'{" ..." if len(bad) > 5 else ""}. Replace or delete them, or set '
+  return (f'{len(bad)} image(s) in {config.dataset}/{split} cannot be decoded: {_listed(bad)}. '
+          'Replace or delete them, or set '
           '--config.skip_bad_images=true to leave them out (the log counts them).')
 
 
@@ -211,10 +314,30 @@ def _tfds_num_classes(builder):
   return 0
 
 
+def _check_classes(config, classes):
+  """Refuses a train split of one class when config scores predictions against its labels."""
+  pretrain = config.mode == 'pretrain'
+  if len(classes) != 1 or (pretrain and config.eval_every_steps <= 0):
+    return
+  user = (f'the kNN monitor (config.eval_every_steps={config.eval_every_steps})' if pretrain
+          else f'config.mode={config.mode!r}')
+  off = (", or set --config.eval_every_steps=0 to pretrain without labels (the online probe's "
+         'probe_accuracy is then a trivial 1)' if pretrain else '')
+  raise ValueError(
+      f'config.dataset={config.dataset!r}: split {config.train_split!r} has one class folder '
+      f'({classes[0]!r}), and one class gives {user} no labels to evaluate against. Put the '
+      f'images in one sub-folder per class (root/{config.train_split}/<class>/<image>){off}.')
+
+
 def get_dataset_info(config, split):
-  """Counts the examples and classes of `split` without decoding any image."""
+  """Counts the examples and classes of `split` without decoding any image.
+
+  An image folder whose train split has one class is refused where config evaluates against
+  labels (the kNN monitor, evaluation modes), before anything is compiled.
+  """
   if _is_image_folder(config.dataset):
     paths, _, classes = _image_folder(config, split)
+    _check_classes(config, classes)
     return DatasetInfo(num_examples=len(paths), num_classes=len(classes))
   builder = _tfds_builder(config)
   return DatasetInfo(
@@ -677,8 +800,8 @@ def folder_images(folder: str, image_size: int):
 
   def unreadable(error):
     bad = find_unreadable_images(paths) or [('?', _reason(error))]
-    return (f'{len(bad)} image(s) in {folder} cannot be decoded: '
-            f'{"; ".join(f"{p} ({r})" for p, r in bad[:5])}. Remove or replace them.')
+    return (f'{len(bad)} image(s) in {folder} cannot be decoded: {_listed(bad)}. Remove or '
+            'replace them.')
 
   examples = _numpy_examples(
       source, lambda path: {'image': augment.eval_view(_decode(path, True), image_size)},

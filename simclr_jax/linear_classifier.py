@@ -5,7 +5,8 @@ convergence with full-batch L-BFGS, and the L2 strength is chosen on a part of t
 split held out from the fit (never on the test split).
 """
 
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -5,7 +5,7 @@ Sharded, each device gathers the projections of every device but computes only i
 devices' columns through the transpose of all_gather (a reduce-scatter).
 """
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +84,7 @@ def _local_rows(z_a, z_b, z_a_all, z_b_all, temperature, row_offset, chunk_size)
 
 
 def nt_xent(z_a: jax.Array, z_b: jax.Array, temperature: float,
-            mesh: Optional[Mesh] = None, axis_name: str = 'data',
+            mesh: Mesh | None = None, axis_name: str = 'data',
             chunk_size: int = 0) -> ContrastiveOutput:
   """NT-Xent of the two views z_a, z_b ([N, D] each; row i of both is image i).
 

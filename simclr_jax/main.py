@@ -13,7 +13,21 @@ again on the same workdir resumes from its latest checkpoint.
 On several hosts, every host runs the same command on a shared workdir; under SLURM (srun) and
 on Cloud TPU VMs the processes find one another by themselves, elsewhere add
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (launch/ has scripts).
+
+Every key of the config can be overridden as --config.KEY=VALUE; to list them with their values:
+
+  python -m simclr_jax.main --config=configs/cifar10.py --show_config
+
+Known errors (a bad config value, missing data, a workdir in use, a full disk) end the program
+with a sentence that names the fix and exit status 2; --verbose adds the traceback.
 """
+
+import errno
+import os
+import sys
+
+# Before TensorFlow and XLA load: their C++ INFO lines (oneDNN notices) are noise to a user.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 
 from absl import app
 from absl import flags
@@ -25,13 +39,18 @@ from simclr_jax import distributed
 from simclr_jax import evaluate
 from simclr_jax import finetune
 from simclr_jax import train
+from simclr_jax import workdir_lock
 from simclr_jax import writers
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the saved config.')
 config_flags.DEFINE_config_file('config', None, 'Path to a ml_collections config file.',
                                 lock_config=True)
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.DEFINE_bool('show_config', False,
+                  'Print the config (every key, overridable as --config.KEY=VALUE) and exit.')
+flags.DEFINE_bool('verbose', False,
+                  'Show the traceback of known errors (bad config, missing data, workdir in '
+                  'use, disk full), not only the sentence that explains them.')
 flags.DEFINE_string('coordinator_address', None,
                     'Multi-process runs: HOST:PORT of process 0, where the processes meet '
                     '(not needed under SLURM or on Cloud TPU VMs).')
@@ -41,21 +60,108 @@ flags.DEFINE_list('local_device_ids', None,
                   'Multi-process runs: the local devices this process uses (default: all).')
 
 
+# Exit status of a run ended by a known error (as for a usage error).
+_ERROR_STATUS = 2
+_HELP_FLAGS = ('-h', '-?', '--help', '-help', '--helpshort', '--helpfull')
+
+
+def _fail(message: str):
+  """Ends the program with `message` (a known error) and exit status 2."""
+  sys.stderr.write(f'\nError: {message}\n')
+  sys.stderr.flush()
+  sys.exit(_ERROR_STATUS)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with --help exiting 0 and flag errors said in one sentence."""
+  if any(arg in _HELP_FLAGS for arg in argv[1:]):
+    print(__doc__)
+    print(FLAGS.module_help(sys.modules[__name__]))
+    sys.exit(0)
+  try:
+    argv = FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    _fail(_flag_error(e))
+  missing = [name for name in ('config', 'workdir')
+             if FLAGS[name].value is None and not (name == 'workdir' and FLAGS.show_config)]
+  if missing:
+    _fail(f'{" and ".join("--" + m for m in missing)} missing: e.g. '
+          'python -m simclr_jax.main --config=configs/cifar10_cpu.py --workdir=/tmp/run '
+          '(--help lists the flags).')
+  return argv
+
+
+def _flag_error(error) -> str:
+  """The sentence in a flag-parsing error, unwrapped from ml_collections' KeyError repr."""
+  cause = error.args[0] if error.args else error
+  if isinstance(cause, KeyError) and cause.args:  # An unknown --config.KEY.
+    key, *hint = str(cause.args[0]).splitlines()
+    return (f'the config has no key {key}. {" ".join(hint)} --show_config lists the keys.'
+            ).replace('  ', ' ')
+  return f'{error} (--help lists the flags).'
+
+
+def _explained(error) -> str | None:
+  """The message for a known error, or None for one that is not (a bug: show its traceback)."""
+  if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+    what = error.strerror if error.filename else f'{error}'
+  elif 'No space left on device' in str(error):  # From Orbax's writer threads.
+    what = f'a write failed: {str(error).splitlines()[0][:300]}'
+  else:
+    what = None
+  if what:
+    return (f'not enough disk space: {what}. The checkpoints and metrics written so far are '
+            'intact; free some space (or lower config.keep_checkpoints) and rerun the same '
+            'command to resume.')
+  if isinstance(error, (ValueError, FloatingPointError, workdir_lock.WorkdirLocked)):
+    return str(error)
+  return None
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                         [int(i) for i in FLAGS.local_device_ids or ()])
-  writers.quiet_orbax_logs()
-  logging.info('Config:\n%s', FLAGS.config)
-  config = FLAGS.config
+    _fail(f'unexpected arguments {argv[1:]}: flags are written --name=value '
+          '(--help lists them).')
+  if FLAGS.show_config:
+    print(FLAGS.config)
+    return
+  try:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                           [int(i) for i in FLAGS.local_device_ids or ()])
+    writers.quiet_orbax_logs()
+    logging.info('Config:\n%s', FLAGS.config)
+    with workdir_lock.hold(FLAGS.workdir):
+      run(FLAGS.config, FLAGS.workdir)
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    message = _explained(e)
+    if message is None or FLAGS.verbose:
+      raise
+    logging.error('%s: %s', type(e).__name__, e)
+    _fail(f'{message}\n(--verbose shows the traceback.)')
+
+
+def with_absolute_paths(config):
+  """`config` with its local paths made absolute, so that the config.json a run saves works
+  from any directory (the report, the notebook); URLs (gs://) and TFDS names stay as they are."""
+  def absolute(path):
+    local = path and '://' not in path and (path.startswith(('.', '~', os.sep))
+                                            or os.path.isdir(path))
+    return os.path.abspath(os.path.expanduser(path)) if local else path
+  for key in ('dataset', 'tfds_data_dir', 'pretrained_workdir'):
+    config[key] = absolute(config[key])
+  return config
+
+
+def run(config, workdir: str):
+  """Runs the program config.mode names."""
+  config = with_absolute_paths(config)
   if config.mode == 'pretrain':
-    train.train_and_evaluate(config, FLAGS.workdir)
+    train.train_and_evaluate(config, workdir)
   elif config_validation.trains_classifier(config):
-    finetune.finetune(config, FLAGS.workdir)
+    finetune.finetune(config, workdir)
   else:
-    evaluate.evaluate(config, FLAGS.workdir)
+    evaluate.evaluate(config, workdir)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

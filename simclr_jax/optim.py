@@ -80,16 +80,31 @@ def _lars(section, schedule: optax.Schedule, mask) -> optax.GradientTransformati
 
 
 def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """The optimiser named by config.optimizer, with decay masked as in `decay_mask`."""
+  """The optimiser named by config.optimizer, with decay masked as in `decay_mask`, and the
+  probe's updates scaled by config.probe_learning_rate_scale."""
   if config.optimizer == 'lars':
-    return _lars(config, schedule, decay_mask)
-  if config.optimizer == 'sgd':
-    return optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
-                       optax.sgd(schedule, momentum=config.momentum))
-  if config.optimizer == 'adamw':
-    return optax.adamw(schedule, b1=config.momentum, weight_decay=config.weight_decay,
-                       mask=decay_mask)
-  raise ValueError(f'config.optimizer={config.optimizer!r} is not known; use one of {OPTIMIZERS}.')
+    tx = _lars(config, schedule, decay_mask)
+  elif config.optimizer == 'sgd':
+    tx = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+                     optax.sgd(schedule, momentum=config.momentum))
+  elif config.optimizer == 'adamw':
+    tx = optax.adamw(schedule, b1=config.momentum, weight_decay=config.weight_decay,
+                     mask=decay_mask)
+  else:
+    raise ValueError(
+        f'config.optimizer={config.optimizer!r} is not known; use one of {OPTIMIZERS}.')
+  return scale_probe_updates(tx, config.probe_learning_rate_scale)
+
+
+def scale_probe_updates(tx: optax.GradientTransformation, scale: float):
+  """`tx` with the updates of params['probe'] multiplied by `scale`: its learning rate times
+  `scale`. The optimiser state is tx's own, so checkpoints do not depend on `scale`."""
+  def update(updates, state, params=None):
+    updates, state = tx.update(updates, state, params)
+    if 'probe' in updates:
+      updates = {**updates, 'probe': jax.tree.map(lambda u: scale * u, updates['probe'])}
+    return updates, state
+  return optax.GradientTransformation(tx.init, update)
 
 
 def frozen_mask(params, fine_tune_after_block: int):

@@ -38,6 +38,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from simclr_jax import checkpoints
 from simclr_jax import evaluate
 from simclr_jax import input_pipeline
 from simclr_jax import knn
@@ -110,7 +111,7 @@ def load_run(workdir: str, *, step: int = -1, dataset: str = '', max_examples: i
       dataset cannot be read.
   """
   workdir = writers.absolute_workdir(workdir)
-  if not evaluate.checkpoint_steps(workdir):
+  if not checkpoints.checkpoint_steps(workdir):
     raise ValueError(
         f'No checkpoint in {workdir}/checkpoints: --workdir must be the workdir of a '
         'pretraining run (python -m simclr_jax.main --config=... --workdir=WORKDIR saves '

@@ -3,8 +3,6 @@
 import functools
 import json
 import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -12,15 +10,14 @@ from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from clu import periodic_actions
 import tensorflow as tf
 
 from simclr_jax import augment_jax
+from simclr_jax import checkpoints
 from simclr_jax import config_validation
 from simclr_jax import distributed
 from simclr_jax import evaluate
@@ -29,7 +26,9 @@ from simclr_jax import losses
 from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import plots
-from simclr_jax.sharding import DATA_AXIS, batch_sharded, create_mesh, replicated, run_once
+from simclr_jax import progress as progress_lib
+from simclr_jax import stop_request
+from simclr_jax.sharding import DATA_AXIS, batch_sharded, create_mesh, replicated
 from simclr_jax import writers
 
 # The augmentation summary written to TensorBoard when pretraining starts: a few images (cheap
@@ -150,89 +149,11 @@ def make_train_step(model, tx, schedule, temperature, mesh, chunk_size=0, augmen
                  out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
 
 
-def create_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      writers.workdir_path(workdir, 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
-
-
-def _flat_config(config_dict, prefix=''):
-  flat = {}
-  for key, value in config_dict.items():
-    if isinstance(value, dict):
-      flat.update(_flat_config(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
-def config_differences(saved_path: str, config) -> list[str]:
-  """'key: saved X, now Y' for each value that differs from the config saved at saved_path."""
-  if not tf.io.gfile.exists(saved_path):
-    return []
-  with tf.io.gfile.GFile(saved_path) as f:
-    saved = _flat_config(json.load(f))
-  now = _flat_config(json.loads(config.to_json_best_effort()))
-  return [f'{k}: saved {saved.get(k)!r}, now {now.get(k)!r}'
-          for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)]
-
-
-def _check_resumable(manager, step: int, abstract_state, config):
-  """Refuses a checkpoint whose parameters or optimiser state do not fit `config`."""
-  path = os.path.join(str(manager.directory), str(step), 'default')
-  if not tf.io.gfile.isdir(path):
-    return
-  saved = ocp.StandardCheckpointer().metadata(path).item_metadata
-  def describe(leaves_with_path, part):
-    leaves = [(jax.tree_util.keystr(p), tuple(x.shape)) for p, x in leaves_with_path
-              if jax.tree_util.keystr(p[:1]) == f"['{part}']"]
-    return dict(leaves) if part != 'opt_state' else sorted(shape for _, shape in leaves)
-  ours = jax.tree_util.tree_leaves_with_path(
-      {'params': abstract_state.params, 'batch_stats': abstract_state.batch_stats,
-       'opt_state': abstract_state.opt_state})
-  theirs = jax.tree_util.tree_leaves_with_path(saved)
-  mismatched = [part for part in ('params', 'batch_stats', 'opt_state')
-                if describe(ours, part) != describe(theirs, part)]
-  workdir = os.path.dirname(str(manager.directory))
-  differences = config_differences(os.path.join(workdir, 'config.json'), config)
-  if mismatched:
-    detail = ('; '.join(differences[:6]) if differences
-              else 'no config.json to compare with')
-    hint = ''
-    if "model.shortcut: saved None, now 'reference'" in differences:
-      hint = (' Runs saved before config.model.shortcut existed have the torchvision layout: '
-              'add --config.model.shortcut=torchvision.')
-    raise ValueError(
-        f'{workdir} holds a checkpoint (step {step}) made with an incompatible config: its '
-        f'{" and ".join(mismatched)} do not fit this model/optimiser. Config differences: '
-        f'{detail}. Nothing was overwritten; use a new --workdir, or the saved values to '
-        f'resume this run.{hint}')
-  if differences:
-    logging.warning('Resuming %s with config values that differ from the saved run: %s',
-                    workdir, '; '.join(differences))
-
-
-def restore_or_init_state(manager, init_fn, mesh, config) -> TrainState:
-  """Restores the latest checkpoint onto `mesh` (replicated), or initialises a fresh state.
-
-  A checkpoint made with an incompatible config (another model, width or optimiser) is
-  refused with a message naming the config differences, before anything is overwritten.
-  """
-  sharding = replicated(mesh)
-  latest = manager.latest_step()
-  if latest is None:
-    return run_once(init_fn, out_shardings=sharding)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                          jax.eval_shape(init_fn))
-  _check_resumable(manager, latest, abstract, config)
-  logging.info('Resuming from checkpoint at step %d in %s.', latest, manager.directory)
-  return manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-
-
 def save_config(config, workdir: str):
   """Writes WORKDIR/config.json from process 0 (the workdir is shared by all hosts).
 
-  Atomically: the other hosts may be reading it (config_differences) while resuming.
+  Atomically: the other hosts may be reading it (checkpoints.config_differences) while
+  resuming.
   """
   if jax.process_index() == 0:
     writers.write_atomically(os.path.join(workdir, 'config.json'),
@@ -272,10 +193,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     raise ValueError(f'{config.dataset}/{config.train_split} has {info.num_examples} examples, '
                      f'fewer than config.batch_size={config.batch_size}; lower the batch size.')
 
+  # One class (a folder of unlabelled images) gives the probe and kNN monitor nothing to learn.
+  num_classes = info.num_classes if info.num_classes > 1 else 0
   tf.io.gfile.makedirs(workdir)
   mesh = create_mesh()
   model = models.create_model(config.model, image_size=config.image_size,
-                              num_classes=info.num_classes, dtype=models.DTYPES[config.dtype],
+                              num_classes=num_classes, dtype=models.DTYPES[config.dtype],
                               remat=config.remat)
   total_steps = optim.total_train_steps(config, info.num_examples)
   schedule = optim.learning_rate_schedule(config, info.num_examples, total_steps)
@@ -283,8 +206,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   init_fn = functools.partial(init_train_state, model, tx, jax.random.PRNGKey(config.seed),
                               config.image_size)
 
-  manager = create_checkpoint_manager(workdir, config)
-  state = restore_or_init_state(manager, init_fn, mesh, config)
+  manager = checkpoints.create_checkpoint_manager(workdir, config)
+  state = checkpoints.restore_or_init_state(manager, init_fn, mesh, config)
   start_step = int(state.step)
   save_config(config, workdir)
   num_params = sum(x.size for x in jax.tree.leaves(state.params['encoder']))
@@ -304,8 +227,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   step_fn = make_train_step(model, tx, schedule, config.temperature, mesh,
                             config.contrastive_chunk_size, augment, config.weight_decay)
 
-  monitor = (evaluate.KnnMonitor(config, model, mesh, info.num_classes)
-             if config.eval_every_steps > 0 and info.num_classes else None)
+  monitor = (evaluate.KnnMonitor(config, model, mesh, num_classes)
+             if config.eval_every_steps > 0 and num_classes else None)
 
   def knn_metrics(step, state):
     if monitor and step % config.eval_every_steps == 0:
@@ -317,47 +240,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             else None)
   return run_training_loop(config, workdir, state, step_fn, batches, manager=manager,
                            batch_size=config.batch_size, start_step=start_step,
-                           total_steps=total_steps, extra_metrics=knn_metrics, images=images)
-
-
-class StopRequest:
-  """Turns SIGTERM and SIGINT into a request to checkpoint and stop after the current step.
-
-  A second SIGINT (Ctrl-C twice) interrupts at once. With several processes, all stop at the
-  same step: JAX's preemption sync point decides, fed by the SIGTERM handler that
-  jax.distributed installs (left in place: a Python handler would replace it) and by SIGINT,
-  passed on to that handler as a SIGTERM.
-  """
-
-  def __init__(self):
-    self.signal_name = None
-    self._previous = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      multiprocess = jax.process_count() > 1
-      for signum in (signal.SIGINT,) if multiprocess else (signal.SIGTERM, signal.SIGINT):
-        self._previous[signum] = signal.signal(signum, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signal_name is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.signal_name = signal.Signals(signum).name
-    logging.warning('%s received: stopping after this step with a checkpoint.',
-                    self.signal_name)
-    if jax.process_count() > 1:
-      os.kill(os.getpid(), signal.SIGTERM)  # To jax.distributed, which tells every process.
-
-  def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.signal_name is not None
+                           total_steps=total_steps, extra_metrics=knn_metrics, images=images,
+                           next_command=f'python -m simclr_jax.report --workdir={workdir} '
+                           '(linear and kNN accuracy of the encoder, with figures).')
 
 
 def _check_finite(steps, metrics, manager):
@@ -365,11 +250,14 @@ def _check_finite(steps, metrics, manager):
   bad = [step for step, m in zip(steps, metrics) if not m['finite']]
   if bad:
     manager.wait_until_finished()
+    last = manager.latest_step()
+    resume = (f'The last good checkpoint is step {last} in {manager.directory}; rerun the '
+              'command and it resumes from there.' if last is not None else
+              'No checkpoint was saved yet; rerun the command to start again from step 0.')
     raise FloatingPointError(
         f'The loss or the gradients became NaN or infinite at step {bad[0]}; training stopped '
-        'and the non-finite update was not applied or saved. The last good checkpoint is step '
-        f'{manager.latest_step()} in {manager.directory}. Lower config.learning_rate (or '
-        'raise warmup_epochs) and rerun the command: it resumes from that checkpoint.')
+        f'and the non-finite update was not applied or saved. Lower config.learning_rate (or '
+        f'raise config.warmup_epochs). {resume}')
 
 
 def _compiled_on_every_process(step_fn, state, batch, start_step: int):
@@ -384,35 +272,43 @@ def _compiled_on_every_process(step_fn, state, batch, start_step: int):
 
 
 def run_training_loop(config, workdir, state, step_fn, batches, *, manager, batch_size: int,
-                      start_step: int, total_steps: int, extra_metrics=None, images=None):
+                      start_step: int, total_steps: int, extra_metrics=None, images=None,
+                      next_command: str = ''):
   """Runs `step_fn` to total_steps, logging and checkpointing as config says; returns state.
 
   Metrics are averaged over the steps between writes (every config.log_every_steps) and
   written with throughput to WORKDIR (TensorBoard and metrics.jsonl);
   `extra_metrics(step, state)` may add evaluations, which the throughput timer excludes.
   `images` ({name: [N, H, W, C]}) are written to TensorBoard at start_step.
-  On SIGTERM or SIGINT it saves a checkpoint at the current step and returns early; on a
-  non-finite loss or gradient it raises FloatingPointError without saving.
+  Each step is dispatched once the previous one has completed, so a stop request (SIGTERM,
+  SIGINT) is answered with a checkpoint within one step and a save, and the progress lines
+  count completed steps. On a stop request it saves a checkpoint at the current step and
+  returns early; on a non-finite loss or gradient it raises FloatingPointError without saving.
+  At the end it prints a summary, with `next_command` as what to run next.
   """
   writer = writers.create_writer(workdir, start_step)
   if images:
     writer.write_images(start_step, images)
-  # The progress note (rate, ETA) goes to the log; scalars go through `writer` below.
-  report_progress = periodic_actions.ReportProgress(
-      num_train_steps=total_steps, every_steps=config.log_every_steps, every_secs=None)
+  progress = progress_lib.Progress(
+      start_step=start_step, total_steps=total_steps, batch_size=batch_size,
+      every_secs=config.progress_every_secs,
+      cpu_config_hint=' On a CPU, configs/cifar10_cpu.py trains CIFAR-10 in about 20 minutes.')
+  progress.starting(workdir)
   window = []  # Device metrics of the steps since the last write.
+  last_scalars = {}
+  checkpoint_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
   stopped_at = None
-  with StopRequest() as stop:
+  with stop_request.StopRequest() as stop:
     for step in range(start_step + 1, total_steps + 1):
       batch = next(batches)
       if step == start_step + 1:
         step_fn = _compiled_on_every_process(step_fn, state, batch, start_step)
       state, metrics = step_fn(state, batch)
       window.append(metrics)
-      report_progress(step)
+      jax.block_until_ready(metrics)
+      progress.step_done(step)
       if step == start_step + 1:
         # The first step includes compilation: throughput is timed from its end.
-        jax.block_until_ready(metrics)
         timer_step, timer_start = step, time.perf_counter()
       stopping = stop.should_stop(step)
       log_now = step % config.log_every_steps == 0 or step == total_steps or stopping
@@ -433,9 +329,13 @@ def run_training_loop(config, workdir, state, step_fn, batches, *, manager, batc
         scalars.update(extra_metrics(step, state))
       if scalars:
         writer.write_scalars(step, scalars)
+        last_scalars.update(scalars)
         # Restarted after writing, so throughput excludes logging and evaluations.
         timer_step, timer_start = step, time.perf_counter()
       if save_now:
+        manager.wait_until_finished()  # The previous save, and the deletion of old ones.
+        writers.require_free_space(str(manager.directory), checkpoint_bytes,
+                                   f'the checkpoint of step {step}')
         manager.save(step, args=ocp.args.StandardSave(state), force=stopping)
       if stopping:
         stopped_at = step
@@ -447,4 +347,20 @@ def run_training_loop(config, workdir, state, step_fn, batches, *, manager, batc
                f'{stopped_at} in {manager.directory}; run the same command to resume.')
     logging.warning(message)
     print(message, flush=True)
+  elif jax.process_index() == 0:
+    print(_summary(start_step, progress, last_scalars, manager, next_command), flush=True)
   return state
+
+
+def _summary(start_step, progress, scalars, manager, next_command) -> str:
+  """The lines printed when a run completes: what ran, how it ended, where it is, what next."""
+  steps = progress.last_step - start_step
+  shown = ', '.join(f'{k} {v:.4g}' for k, v in scalars.items()
+                    if k not in ('learning_rate', 'steps_per_sec'))
+  lines = [f'Done: {steps} steps (to step {progress.last_step}) in '
+           f'{progress_lib.format_duration(progress.elapsed())}.',
+           f'Last metrics: {shown}.',
+           f'Checkpoint: {manager.directory}/{manager.latest_step()}.']
+  if next_command:
+    lines.append(f'Next: {next_command}')
+  return '\n'.join(lines)

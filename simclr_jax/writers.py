@@ -1,10 +1,13 @@
 """Metric writers (clu's TensorBoard + log writers, plus a JSON-lines file for scripts), and the
 workdir's files: local, or on a filesystem that all hosts see such as gs:// (tf.io.gfile)."""
 
+import errno
 import json
 import logging as std_logging
 import os
-from typing import Any, Mapping
+import shutil
+from typing import Any
+from collections.abc import Mapping
 
 from absl import logging
 import jax
@@ -27,6 +30,21 @@ def write_atomically(path: str, text: str):
   with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
     f.write(text)
   tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+
+
+def require_free_space(directory: str, nbytes: int, what: str):
+  """Raises OSError(ENOSPC) naming `what`, `directory` and the space it needs, if short.
+
+  Checked before writing, as a save that runs out of space mid-way fails deep inside Orbax's
+  threads. Local directories only: a URL's free space is not known.
+  """
+  if '://' in directory:
+    return
+  needed = int(1.1 * nbytes) + (1 << 20)  # Metadata and file-system blocks on top.
+  free = shutil.disk_usage(directory).free
+  if free < needed:
+    raise OSError(errno.ENOSPC, f'{what} needs about {needed / 2**20:,.1f} MB in {directory}, '
+                  f'which has {free / 2**20:,.1f} MB free', directory)
 
 
 class JsonlWriter(metric_writers.MetricWriter):

@@ -468,7 +468,7 @@ def test_unreadable_images_are_named(tmp_path):
 
 
 def test_unreadable_images_are_skipped_and_counted_when_asked(tmp_path, caplog):
-  config = _identity_config(_broken_folder(tmp_path), skip_bad_images=True)
+  config = _identity_config(_broken_folder(tmp_path), skip_bad_images=True, eval_every_steps=0)
   assert input_pipeline.get_dataset_info(config, 'train').num_examples == 3
   assert 'Skipping 2 unreadable images' in caplog.text
   (batch,) = _batches(config, 1, local_batch_size=3)
@@ -485,6 +485,11 @@ def test_cmyk_jpeg_is_read_as_rgb(tmp_path):
   np.testing.assert_allclose(batch['views'][0, 0, 0, 0] * 255, [255, 100, 50], atol=4)
 
 
+def _clear_listing_caches():
+  input_pipeline._folder_examples.cache_clear()  # pylint: disable=protected-access
+  input_pipeline._list_image_folder.cache_clear()  # pylint: disable=protected-access
+
+
 def test_eval_labels_follow_the_train_classes(tmp_path):
   for split, classes in (('train', ('ant', 'bee', 'cow')), ('test', ('bee', 'cow'))):
     for i, cls in enumerate(classes):
@@ -497,7 +502,7 @@ def test_eval_labels_follow_the_train_classes(tmp_path):
   assert count == 2 and list(batch['label']) == [1, 2]  # bee and cow as in train.
   os.makedirs(tmp_path / 'test' / 'dog')
   _write_image(str(tmp_path / 'test' / 'dog' / 'x.png'), 0, 'RGB', (8, 8))
-  input_pipeline._folder_examples.cache_clear()  # pylint: disable=protected-access
+  _clear_listing_caches()
   with pytest.raises(ValueError, match=r"split 'test' has classes that split 'train' lacks: "
                                        r"\['dog'\]"):
     input_pipeline.create_eval_dataset(config, 'test', local_batch_size=2)
@@ -537,3 +542,120 @@ def test_augment_on_device_needs_images_of_one_size(image_folder, tfds_dir):
   with pytest.raises(ValueError, match=r'has images of shape \(None, None, 3\). Set '
                                        r'--config.augment_on_device=false'):
     input_pipeline.create_pretrain_dataset(config, local_batch_size=4)
+
+
+def _warnings(caplog, text):
+  return [r.getMessage() for r in caplog.records
+          if r.levelname == 'WARNING' and text in r.getMessage()]
+
+
+def test_one_class_is_refused_when_labels_are_evaluated(tmp_path):
+  os.makedirs(tmp_path / 'train' / 'only')
+  for i in range(2):
+    _write_image(str(tmp_path / 'train' / 'only' / f'{i}.png'), i, 'RGB', (8, 8))
+  with pytest.raises(ValueError, match=r"split 'train' has one class folder \('only'\), and one "
+                                       r'class gives the kNN monitor \(config.eval_every_steps='
+                                       r'5000\) no labels to evaluate against. Put the images in '
+                                       r'one sub-folder per class .*'
+                                       r'--config.eval_every_steps=0 to pretrain without labels'):
+    input_pipeline.get_dataset_info(_config(tmp_path), 'train')
+  # Without the kNN monitor, pretraining needs no labels.
+  assert input_pipeline.get_dataset_info(_config(tmp_path, eval_every_steps=0), 'train') == (
+      input_pipeline.DatasetInfo(num_examples=2, num_classes=1))
+  from simclr_jax import evaluate  # pylint: disable=g-import-not-at-top
+  for mode in ('linear_eval', 'knn_eval'):
+    with pytest.raises(ValueError, match=rf"one class gives config.mode='{mode}' no labels") as e:
+      evaluate.labelled_train_info(_config(tmp_path, mode=mode, eval_every_steps=0))
+    assert 'eval_every_steps' not in str(e.value)
+
+
+def test_empty_and_looping_class_folders_are_ignored(tmp_path, caplog):
+  for split, cls in (('train', 'ant'), ('train', 'cow'), ('test', 'cow')):
+    os.makedirs(tmp_path / split / cls)
+    _write_image(str(tmp_path / split / cls / 'x.png'), 0, 'RGB', (8, 8))
+  for split in ('train', 'test'):
+    os.makedirs(tmp_path / split / 'bee')  # Empty.
+  (tmp_path / 'train' / 'bee' / 'notes.txt').write_text('not an image')
+  os.symlink('..', tmp_path / 'train' / 'loop')  # Back to the dataset root.
+  os.symlink('.', tmp_path / 'train' / 'here')  # Back to the split itself.
+  os.symlink('self', tmp_path / 'train' / 'self')  # Not a folder: ignored like a file.
+  config = _config(tmp_path)
+  assert input_pipeline.get_dataset_info(config, 'train') == input_pipeline.DatasetInfo(
+      num_examples=2, num_classes=2)
+  assert input_pipeline.class_names(config) == ['ant', 'cow']
+  np.testing.assert_array_equal(input_pipeline.split_labels(config, 'test'), [1])  # cow.
+  (train_warning,) = _warnings(caplog, f'{tmp_path / "train"} that hold no images')
+  assert train_warning.startswith('Ignoring 3 folder(s) of ')
+  assert f'bee, here (a link to {tmp_path / "train"}), loop (a link to {tmp_path})' in (
+      train_warning)
+  (test_warning,) = _warnings(caplog, f'{tmp_path / "test"} that hold no images')
+  assert test_warning.endswith('so are not classes: bee. Put images in them or remove them.')
+
+
+def _unreadable_folder(root):
+  """Images 0-2 and unreadable image files; returns their names and reasons."""
+  for cls, i in (('a', 0), ('a', 1), ('b', 2)):
+    os.makedirs(root / 'train' / cls, exist_ok=True)
+    _write_image(str(root / 'train' / cls / f'ok{i}.png'), i, 'RGB', (9, 9))
+  os.symlink(root / 'missing.png', root / 'train' / 'a' / 'gone.png')
+  os.symlink('loop.jpg', root / 'train' / 'a' / 'loop.jpg')
+  os.makedirs(root / 'train' / 'b' / 'folder.png')
+  expected = {'gone.png': 'broken link', 'loop.jpg': 'symlink loop',
+              'folder.png': 'not a regular file'}
+  if os.geteuid() != 0:  # root reads files whatever their mode.
+    _write_image(str(root / 'train' / 'b' / 'locked.png'), 3, 'RGB', (9, 9))
+    os.chmod(root / 'train' / 'b' / 'locked.png', 0)
+    expected['locked.png'] = 'permission denied'
+  return expected
+
+
+def test_unreadable_files_are_named_when_listed(tmp_path):
+  expected = _unreadable_folder(tmp_path)
+  with pytest.raises(ValueError) as error:
+    input_pipeline.get_dataset_info(_config(tmp_path), 'train')
+  message = str(error.value)
+  assert message.startswith(f'{len(expected)} image(s) in {tmp_path}/train cannot be read: ')
+  for name, reason in expected.items():
+    assert f'{name} ({reason})' in message
+  assert 'ok0' not in message
+  assert message.endswith('Fix their permissions or links, or delete them, or set '
+                          '--config.skip_bad_images=true to leave them out (the log counts '
+                          'them).')
+
+
+def test_unreadable_files_are_skipped_and_counted_when_asked(tmp_path, caplog):
+  expected = _unreadable_folder(tmp_path)
+  config = _identity_config(tmp_path, skip_bad_images=True)
+  assert input_pipeline.get_dataset_info(config, 'train') == input_pipeline.DatasetInfo(
+      num_examples=3, num_classes=2)
+  (warning,) = _warnings(caplog, 'unreadable')
+  assert warning.startswith(f'Skipping {len(expected)} unreadable images of {tmp_path}/train '
+                            '(config.skip_bad_images), e.g. ')
+  (batch,) = _batches(config, 1, local_batch_size=3)
+  np.testing.assert_array_equal(np.sort(_ids(batch['views'])[:, 0]), [0, 1, 2])
+
+
+def test_undecodable_formats_are_counted_in_one_warning(tmp_path, caplog):
+  for cls in ('cat', 'dog'):
+    os.makedirs(tmp_path / 'train' / cls)
+    _write_image(str(tmp_path / 'train' / cls / 'x.png'), 0, 'RGB', (8, 8))
+  for name in ('a.webp', 'b.WEBP', 'c.tiff', 'd.tif'):
+    Image.new('RGB', (8, 8)).save(tmp_path / 'train' / 'cat' / name)
+  (tmp_path / 'train' / 'dog' / 'e.heic').write_bytes(b'not decodable by TensorFlow')
+  (tmp_path / 'train' / 'dog' / 'labels.json').write_text('{}')
+  (tmp_path / 'train' / 'dog' / '.DS_Store').write_bytes(b'')
+  (tmp_path / 'train' / 'dog' / '.hidden.webp').write_bytes(b'')
+  assert input_pipeline.get_dataset_info(_config(tmp_path), 'train').num_examples == 2
+  (warning,) = _warnings(caplog, 'Ignoring')
+  assert warning == (f"Ignoring 1 .heic, 1 .tif, 1 .tiff, 2 .webp files in {tmp_path}/train "
+                     "(TensorFlow's decoder reads JPEG, PNG, BMP and GIF): convert them to one "
+                     'of those to use them.')
+
+
+def test_real_cifar10_lists_quickly(cifar10_dir):
+  start = time.perf_counter()
+  for split, count in (('train', 50_000), ('test', 10_000)):
+    paths, _, classes = input_pipeline._list_image_folder(  # pylint: disable=protected-access
+        str(cifar10_dir), split, False)
+    assert len(paths) == count and len(classes) == 10
+  assert time.perf_counter() - start < 3

@@ -13,6 +13,7 @@ import sys
 import time
 
 from multidevice import REPO_ROOT
+from simclr_jax import workdir_lock
 
 _REQUIRED_SCALARS = {'loss', 'contrastive_loss', 'contrastive_accuracy', 'contrastive_entropy',
                      'learning_rate', 'probe_loss', 'probe_accuracy', 'steps_per_sec',
@@ -65,10 +66,17 @@ _TIMING = {'steps_per_sec', 'images_per_sec'}
 def test_sigterm_sigkill_and_torn_save_resume_exactly(cifar10_subset, tmp_path):
   cache = tmp_path / 'cache'
   reference = tmp_path / 'reference'
-  _run_cli(reference, cifar10_subset, cache, *_LONG_RUN)
+  # Given relative to the working directory, saved absolute (for the report and notebook).
+  out, _ = _run_cli(reference, os.path.relpath(cifar10_subset, REPO_ROOT), cache, *_LONG_RUN)
   # The uninterrupted run: checkpoints, config, TensorBoard events and every scalar.
   assert _checkpoints(reference) == [12, 18, 24]  # keep_checkpoints=3.
-  assert json.loads((reference / 'config.json').read_text())['model']['width_multiplier'] == 0.125
+  saved = json.loads((reference / 'config.json').read_text())
+  assert saved['model']['width_multiplier'] == 0.125
+  assert saved['dataset'] == os.path.abspath(cifar10_subset)
+  # The summary: steps, final metrics, checkpoint, what to run next.
+  assert out.startswith('Done: 24 steps (to step 24) in ')
+  assert f'Checkpoint: {reference}/checkpoints/24.' in out
+  assert f'Next: python -m simclr_jax.report --workdir={reference}' in out
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(reference))
   expected = _read_metrics(reference)
   assert [m['step'] for m in expected] == list(range(1, 25))
@@ -112,3 +120,35 @@ def test_sigterm_sigkill_and_torn_save_resume_exactly(cifar10_subset, tmp_path):
   for got, want in zip(resumed, expected):
     assert {k: v for k, v in got.items() if k not in _TIMING} == {
         k: v for k, v in want.items() if k not in _TIMING}, got['step']
+
+
+def _main(*args):
+  return subprocess.run([sys.executable, '-m', 'simclr_jax.main', *args], cwd=REPO_ROOT,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True,
+                        text=True, timeout=300)
+
+
+def _error_line(proc):
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr
+  return proc.stderr.strip().split('\nError: ')[-1]
+
+
+def test_known_errors_end_in_a_sentence_with_status_2(cifar10_subset, tmp_path):
+  shown = _main('--help')
+  assert shown.returncode == 0 and '--show_config' in shown.stdout and '--workdir' in shown.stdout
+  config = '--config=configs/cifar10_cpu.py'
+  assert _error_line(_main(config, f'--workdir={tmp_path}', '--config.batchsize=64')) == (
+      'the config has no key \'batchsize\'. Did you mean "batch_size" instead of "batchsize"? '
+      '--show_config lists the keys.')
+  assert _error_line(_main(config)).startswith('--workdir missing: e.g. python -m simclr_jax')
+  with workdir_lock.hold(str(tmp_path / 'busy')):
+    busy = _error_line(_main(config, f'--workdir={tmp_path / "busy"}',
+                             f'--config.dataset={cifar10_subset}'))
+  assert busy.startswith(f'{tmp_path / "busy"} is in use by another run (pid {os.getpid()} ')
+  explained = subprocess.run(
+      [sys.executable, '-c', 'import errno; from simclr_jax import main; print(main._explained('
+       'OSError(errno.ENOSPC, "the checkpoint of step 6 needs about 3.0 MB", "/w")))'],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True).stdout
+  assert explained.startswith('not enough disk space: the checkpoint of step 6 needs about 3.0 '
+                              'MB. The checkpoints and metrics written so far are intact')

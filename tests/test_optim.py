@@ -79,3 +79,30 @@ def test_schedule_when_warmup_outlasts_a_short_run(cifar_config):
   cifar_config.warmup_epochs = 0
   schedule = optim.learning_rate_schedule(cifar_config, 256, 4)
   assert float(schedule(0)) == pytest.approx(peak)
+
+
+@pytest.mark.parametrize('optimizer', optim.OPTIMIZERS)
+def test_probe_learning_rate_scale_scales_only_the_probe_updates(cifar_config, optimizer):
+  # Against the same optimiser without the scale, over two steps (momentum carries over).
+  cifar_config.optimizer = optimizer
+  rng = np.random.default_rng(0)
+  params = {'encoder': {'kernel': jnp.asarray(rng.normal(size=(4, 3)))},
+            'probe': {'kernel': jnp.asarray(rng.normal(size=(3, 2))),
+                      'bias': jnp.asarray(rng.normal(size=2))}}
+  grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape)), params)
+           for _ in range(2)]
+  def updates(scale):
+    cifar_config.probe_learning_rate_scale = scale
+    tx = optim.create_optimizer(cifar_config, lambda step: 0.5)
+    state, out = tx.init(params), []
+    for g in grads:
+      u, state = tx.update(g, state, params)
+      out.append(u)
+    return out, state
+  (base, base_state), (scaled, scaled_state) = updates(1.0), updates(0.1)
+  assert jax.tree.structure(base_state) == jax.tree.structure(scaled_state)  # Same checkpoints.
+  for b, s in zip(base, scaled):
+    np.testing.assert_allclose(s['encoder']['kernel'], b['encoder']['kernel'], rtol=1e-6)
+    for name in ('kernel', 'bias'):
+      np.testing.assert_allclose(s['probe'][name], 0.1 * b['probe'][name], rtol=1e-6)
+      assert np.abs(b['probe'][name]).min() > 0

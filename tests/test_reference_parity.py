@@ -251,6 +251,7 @@ def _reference_lars(params, grads_seq, decayed, lrs, wd, eta, momentum):
 def test_lars_update_is_the_reference_update():
   config = _schedule_config(1, 512, 10, 1.0, 'linear')
   config.optimizer, config.weight_decay = 'lars', 0.01
+  config.probe_learning_rate_scale = 1.0  # The reference's (ours differs: README, Fidelity).
   num_examples = 5120  # 10 steps per epoch.
   total = optim.total_train_steps(config, num_examples)
   schedule = optim.learning_rate_schedule(config, num_examples, total)

@@ -1,8 +1,6 @@
 """The jitted train step: 8 devices equal 1 device (loss, gradients, BatchNorm statistics)."""
 
 import json
-import os
-import signal
 import textwrap
 
 import jax
@@ -127,54 +125,3 @@ def test_augment_on_device_trains(cifar10_subset, tmp_path):
     records = [json.loads(line) for line in f]
   assert [r['step'] for r in records] == [2]
   assert np.isfinite(records[0]['loss']) and records[0]['contrastive_loss'] > 0
-
-
-def test_incompatible_checkpoint_is_refused_before_anything_is_written(
-    cifar10_subset, pretrained_workdir):
-  before = {p: p.stat().st_mtime_ns for p in pretrained_workdir.rglob('*')}
-  config = tiny_config(cifar10_subset)
-  config.model.width_multiplier = 0.25
-  with pytest.raises(ValueError, match=r'incompatible config.*model.width_multiplier: saved '
-                                       r'0.125, now 0.25.*Nothing was overwritten'):
-    train.train_and_evaluate(config, str(pretrained_workdir))
-  assert before == {p: p.stat().st_mtime_ns for p in pretrained_workdir.rglob('*')}
-
-
-def test_run_saved_before_the_shortcut_option_gets_the_fix(cifar10_subset, tmp_path):
-  # A checkpoint of the torchvision layout whose config.json has no model.shortcut, as runs
-  # saved before the option existed; today's default (reference) must be refused, before
-  # anything is compiled, with the flag that fits.
-  from simclr_jax import evaluate, models, optim  # pylint: disable=g-import-not-at-top
-  old = tiny_config(cifar10_subset)
-  old.model.shortcut = 'torchvision'
-  workdir = tmp_path / 'old_run'
-  model = models.create_model(old.model, image_size=old.image_size, num_classes=10)
-  tx = optim.create_optimizer(old, optim.learning_rate_schedule(old, 260, 4))
-  state = train.init_train_state(model, tx, jax.random.PRNGKey(0), old.image_size)
-  manager = train.create_checkpoint_manager(str(workdir), old)
-  manager.save(1, args=ocp.args.StandardSave(state))
-  manager.wait_until_finished()
-  saved = json.loads(old.to_json_best_effort())
-  del saved['model']['shortcut']
-  (workdir / 'config.json').write_text(json.dumps(saved))
-  fix = r'torchvision layout: add --config\.model\.shortcut=torchvision\.'
-  with pytest.raises(ValueError, match=fix):
-    train.train_and_evaluate(tiny_config(cifar10_subset), str(workdir))
-  config = tiny_config(cifar10_subset)
-  config.mode, config.pretrained_workdir = 'knn_eval', str(workdir)
-  with pytest.raises(ValueError, match=fix):
-    evaluate.evaluate(config, str(tmp_path / 'eval'))
-
-
-def test_sigint_and_sigterm_become_a_stop_request():
-  previous = signal.getsignal(signal.SIGINT)
-  with train.StopRequest() as stop:
-    assert not stop.should_stop(1)
-    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C once: no KeyboardInterrupt, a request.
-    assert stop.should_stop(2) and stop.signal_name == 'SIGINT'
-    with pytest.raises(KeyboardInterrupt):  # Twice: interrupt at once.
-      os.kill(os.getpid(), signal.SIGINT)
-  with train.StopRequest() as stop:
-    os.kill(os.getpid(), signal.SIGTERM)
-    assert stop.should_stop(1) and stop.signal_name == 'SIGTERM'
-  assert signal.getsignal(signal.SIGINT) is previous  # Handlers restored.

@@ -1,5 +1,8 @@
 """One jitted train step on one device against independent definitions: BatchNorm's update by
-model.apply, and SGD on the gradient of the reference's NT-Xent plus the probe's loss."""
+model.apply, and SGD on the gradient of the reference's NT-Xent plus the probe's loss; and the
+on-device augmentation's data flow."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +11,7 @@ import optax
 import pytest
 
 from conftest import load_config
+from simclr_jax import augment_jax
 from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import train
@@ -60,6 +64,7 @@ def step_and_expectations():
   config.model.width_multiplier = 0.125
   # Plain SGD at lr 1 without momentum or decay: new params = params - gradient.
   config.optimizer, config.momentum, config.weight_decay = 'sgd', 0.0, 0.0
+  config.probe_learning_rate_scale = 1.0
   model = models.create_model(config.model, image_size=SIZE, num_classes=NUM_CLASSES)
   # Two one-block stages (a stride-2 projection included) compile far faster than four.
   model = model.clone(encoder=model.encoder.clone(stage_sizes=(1, 1)))
@@ -148,3 +153,39 @@ def test_sgd_step_follows_the_gradient_of_the_reference_loss(step_and_expectatio
     rounding = 4 * np.finfo(np.float32).eps * np.abs(old[path]).max()
     np.testing.assert_allclose(old[path] - new, expected[path], rtol=0,
                                atol=1e-3 * scale + rounding, err_msg=name)
+
+
+def test_on_device_augmentation_feeds_the_step_each_images_own_views():
+  # config.augment_on_device: the step given decoded images and per-example seeds must equal
+  # the step given the views augment_jax.pretrain_views makes of them, example by example.
+  config = load_config('cifar10')
+  config.model.width_multiplier = 0.125
+  config.optimizer, config.momentum, config.weight_decay = 'sgd', 0.0, 0.0
+  # Crop and flip only: the colour stages would double the compile time.
+  config.augment.color_jitter_prob = config.augment.grayscale_prob = 0.0
+  model = models.create_model(config.model, image_size=SIZE, num_classes=NUM_CLASSES)
+  model = model.clone(encoder=model.encoder.clone(stage_sizes=(1, 1)))
+  schedule = optax.constant_schedule(0.5)
+  tx = optim.create_optimizer(config, schedule)
+  mesh = create_mesh(jax.devices()[:1])
+  rng = np.random.default_rng(1)
+  decoded = {'image': rng.integers(0, 256, size=(N, 24, 24, 3), dtype=np.uint8),
+             'seed': rng.integers(0, 2**32, size=(N, 2), dtype=np.uint32),
+             'label': rng.integers(0, NUM_CLASSES, size=N).astype(np.int32)}
+  views = np.asarray(augment_jax.pretrain_views(decoded['image'], decoded['seed'],
+                                                config.augment, SIZE))
+  assert np.abs(views[:, 0] - views[:, 1]).mean() > 0.01  # Two different views per image.
+  state = run_once(lambda: train.init_train_state(model, tx, jax.random.PRNGKey(0), SIZE))
+  augment = functools.partial(train.augment_batch, config_augment=config.augment,
+                              image_size=SIZE, mesh=mesh)
+  steps = [train.make_train_step(model, tx, schedule, TEMPERATURE, mesh, augment=a)
+           for a in (augment, None)]
+  (got, got_metrics), (want, want_metrics) = (
+      jax.device_get(steps[0](jax.tree.map(jnp.copy, state), decoded)),
+      jax.device_get(steps[1](state, {'views': views, 'label': decoded['label']})))
+  for name in ('contrastive_loss', 'probe_loss', 'loss'):
+    assert got_metrics[name] == pytest.approx(want_metrics[name], rel=1e-5), name
+  for (path, new), expected in zip(jax.tree_util.tree_leaves_with_path(got.params),
+                                   jax.tree.leaves(want.params)):
+    np.testing.assert_allclose(new, expected, rtol=1e-4, atol=1e-6,
+                               err_msg=jax.tree_util.keystr(path))

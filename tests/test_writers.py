@@ -1,6 +1,8 @@
 """metrics.jsonl: one record per write; a resumed run drops the records it redoes. TensorBoard
 gets the augmentation grid when pretraining starts. Workdir paths."""
 
+import collections
+import errno
 import io
 import json
 import os
@@ -47,3 +49,20 @@ def test_workdir_paths_are_absolute_or_urls(tmp_path, monkeypatch):
   assert writers.workdir_path('gs://bucket/run', 'config.json') == 'gs://bucket/run/config.json'
   writers.write_atomically(writers.workdir_path('.', 'config.json'), '{}\n')
   assert os.listdir(tmp_path) == ['config.json']  # Renamed into place: no .tmp left.
+
+
+def test_a_save_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch):
+  free = 50 * 2**20
+  monkeypatch.setattr(writers.shutil, 'disk_usage', lambda _: collections.namedtuple(
+      'Usage', 'total used free')(10 * free, 9 * free, free))
+  writers.require_free_space(str(tmp_path), 40 * 2**20, 'the checkpoint of step 6')
+  try:
+    writers.require_free_space(str(tmp_path), 48 * 2**20, 'the checkpoint of step 6')
+  except OSError as e:
+    assert e.errno == errno.ENOSPC and e.filename == str(tmp_path)
+    assert e.strerror == (f'the checkpoint of step 6 needs about 53.8 MB in {tmp_path}, '
+                          'which has 50.0 MB free')
+  else:
+    raise AssertionError('not refused')
+  writers.require_free_space('gs://bucket/run', 2**40, 'unknowable')  # URLs are not checked.
+  assert not os.listdir(tmp_path)

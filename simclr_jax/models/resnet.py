@@ -10,7 +10,8 @@ only where the shape changes. Bottleneck networks are the same in both layouts.
 """
 
 import functools
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

@@ -111,10 +111,12 @@ MUTATIONS = (
     Mutation('report-confusion-transposed', 'simclr_jax/report.py',
              'confusion_matrix(eval_data[1], scores.argmax(axis=-1),',
              'confusion_matrix(scores.argmax(axis=-1), eval_data[1],', ('tests/test_report.py',)),
-    # Checkpoint restore (train.py, evaluate.py).
-    Mutation('resume-restores-earliest-checkpoint', 'simclr_jax/train.py',
-             'return manager.restore(latest,', 'return manager.restore(min(manager.all_steps()),',
-             ('tests/test_main.py',)),
+    # Checkpoint restore (checkpoints.py, evaluate.py).
+    Mutation('resume-restores-earliest-checkpoint', 'simclr_jax/checkpoints.py',
+             'steps = sorted(manager.all_steps(), reverse=True)',
+             'steps = sorted(manager.all_steps())', ('tests/test_main.py',)),
+    Mutation('damaged-checkpoint-left-in-place', 'simclr_jax/checkpoints.py',
+             '      tf.io.gfile.rename(source, target)\n', '', ('tests/test_checkpoints.py',)),
     Mutation('eval-restores-earliest-checkpoint', 'simclr_jax/evaluate.py',
              'step = max(steps) if step < 0 else step', 'step = min(steps) if step < 0 else step',
              ('tests/test_evaluate.py',)),
@@ -129,6 +131,21 @@ MUTATIONS = (
              'jnp.arange(_NUM_JITTER_OPS)', ('tests/test_augment_jax.py',)),
     Mutation('augment-jax-grayscale-dropped', 'simclr_jax/augment_jax.py',
              'lambda x, _: to_grayscale(x)', 'lambda x, _: x', ('tests/test_augment_jax.py',)),
+    Mutation('augment-on-device-seeds-of-other-images', 'simclr_jax/train.py',
+             "pretrain_views(batch['image'], batch['seed'],",
+             "pretrain_views(batch['image'], batch['seed'][::-1],",
+             ('tests/test_train_step.py',)),
+    # The probe's learning rate (optim.py).
+    Mutation('probe-learning-rate-scale-ignored', 'simclr_jax/optim.py',
+             "updates = {**updates, 'probe': jax.tree.map(lambda u: scale * u, updates['probe'])}",
+             'updates = dict(updates)', ('tests/test_optim.py',)),
+    # Stopping and locking (train.py, workdir_lock.py).
+    Mutation('loop-queues-steps-without-waiting', 'simclr_jax/train.py',
+             '      jax.block_until_ready(metrics)\n      progress.step_done(step)',
+             '      progress.step_done(step)', ('tests/test_stop_request.py',)),
+    Mutation('lock-ignores-a-live-holder', 'simclr_jax/workdir_lock.py',
+             'raise WorkdirLocked(self._held_message(self._read(), alive=True)) from None',
+             'return', ('tests/test_workdir_lock.py',)),
 )
 
 

@@ -1,0 +1,12 @@
+"""The linter (ruff, configured in ruff.toml) finds nothing in the repository."""
+
+import subprocess
+import sys
+
+from multidevice import REPO_ROOT
+
+
+def test_ruff_finds_nothing():
+  proc = subprocess.run([sys.executable, '-m', 'ruff', 'check', '--no-cache', '.'],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
