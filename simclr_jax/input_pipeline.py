@@ -15,10 +15,7 @@ sequentially, a permutation within each block of config.shuffle_buffer_size.
 """
 
 import collections
-import concurrent.futures
 import dataclasses
-import errno
-import functools
 import itertools
 import logging
 import os
@@ -28,14 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_jax import augment
+from simclr_jax import image_folder
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
-# Image formats tf.io.decode_image cannot read (WebP only without alpha or animation): listings
-# leave them out with a warning rather than fail on them mid-run.
-_UNDECODABLE_EXTENSIONS = ('.webp', '.tif', '.tiff', '.heic', '.heif', '.avif', '.jxl', '.jp2',
-                           '.ico', '.svg')
-_STAT_ERRORS = {errno.ENOENT: 'broken link', errno.ELOOP: 'symlink loop',
-                errno.EACCES: 'permission denied'}
 _FOLDER_EXAMPLE = '../shared/data/cifar10-jpeg'
 # Distinct streams so the shuffle and augmentation seeds are independent.
 _SHUFFLE_STREAM = 1
@@ -61,212 +52,20 @@ class DatasetInfo:
   num_classes: int  # 0 when the dataset has no labels.
 
 
-def _is_image_folder(dataset):
-  """Whether `config.dataset` names an image folder rather than a TFDS dataset."""
-  if dataset.startswith(('.', '~', os.sep)) or os.path.isdir(dataset):
-    return True
-  if os.sep in dataset or (os.altsep and os.altsep in dataset):
-    # TFDS builder configs are also written 'name/config'.
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    name = dataset.split('/')[0].split(':')[0]
-    return name not in tfds.list_builders(with_community_datasets=False)
-  return False
-
-
-def _split_dir(dataset, split):
-  """root/<split> of an image-folder dataset; a ValueError with the fix if either is missing."""
-  root = os.path.expanduser(dataset)
-  if not os.path.isdir(root):
-    raise ValueError(
-        f'config.dataset={dataset!r} does not exist; point --config.dataset at '
-        'a folder laid out as root/<split>/<class>/<image> or use a TFDS name.')
-  split_dir = os.path.join(root, split)
-  if not os.path.isdir(split_dir):
-    found = sorted(e.name for e in os.scandir(root) if e.is_dir())
-    raise ValueError(
-        f'config.dataset={dataset!r} has no split folder {split!r} '
-        f'({split_dir} is missing; sub-folders found: {found}). Set the split '
-        'with --config.train_split or lay the data out as '
-        'root/<split>/<class>/<image>.')
-  return split_dir
-
-
-def _links_up(entry, split_dir):
-  """Whether the class folder `entry` links to split_dir or a folder above it (a loop)."""
-  if not entry.is_symlink():
-    return False
-  target = os.path.realpath(entry.path)
-  return os.path.commonpath([target, os.path.realpath(split_dir)]) == target
-
-
-def _unreadable_reason(entry):
-  """Why the image file `entry` cannot be read, or None; a syscall or two, no decoding."""
-  try:
-    if entry.is_file():
-      return None if os.access(entry.path, os.R_OK) else 'permission denied'
-    os.stat(entry.path)  # Raises for a broken link.
-  except OSError as e:
-    return _STAT_ERRORS.get(e.errno, e.strerror)
-  return 'not a regular file'
-
-
-def _is_class_dir(entry):
-  """Whether the entry of a split folder is a folder, hence a class if it holds images."""
-  try:
-    return not entry.name.startswith('.') and entry.is_dir()
-  except OSError:  # A symlink loop such as x -> x: not a folder.
-    return False
-
-
-def _scan_class(class_dir):
-  """(sorted readable image paths, sorted [(path, reason)] unreadable, Counter of ignored ext)."""
-  images, unreadable, ignored = [], [], collections.Counter()
-  with os.scandir(class_dir) as entries:
-    for entry in entries:
-      if entry.name.startswith('.'):
-        continue
-      extension = os.path.splitext(entry.name)[1].lower()
-      if extension in _UNDECODABLE_EXTENSIONS:
-        ignored[extension] += 1
-      elif extension in IMAGE_EXTENSIONS:
-        reason = _unreadable_reason(entry)
-        if reason is None:
-          images.append(entry.path)
-        else:
-          unreadable.append((entry.path, reason))
-  return sorted(images), sorted(unreadable), ignored
-
-
-def _listed(bad, limit=5):
-  """'path (reason); ...' of the first `limit` of [(path, reason)], then ' ...' if more."""
-  return '; '.join(f'{p} ({r})' for p, r in bad[:limit]) + (' ...' if len(bad) > limit else '')
-
-
-def _check_unreadable(dataset, split, unreadable, skip_bad_images):
-  """Raises a ValueError naming the unreadable files; with skip_bad_images, logs their count."""
-  if not unreadable:
-    return
-  if not skip_bad_images:
-    raise ValueError(
-        f'{len(unreadable)} image(s) in {dataset}/{split} cannot be read: {_listed(unreadable)}. '
-        'Fix their permissions or links, or delete them, or set '
-        '--config.skip_bad_images=true to leave them out (the log counts them).')
-  logging.warning('Skipping %d unreadable images of %s/%s (config.skip_bad_images), e.g. %s: '
-                  '%s.', len(unreadable), dataset, split, *unreadable[0])
-
-
-def _warn_left_out(split_dir, empty, ignored):
-  """Logs the class folders without images and the files of undecodable formats of a split."""
-  if empty:
-    logging.warning('Ignoring %d folder(s) of %s that hold no images, so are not classes: %s%s. '
-                    'Put images in them or remove them.', len(empty), split_dir,
-                    ', '.join(empty[:5]), ' ...' if len(empty) > 5 else '')
-  if ignored:
-    counts = ', '.join(f'{n} {extension}' for extension, n in sorted(ignored.items()))
-    logging.warning("Ignoring %s files in %s (TensorFlow's decoder reads JPEG, PNG, BMP and "
-                    'GIF): convert them to one of those to use them.', counts, split_dir)
-
-
-@functools.lru_cache(maxsize=16)
-def _list_image_folder(dataset, split, skip_bad_images):
-  """(sorted paths, labels, class names) of root/<split>/<class>/<image>, listed once.
-
-  Class folders without readable images (empty, or a link back up the tree) are not classes,
-  and files of formats TensorFlow cannot decode are left out; both are logged. Unreadable
-  files (no permission, broken links) raise a ValueError, or with skip_bad_images are left out.
-  """
-  split_dir = _split_dir(dataset, split)
-  with os.scandir(split_dir) as entries:
-    class_dirs = sorted(filter(_is_class_dir, entries), key=lambda e: e.name)
-  paths, labels, classes, empty = [], [], [], []
-  unreadable, ignored = [], collections.Counter()
-  for entry in class_dirs:
-    if _links_up(entry, split_dir):
-      empty.append(f'{entry.name} (a link to {os.path.realpath(entry.path)})')
-      continue
-    images, bad, odd = _scan_class(entry.path)
-    unreadable += bad
-    ignored += odd
-    if not images:
-      empty.append(entry.name)
-      continue
-    paths += images
-    labels += [len(classes)] * len(images)
-    classes.append(entry.name)
-  _check_unreadable(dataset, split, unreadable, skip_bad_images)
-  _warn_left_out(split_dir, empty, ignored)
-  if not paths:
-    raise ValueError(
-        f'config.dataset={dataset!r}: no images in {split_dir}/<class>/ '
-        f'(class folders found: {[e.name for e in class_dirs]}; extensions searched: '
-        f'{IMAGE_EXTENSIONS}). Put the images in one sub-folder per class.')
-  return paths, labels, classes
-
-
-def _reason(error) -> str:
-  """The informative last line of a TensorFlow error, shortened."""
-  return error.message.strip().splitlines()[-1][:200]
-
-
-def _decode_failure(path):
-  """None if TensorFlow (the pipeline's decoder) reads the image at `path`, else the reason."""
-  try:
-    tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    return None
-  except tf.errors.OpError as e:
-    return _reason(e)
-
-
-def find_unreadable_images(paths):
-  """[(path, reason)] for the files among `paths` that cannot be decoded, in order."""
-  with concurrent.futures.ThreadPoolExecutor(max(2, os.cpu_count() or 1)) as pool:
-    reasons = list(pool.map(_decode_failure, paths))
-  return [(p, r) for p, r in zip(paths, reasons) if r is not None]
-
-
-@functools.lru_cache(maxsize=16)
-def _folder_examples(dataset, split, train_split, skip_bad_images):
-  """(paths, labels, classes) of an image-folder split; labels index train_split's classes.
-
-  With skip_bad_images, files TensorFlow cannot read or decode are left out (once per process,
-  counted in the log).
-  """
-  paths, labels, classes = _list_image_folder(dataset, split, skip_bad_images)
-  if split != train_split:
-    train_classes = _list_image_folder(dataset, train_split, skip_bad_images)[2]
-    missing = sorted(set(classes) - set(train_classes))
-    if missing:
-      raise ValueError(
-          f'config.dataset={dataset!r}: split {split!r} has classes that split '
-          f'{train_split!r} lacks: {missing}. Evaluation labels come from the train split\'s '
-          'class folders; add those classes to it or remove them from the evaluated split.')
-    labels = [train_classes.index(classes[label]) for label in labels]
-    classes = train_classes
-  if skip_bad_images:
-    bad = find_unreadable_images(paths)
-    if bad:
-      logging.warning('Skipping %d unreadable images of %s/%s (config.skip_bad_images), '
-                      'e.g. %s: %s.', len(bad), dataset, split, bad[0][0], bad[0][1])
-      dropped = {p for p, _ in bad}
-      kept = [i for i, p in enumerate(paths) if p not in dropped]
-      paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]
-  return paths, labels, classes
-
-
-def _image_folder(config, split):
-  return _folder_examples(config.dataset, split, config.train_split,
+def _folder_split(config, split):
+  return image_folder.examples(config.dataset, split, config.train_split,
                           bool(config.skip_bad_images))
 
 
 def decode_error_message(config, split, error) -> str:
   """Names the files behind a decode error of the pipeline over `split`, and the fixes."""
-  if not _is_image_folder(config.dataset):
+  if not image_folder.is_image_folder(config.dataset):
     return (f'A record of TFDS dataset {config.dataset!r} split {split!r} could not be '
-            f'decoded ({_reason(error)}); rebuild the dataset.')
-  bad = find_unreadable_images(_image_folder(config, split)[0])
+            f'decoded ({image_folder.reason(error)}); rebuild the dataset.')
+  bad = image_folder.find_unreadable_images(_folder_split(config, split)[0])
   if not bad:
     return f'Reading {config.dataset}/{split} failed: {error.message.strip()[:500]}'
-  return (f'{len(bad)} image(s) in {config.dataset}/{split} cannot be decoded: {_listed(bad)}. '
+  return (f'{len(bad)} image(s) in {config.dataset}/{split} cannot be decoded: {image_folder.listed(bad)}. '
           'Replace or delete them, or set '
           '--config.skip_bad_images=true to leave them out (the log counts them).')
 
@@ -335,8 +134,8 @@ def get_dataset_info(config, split):
   An image folder whose train split has one class is refused where config evaluates against
   labels (the kNN monitor, evaluation modes), before anything is compiled.
   """
-  if _is_image_folder(config.dataset):
-    paths, _, classes = _image_folder(config, split)
+  if image_folder.is_image_folder(config.dataset):
+    paths, _, classes = _folder_split(config, split)
     _check_classes(config, classes)
     return DatasetInfo(num_examples=len(paths), num_classes=len(classes))
   builder = _tfds_builder(config)
@@ -371,8 +170,8 @@ def _tfds_pairs(builder, split, has_label, read_config=None):
 
 def split_labels(config, split) -> np.ndarray:
   """Labels of every example of `split` in pipeline order (-1 when unlabelled); no decoding."""
-  if _is_image_folder(config.dataset):
-    return np.asarray(_image_folder(config, split)[1], np.int32)
+  if image_folder.is_image_folder(config.dataset):
+    return np.asarray(_folder_split(config, split)[1], np.int32)
   builder = _tfds_builder(config)
   _tfds_split_info(builder, config, split)
   pairs = _tfds_pairs(builder, split, _tfds_num_classes(builder) > 0)
@@ -385,8 +184,8 @@ def _local_source(config, split, shard, num_shards, subset=None):
   Shard `shard` of `num_shards` holds n_local = (number of examples) // num_shards of them.
   `subset`: sorted indices of the split's examples to keep (default: all of them).
   """
-  if _is_image_folder(config.dataset):
-    paths, labels, _ = _image_folder(config, split)
+  if image_folder.is_image_folder(config.dataset):
+    paths, labels, _ = _folder_split(config, split)
     if subset is not None:
       paths, labels = [paths[i] for i in subset], [labels[i] for i in subset]
     n_local = len(paths) // num_shards
@@ -588,8 +387,8 @@ def _fixed_image_shape(config, split):
   Image folders: the size of the first image (an image of another size fails when the
   pipeline reads it). TFDS: the image feature's shape, or a ValueError if it varies.
   """
-  if _is_image_folder(config.dataset):
-    path = _image_folder(config, split)[0][0]
+  if image_folder.is_image_folder(config.dataset):
+    path = _folder_split(config, split)[0][0]
     try:
       return tuple(_decode(path, True, tf.uint8).shape)
     except tf.errors.OpError as e:
@@ -659,8 +458,8 @@ def _eval_source(config, split, max_examples):
   All of `split` in file order, or with max_examples > 0 the first max_examples of a fixed
   seeded permutation (image folders, sorted by class) or of the file order (TFDS).
   """
-  if _is_image_folder(config.dataset):
-    paths, labels, _ = _image_folder(config, split)
+  if image_folder.is_image_folder(config.dataset):
+    paths, labels, _ = _folder_split(config, split)
     order = tf.random.experimental.index_shuffle(
         tf.range(len(paths), dtype=tf.int64), [config.seed, _EVAL_SUBSET_STREAM],
         len(paths) - 1).numpy() if max_examples else range(len(paths))
@@ -711,8 +510,8 @@ def create_eval_dataset(config, split, *, local_batch_size: int, max_examples: i
 
 def class_names(config) -> list[str]:
   """Names of the classes that labels index (those of config.train_split); [] if unlabelled."""
-  if _is_image_folder(config.dataset):
-    return list(_image_folder(config, config.train_split)[2])
+  if image_folder.is_image_folder(config.dataset):
+    return list(_folder_split(config, config.train_split)[2])
   builder = _tfds_builder(config)
   if not _tfds_num_classes(builder):
     return []
@@ -791,16 +590,16 @@ def folder_images(folder: str, image_size: int):
   """(sorted paths, evaluation views [N, S, S, 3]) of the images directly in `folder`."""
   if not os.path.isdir(folder):
     raise ValueError(f'{folder} is not a folder; give a folder of images '
-                     f'({", ".join(IMAGE_EXTENSIONS)}).')
+                     f'({", ".join(image_folder.IMAGE_EXTENSIONS)}).')
   paths = sorted(e.path for e in os.scandir(folder)
-                 if e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.name.startswith('.'))
+                 if e.name.lower().endswith(image_folder.IMAGE_EXTENSIONS) and not e.name.startswith('.'))
   if not paths:
-    raise ValueError(f'No images ({", ".join(IMAGE_EXTENSIONS)}) in {folder}.')
+    raise ValueError(f'No images ({", ".join(image_folder.IMAGE_EXTENSIONS)}) in {folder}.')
   source = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string))
 
   def unreadable(error):
-    bad = find_unreadable_images(paths) or [('?', _reason(error))]
-    return (f'{len(bad)} image(s) in {folder} cannot be decoded: {_listed(bad)}. Remove or '
+    bad = image_folder.find_unreadable_images(paths) or [('?', image_folder.reason(error))]
+    return (f'{len(bad)} image(s) in {folder} cannot be decoded: {image_folder.listed(bad)}. Remove or '
             'replace them.')
 
   examples = _numpy_examples(

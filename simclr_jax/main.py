@@ -34,13 +34,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from simclr_jax import config_validation
-from simclr_jax import distributed
-from simclr_jax import evaluate
-from simclr_jax import finetune
-from simclr_jax import train
-from simclr_jax import workdir_lock
-from simclr_jax import writers
+# The programs are imported when a run starts (JAX and TensorFlow take seconds to load), so
+# that --help, --show_config and flag errors answer at once.
+# pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the saved config.')
@@ -113,6 +109,7 @@ def _explained(error) -> str | None:
     return (f'not enough disk space: {what}. The checkpoints and metrics written so far are '
             'intact; free some space (or lower config.keep_checkpoints) and rerun the same '
             'command to resume.')
+  from simclr_jax import workdir_lock
   if isinstance(error, (ValueError, FloatingPointError, workdir_lock.WorkdirLocked)):
     return str(error)
   return None
@@ -125,6 +122,9 @@ def main(argv):
   if FLAGS.show_config:
     print(FLAGS.config)
     return
+  from simclr_jax import distributed
+  from simclr_jax import workdir_lock
+  from simclr_jax import writers
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            [int(i) for i in FLAGS.local_device_ids or ()])
@@ -136,7 +136,6 @@ def main(argv):
     message = _explained(e)
     if message is None or FLAGS.verbose:
       raise
-    logging.error('%s: %s', type(e).__name__, e)
     _fail(f'{message}\n(--verbose shows the traceback.)')
 
 
@@ -154,12 +153,16 @@ def with_absolute_paths(config):
 
 def run(config, workdir: str):
   """Runs the program config.mode names."""
+  from simclr_jax import config_validation
   config = with_absolute_paths(config)
   if config.mode == 'pretrain':
+    from simclr_jax import train
     train.train_and_evaluate(config, workdir)
   elif config_validation.trains_classifier(config):
+    from simclr_jax import finetune
     finetune.finetune(config, workdir)
   else:
+    from simclr_jax import evaluate
     evaluate.evaluate(config, workdir)
 
 

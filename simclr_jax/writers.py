@@ -110,7 +110,22 @@ def create_writer(workdir: str, start_step: int = 0) -> metric_writers.MetricWri
       metric_writers.create_default_writer(workdir), JsonlWriter(path)])
 
 
+# Orbax warnings that every normal read-only restore (evaluation, the report) logs: reading
+# another run's checkpoints read-only, and restoring them as saved, are what we mean to do.
+_EXPECTED_ORBAX_WARNINGS = ('read_only=True, setting save_interval_steps=0',
+                            'Given directory is read only',
+                            'was found in the checkpoint, but could not be restored')
+
+
+def _shown(record) -> bool:
+  if '/orbax/' not in record.pathname:
+    return True
+  if record.levelno < std_logging.WARNING:
+    return False
+  return not any(text in record.getMessage() for text in _EXPECTED_ORBAX_WARNINGS)
+
+
 def quiet_orbax_logs():
-  """Drops Orbax's INFO lines (several per save or restore) from the absl log; keeps warnings."""
-  logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname)
+  """Drops Orbax's INFO lines (several per save or restore) and the warnings of normal
+  read-only restores from the absl log; keeps its other warnings."""
+  logging.get_absl_handler().addFilter(_shown)

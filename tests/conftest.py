@@ -4,8 +4,24 @@ import fcntl
 import os
 import pathlib
 import shutil
+import tempfile
 
 import pytest
+
+# One persistent compilation cache for the whole run, its subprocesses and both xdist workers
+# (set here, before JAX loads and before the workers start): tests that compile the same
+# computation (the tiny model's steps, feature extraction) compile it once.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='simclr_jax_test_cache_')
+  _OWN_CACHE = os.environ['JAX_COMPILATION_CACHE_DIR']
+else:
+  _OWN_CACHE = None
+
+
+def pytest_unconfigure(config):
+  del config
+  if _OWN_CACHE and 'PYTEST_XDIST_WORKER' not in os.environ:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 from simclr_jax.config_files import load_config_file
 

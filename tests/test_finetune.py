@@ -21,12 +21,13 @@ def _model_config():
   return config
 
 
-def _classifier(fine_tune_after_block, keep_head_layers=0):
+def _classifier(fine_tune_after_block):
   model = models.create_classifier(_model_config().model, image_size=16, num_classes=3,
-                                   fine_tune_after_block=fine_tune_after_block,
-                                   keep_head_layers=keep_head_layers)
+                                   fine_tune_after_block=fine_tune_after_block)
   images = jax.random.uniform(jax.random.PRNGKey(0), (4, 16, 16, 3))
-  return model, model.init(jax.random.PRNGKey(1), images, train=False), images
+  # Jitted: op by op, a ResNet-18 dispatches (and compiles) hundreds of small kernels.
+  variables = jax.jit(lambda: model.init(jax.random.PRNGKey(1), images, train=False))()
+  return model, variables, images
 
 
 def _part(path):
@@ -47,7 +48,7 @@ def test_frozen_parts_get_no_gradient_and_keep_their_statistics(after):
                                   images, train=True, mutable=['batch_stats'])
     return jnp.sum(jnp.sin(logits)), updates['batch_stats']
 
-  grads, stats = jax.grad(loss, has_aux=True)(params)
+  grads, stats = jax.jit(jax.grad(loss, has_aux=True))(params)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     frozen = isinstance(_part(path), int) and _part(path) <= after
     assert (np.abs(g).max() == 0) == frozen, jax.tree_util.keystr(path)
@@ -58,10 +59,16 @@ def test_frozen_parts_get_no_gradient_and_keep_their_statistics(after):
 
 
 def test_kept_head_layer_and_pretrained_weights_are_loaded():
-  model, variables, _ = _classifier(-1, keep_head_layers=1)
+  # Two one-block stages: the copying does not depend on the depth, the compile time does.
+  shallow = lambda model: model.clone(encoder=model.encoder.clone(stage_sizes=(1, 1)))
+  classifier = shallow(models.create_classifier(
+      _model_config().model, image_size=16, num_classes=3, fine_tune_after_block=-1,
+      keep_head_layers=1))
+  images = jnp.zeros((2, 16, 16, 3))
+  variables = jax.jit(lambda: classifier.init(jax.random.PRNGKey(1), images, train=False))()
   assert sorted(variables['params']['head']) == ['bn1', 'dense1']
-  simclr = models.create_model(_model_config().model, image_size=16, num_classes=3)
-  pretrained = simclr.init(jax.random.PRNGKey(5), jnp.zeros((2, 16, 16, 3)), train=False)
+  simclr = shallow(models.create_model(_model_config().model, image_size=16, num_classes=3))
+  pretrained = jax.jit(lambda: simclr.init(jax.random.PRNGKey(5), images, train=False))()
   loaded = finetune.with_pretrained(variables, pretrained)
   for collection in ('params', 'batch_stats'):
     jax.tree.map(np.testing.assert_array_equal, loaded[collection]['encoder'],
@@ -72,7 +79,6 @@ def test_kept_head_layer_and_pretrained_weights_are_loaded():
                                 pretrained['params']['head']['dense1']['kernel'])
   # The linear layer starts at zero: uniform predictions.
   assert not np.any(loaded['params']['classifier']['kernel'])
-  del model
 
 
 def test_optimizer_is_nesterov_sgd_and_leaves_frozen_parameters_alone():

@@ -12,6 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from conftest import load_config
+from simclr_jax import image_folder as folder_listing
 from simclr_jax import input_pipeline
 
 SIZE = 8  # Output side: tiny keeps the tests fast.
@@ -486,8 +487,8 @@ def test_cmyk_jpeg_is_read_as_rgb(tmp_path):
 
 
 def _clear_listing_caches():
-  input_pipeline._folder_examples.cache_clear()  # pylint: disable=protected-access
-  input_pipeline._list_image_folder.cache_clear()  # pylint: disable=protected-access
+  folder_listing.examples.cache_clear()
+  folder_listing.list_split.cache_clear()
 
 
 def test_eval_labels_follow_the_train_classes(tmp_path):
@@ -655,7 +656,7 @@ def test_undecodable_formats_are_counted_in_one_warning(tmp_path, caplog):
 def test_real_cifar10_lists_quickly(cifar10_dir):
   start = time.perf_counter()
   for split, count in (('train', 50_000), ('test', 10_000)):
-    paths, _, classes = input_pipeline._list_image_folder(  # pylint: disable=protected-access
+    paths, _, classes = folder_listing.list_split(
         str(cifar10_dir), split, False)
     assert len(paths) == count and len(classes) == 10
   assert time.perf_counter() - start < 3

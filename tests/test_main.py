@@ -131,7 +131,9 @@ def _main(*args):
 def _error_line(proc):
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert 'Traceback' not in proc.stderr
-  return proc.stderr.strip().split('\nError: ')[-1]
+  lines = proc.stderr.splitlines()
+  first = max(i for i, line in enumerate(lines) if line.startswith('Error: '))
+  return '\n'.join(lines[first:])[len('Error: '):].strip()
 
 
 def test_known_errors_end_in_a_sentence_with_status_2(cifar10_subset, tmp_path):

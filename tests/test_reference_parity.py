@@ -213,14 +213,15 @@ def test_probe_weight_decay_is_added_to_the_loss():
   rng = np.random.default_rng(14)
   batch = {'views': jnp.asarray(rng.uniform(size=(4, 2, 8, 8, 3)), jnp.float32),
            'label': jnp.asarray(rng.integers(0, 3, size=4), jnp.int32)}
-  variables = models.init_variables(model, jax.random.PRNGKey(0), 8)
+  variables = jax.jit(lambda: models.init_variables(model, jax.random.PRNGKey(0), 8))()
   params = dict(variables['params'])
   params['probe'] = {'kernel': jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
                      'bias': jnp.asarray(rng.normal(size=3), jnp.float32)}
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
-  outputs = [train.loss_and_metrics(params, variables['batch_stats'], batch, model=model,
-                                    temperature=0.5, mesh=mesh, weight_decay=wd)
-             for wd in (0.0, 1e-2)]
+  loss_and_metrics = jax.jit(lambda params, weight_decay: train.loss_and_metrics(
+      params, variables['batch_stats'], batch, model=model, temperature=0.5, mesh=mesh,
+      weight_decay=weight_decay))
+  outputs = [loss_and_metrics(params, wd) for wd in (0.0, 1e-2)]
   (loss0, (metrics0, _)), (loss1, (metrics1, _)) = outputs
   l2_loss = 0.5 * np.sum(np.square(np.asarray(params['probe']['kernel'], np.float64)))
   np.testing.assert_allclose(metrics1['probe_weight_decay'], 1e-2 * l2_loss, rtol=1e-6)

@@ -5,6 +5,7 @@ import collections
 import errno
 import io
 import json
+import logging
 import os
 
 import numpy as np
@@ -66,3 +67,14 @@ def test_a_save_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch)
     raise AssertionError('not refused')
   writers.require_free_space('gs://bucket/run', 2**40, 'unknowable')  # URLs are not checked.
   assert not os.listdir(tmp_path)
+
+
+def test_orbax_info_and_expected_read_only_warnings_are_dropped():
+  def record(path, level, message):
+    return logging.LogRecord('absl', level, path, 1, message, (), None)
+  orbax = '/site-packages/orbax/checkpoint/checkpoint_manager.py'
+  assert not writers._shown(record(orbax, logging.INFO, 'Saving checkpoint'))  # pylint: disable=protected-access
+  assert not writers._shown(record(orbax, logging.WARNING,  # pylint: disable=protected-access
+                                   'Given directory is read only=/w/checkpoints'))
+  assert writers._shown(record(orbax, logging.WARNING, 'Something else'))  # pylint: disable=protected-access
+  assert writers._shown(record('/simclr_jax/train.py', logging.INFO, 'Step 1'))  # pylint: disable=protected-access
