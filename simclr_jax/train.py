@@ -299,12 +299,14 @@ def run_training_loop(config, workdir, state, step_fn, batches, *, manager, batc
   checkpoint_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
   stopped_at = None
   with stop_request.StopRequest() as stop:
+    batch = next(batches)
     for step in range(start_step + 1, total_steps + 1):
-      batch = next(batches)
       if step == start_step + 1:
         step_fn = _compiled_on_every_process(step_fn, state, batch, start_step)
       state, metrics = step_fn(state, batch)
       window.append(metrics)
+      if step < total_steps:
+        batch = next(batches)  # The host's share of the next step, while this one computes.
       jax.block_until_ready(metrics)
       progress.step_done(step)
       if step == start_step + 1:

@@ -38,6 +38,15 @@ def test_a_live_run_refuses_others_and_a_killed_one_is_taken_over(tmp_path):
     message = str(error.value)
     assert f'pid {holder.pid} on host' in message and 'in use by another run' in message
     assert '--workdir' in message
+    # The flock, not the note, says who is alive: a note naming a dead pid (another pid
+    # namespace, a container sharing the volume) must not let a second run in.
+    lock_file = tmp_path / workdir_lock.LOCK_NAME
+    note = json.loads(lock_file.read_text())
+    lock_file.write_text(json.dumps({**note, 'pid': 2**22 + 12345}))
+    with pytest.raises(workdir_lock.WorkdirLocked, match='in use by another run'):
+      with workdir_lock.hold(str(tmp_path)):
+        pass
+    lock_file.write_text(json.dumps(note))
   finally:
     holder.send_signal(signal.SIGKILL)
     holder.wait()

@@ -146,6 +146,11 @@ MUTATIONS = (
     Mutation('lock-ignores-a-live-holder', 'simclr_jax/workdir_lock.py',
              'raise WorkdirLocked(self._held_message(self._read(), alive=True)) from None',
              'return', ('tests/test_workdir_lock.py',)),
+    Mutation('lock-of-a-dead-run-never-taken-over', 'simclr_jax/workdir_lock.py',
+             "if self._fd is not None or not _pid_alive(holder.get('pid')):", 'if False:',
+             ('tests/test_workdir_lock.py',)),
+    Mutation('lock-heartbeat-ignored', 'simclr_jax/workdir_lock.py',
+             'if age <= STALE_SECS:', 'if False:', ('tests/test_workdir_lock.py',)),
 )
 
 
