@@ -71,8 +71,13 @@ def config_differences(saved_path: str, config) -> list[str]:
   """'key: saved X, now Y' for each value that differs from the config saved at saved_path."""
   if not tf.io.gfile.exists(saved_path):
     return []
-  with tf.io.gfile.GFile(saved_path) as f:
-    saved = _flat_config(json.load(f))
+  try:
+    with tf.io.gfile.GFile(saved_path) as f:
+      saved = _flat_config(json.load(f))
+  except json.JSONDecodeError as e:
+    logging.warning('%s is not valid JSON (%s), so this config cannot be compared with the '
+                    "saved run's; the run rewrites it.", saved_path, e)
+    return []
   now = _flat_config(json.loads(config.to_json_best_effort()))
   return [f'{k}: saved {saved.get(k)!r}, now {now.get(k)!r}'
           for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)]

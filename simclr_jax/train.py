@@ -169,8 +169,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         'there. Pretraining writes it when it starts (python -m simclr_jax.main --config=... '
         f'--workdir={workdir}); if the checkpoints were copied here without it, copy the '
         "run's config.json along.")
-  with tf.io.gfile.GFile(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except json.JSONDecodeError as e:
+    raise ValueError(
+        f'{path} is not valid JSON ({e}); the model is rebuilt from it. Restore it from a '
+        f'copy, or rerun the pretraining command on {workdir}: it rewrites config.json when '
+        'it starts (with the same config file and flags, it resumes).') from None
 
 
 def augmentation_images(config) -> dict:

@@ -87,13 +87,28 @@ class JsonlWriter(metric_writers.MetricWriter):
     pass
 
 
+def _step_of(line: str) -> int | None:
+  try:
+    return int(json.loads(line)['step'])
+  except (ValueError, KeyError, TypeError):
+    return None
+
+
 def drop_records_after(path: str, step: int):
-  """Removes the lines of a metrics.jsonl logged after `step` (a resumed run redoes them)."""
+  """Removes the lines of a metrics.jsonl logged after `step` (a resumed run redoes them),
+  and lines that do not parse (a kill mid-write cuts the last one short)."""
   if not tf.io.gfile.exists(path):
     return
   with tf.io.gfile.GFile(path) as f:
-    lines = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-  write_atomically(path, ''.join(lines))
+    lines = [line for line in f if line.strip()]
+  steps = [_step_of(line) for line in lines]
+  torn = steps.count(None)
+  if torn:
+    logging.warning('Dropped %d unreadable line(s) of %s, as a kill mid-write leaves them.',
+                    torn, path)
+  write_atomically(path, ''.join(line if line.endswith('\n') else line + '\n'
+                                 for line, s in zip(lines, steps)
+                                 if s is not None and s <= step))
 
 
 def create_writer(workdir: str, start_step: int = 0) -> metric_writers.MetricWriter:

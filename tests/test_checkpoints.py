@@ -288,3 +288,14 @@ def test_run_saved_before_the_shortcut_option_gets_the_fix(cifar10_subset, tmp_p
   config.mode, config.pretrained_workdir = 'knn_eval', str(workdir)
   with pytest.raises(ValueError, match=fix):
     evaluate.evaluate(config, str(tmp_path / 'eval'))
+
+
+def test_a_damaged_config_json_is_named(tmp_path, cifar_config):
+  path = tmp_path / 'config.json'
+  path.write_text('{"model": {"name": "resn')
+  # Resuming compares configs: a damaged config.json is not a difference (it is rewritten).
+  assert checkpoints.config_differences(str(path), cifar_config) == []
+  # The report and the notebook rebuild the model from it: they stop, naming it and the fix.
+  with pytest.raises(ValueError, match=r'config\.json is not valid JSON .* rewrites config'):
+    train.load_config(str(tmp_path))
+

@@ -25,6 +25,14 @@ def test_jsonl_records_and_resume_truncation(tmp_path):
       {'step': 2, 'loss': 0.2}, {'step': 4, 'loss': 0.4}]
   writers.drop_records_after(str(tmp_path / 'missing.jsonl'), 4)  # Nothing to trim: no error.
   assert not (tmp_path / 'missing.jsonl').exists()
+  # A kill mid-write leaves the last line cut short: dropped, the others kept, and the next
+  # record starts on a line of its own.
+  with open(path, 'a') as f:
+    f.write('{"step": 6, "lo')
+  writers.drop_records_after(str(path), 6)
+  writer.write_scalars(6, {'loss': 0.6})
+  assert [json.loads(line) for line in path.read_text().splitlines()] == [
+      {'step': 2, 'loss': 0.2}, {'step': 4, 'loss': 0.4}, {'step': 6, 'loss': 0.6}]
 
 
 def test_pretraining_starts_with_the_augmentation_grid_in_tensorboard(pretrained_workdir):
