@@ -22,7 +22,6 @@ Known errors (a bad config value, missing data, a workdir in use, a full disk) e
 with a sentence that names the fix and exit status 2; --verbose adds the traceback.
 """
 
-import errno
 import os
 import sys
 
@@ -33,6 +32,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from simclr_jax import cli_errors
 
 # The programs are imported when a run starts (JAX and TensorFlow take seconds to load), so
 # that --help, --show_config and flag errors answer at once.
@@ -56,16 +57,7 @@ flags.DEFINE_list('local_device_ids', None,
                   'Multi-process runs: the local devices this process uses (default: all).')
 
 
-# Exit status of a run ended by a known error (as for a usage error).
-_ERROR_STATUS = 2
 _HELP_FLAGS = ('-h', '-?', '--help', '-help', '--helpshort', '--helpfull')
-
-
-def _fail(message: str):
-  """Ends the program with `message` (a known error) and exit status 2."""
-  sys.stderr.write(f'\nError: {message}\n')
-  sys.stderr.flush()
-  sys.exit(_ERROR_STATUS)
 
 
 def _parse_flags(argv):
@@ -77,11 +69,11 @@ def _parse_flags(argv):
   try:
     argv = FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    _fail(_flag_error(e))
+    cli_errors.fail(_flag_error(e))
   missing = [name for name in ('config', 'workdir')
              if FLAGS[name].value is None and not (name == 'workdir' and FLAGS.show_config)]
   if missing:
-    _fail(f'{" and ".join("--" + m for m in missing)} missing: e.g. '
+    cli_errors.fail(f'{" and ".join("--" + m for m in missing)} missing: e.g. '
           'python -m simclr_jax.main --config=configs/cifar10_cpu.py --workdir=/tmp/run '
           '(--help lists the flags).')
   return argv
@@ -97,27 +89,9 @@ def _flag_error(error) -> str:
   return f'{error} (--help lists the flags).'
 
 
-def _explained(error) -> str | None:
-  """The message for a known error, or None for one that is not (a bug: show its traceback)."""
-  if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-    what = error.strerror if error.filename else f'{error}'
-  elif 'No space left on device' in str(error):  # From Orbax's writer threads.
-    what = f'a write failed: {str(error).splitlines()[0][:300]}'
-  else:
-    what = None
-  if what:
-    return (f'not enough disk space: {what}. The checkpoints and metrics written so far are '
-            'intact; free some space (or lower config.keep_checkpoints) and rerun the same '
-            'command to resume.')
-  from simclr_jax import workdir_lock
-  if isinstance(error, (ValueError, FloatingPointError, workdir_lock.WorkdirLocked)):
-    return str(error)
-  return None
-
-
 def main(argv):
   if len(argv) > 1:
-    _fail(f'unexpected arguments {argv[1:]}: flags are written --name=value '
+    cli_errors.fail(f'unexpected arguments {argv[1:]}: flags are written --name=value '
           '(--help lists them).')
   if FLAGS.show_config:
     print(FLAGS.config)
@@ -125,18 +99,13 @@ def main(argv):
   from simclr_jax import distributed
   from simclr_jax import workdir_lock
   from simclr_jax import writers
-  try:
+  with cli_errors.as_sentences(FLAGS.verbose):
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            [int(i) for i in FLAGS.local_device_ids or ()])
     writers.quiet_orbax_logs()
     logging.info('Config:\n%s', FLAGS.config)
     with workdir_lock.hold(FLAGS.workdir):
       run(FLAGS.config, FLAGS.workdir)
-  except Exception as e:  # pylint: disable=broad-exception-caught
-    message = _explained(e)
-    if message is None or FLAGS.verbose:
-      raise
-    _fail(f'{message}\n(--verbose shows the traceback.)')
 
 
 def with_absolute_paths(config):

@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_jax import checkpoints
+from simclr_jax import cli_errors
 from simclr_jax import evaluate
 from simclr_jax import input_pipeline
 from simclr_jax import knn
@@ -342,6 +343,8 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_integer('k', 8, 'Neighbours per query in neighbors.png.', **define)
   flags.DEFINE_integer('tsne_examples', 2000, 'Test examples in tsne.png (a seeded subset).',
                        **define)
+  flags.DEFINE_bool('verbose', False, 'Show the traceback of known errors (no checkpoint, '
+                    'missing data), not only the sentence that explains them.', **define)
 
 
 def main(argv, flag_values=flags.FLAGS):
@@ -350,10 +353,11 @@ def main(argv, flag_values=flags.FLAGS):
   matplotlib.use('Agg')  # Files only, no display needed.
   writers.quiet_orbax_logs()
   f = flag_values
-  summary = write_report(
-      f.workdir, f.output_dir, step=f.step, dataset=f.dataset, max_examples=f.max_examples,
-      max_iterations=f.max_iterations, num_images=f.num_images, num_pairs=f.num_pairs,
-      num_queries=f.num_queries, k=f.k, tsne_examples=f.tsne_examples)
+  with cli_errors.as_sentences(f.verbose):
+    summary = write_report(
+        f.workdir, f.output_dir, step=f.step, dataset=f.dataset, max_examples=f.max_examples,
+        max_iterations=f.max_iterations, num_images=f.num_images, num_pairs=f.num_pairs,
+        num_queries=f.num_queries, k=f.k, tsne_examples=f.tsne_examples)
   print(f'Wrote {summary["output_dir"]}/report.md: linear top-1 '
         f'{100 * summary["linear"]["top1"]:.2f}%, kNN top-1 {100 * summary["knn"]["top1"]:.2f}%.')
 

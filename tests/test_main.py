@@ -4,6 +4,7 @@ Resuming is tested the hard way below: SIGTERM, SIGKILL and a torn save, then a 
 must reproduce an uninterrupted run's metrics exactly.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import sys
 import time
 
 from multidevice import REPO_ROOT
+from simclr_jax import cli_errors
 from simclr_jax import workdir_lock
 
 _REQUIRED_SCALARS = {'loss', 'contrastive_loss', 'contrastive_accuracy', 'contrastive_entropy',
@@ -148,9 +150,13 @@ def test_known_errors_end_in_a_sentence_with_status_2(cifar10_subset, tmp_path):
     busy = _error_line(_main(config, f'--workdir={tmp_path / "busy"}',
                              f'--config.dataset={cifar10_subset}'))
   assert busy.startswith(f'{tmp_path / "busy"} is in use by another run (pid {os.getpid()} ')
-  explained = subprocess.run(
-      [sys.executable, '-c', 'import errno; from simclr_jax import main; print(main._explained('
-       'OSError(errno.ENOSPC, "the checkpoint of step 6 needs about 3.0 MB", "/w")))'],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True).stdout
+  explained = cli_errors.explained(
+      OSError(errno.ENOSPC, 'the checkpoint of step 6 needs about 3.0 MB', '/w'))
   assert explained.startswith('not enough disk space: the checkpoint of step 6 needs about 3.0 '
                               'MB. The checkpoints and metrics written so far are intact')
+  # The report program too.
+  report = subprocess.run(
+      [sys.executable, '-m', 'simclr_jax.report', f'--workdir={tmp_path / "no_run"}'],
+      cwd=REPO_ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
+      timeout=300)
+  assert _error_line(report).startswith(f'No checkpoint in {tmp_path / "no_run"}/checkpoints')
