@@ -34,6 +34,10 @@ _ITEM = 'default'
 # (moving a good checkpoint aside would set the run back).
 _NOT_DAMAGE = re.compile(r'\s*(RESOURCE_EXHAUSTED|UNAVAILABLE|DEADLINE_EXCEEDED|'
                          r'PERMISSION_DENIED|UNAUTHENTICATED|CANCELLED|ABORTED):')
+# The fix for a run saved before config.model.shortcut existed: it has the torchvision
+# layout, today's default is the reference's (resuming and evaluating say it alike).
+OLD_LAYOUT_HINT = (' Runs saved before config.model.shortcut existed have the torchvision '
+                   'layout: add --config.model.shortcut=torchvision.')
 # Makes the names of the multi-process agreements unique within a run.
 _agreements = itertools.count()
 
@@ -215,10 +219,8 @@ def _check_resumable(manager, step: int, saved, abstract_state, config):
   if mismatched:
     detail = ('; '.join(differences[:6]) if differences
               else 'no config.json to compare with')
-    hint = ''
-    if "model.shortcut: saved None, now 'reference'" in differences:
-      hint = (' Runs saved before config.model.shortcut existed have the torchvision layout: '
-              'add --config.model.shortcut=torchvision.')
+    hint = (OLD_LAYOUT_HINT if "model.shortcut: saved None, now 'reference'" in differences
+            else '')
     raise ValueError(
         f'{workdir} holds a checkpoint (step {step}) made with an incompatible config: its '
         f'{" and ".join(mismatched)} do not fit this model/optimiser. Config differences: '

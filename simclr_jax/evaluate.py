@@ -72,8 +72,7 @@ def restore_encoder_variables(config, model, pretrained_workdir: str, step: int 
         with tf.io.gfile.GFile(saved) as f:
           saved_model = json.load(f)['model']
         if 'shortcut' not in saved_model and config.model.shortcut != 'torchvision':
-          hint = (' Runs saved before config.model.shortcut existed have the torchvision '
-                  'layout: add --config.model.shortcut=torchvision.')
+          hint = checkpoints.OLD_LAYOUT_HINT
       raise ValueError(
           f'The checkpoint at step {step} in {directory} holds another architecture than '
           f'config.model ({config.model.name}, width {config.model.width_multiplier}, '

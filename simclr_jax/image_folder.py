@@ -113,8 +113,13 @@ def _check_unreadable(dataset, split, unreadable, skip_bad_images):
         f'{len(unreadable)} image(s) in {dataset}/{split} cannot be read: {listed(unreadable)}. '
         'Fix their permissions or links, or delete them, or set '
         '--config.skip_bad_images=true to leave them out (the log counts them).')
+  _warn_skipped(dataset, split, unreadable)
+
+
+def _warn_skipped(dataset, split, bad):
+  """Logs how many of [(path, reason)] config.skip_bad_images leaves out, with the first."""
   logging.warning('Skipping %d unreadable images of %s/%s (config.skip_bad_images), e.g. %s: '
-                  '%s.', len(unreadable), dataset, split, *unreadable[0])
+                  '%s.', len(bad), dataset, split, *bad[0])
 
 
 def _warn_left_out(split_dir, empty, ignored):
@@ -207,8 +212,7 @@ def examples(dataset, split, train_split, skip_bad_images):
   if skip_bad_images:
     bad = find_unreadable_images(paths)
     if bad:
-      logging.warning('Skipping %d unreadable images of %s/%s (config.skip_bad_images), '
-                      'e.g. %s: %s.', len(bad), dataset, split, bad[0][0], bad[0][1])
+      _warn_skipped(dataset, split, bad)
       dropped = {p for p, _ in bad}
       kept = [i for i, p in enumerate(paths) if p not in dropped]
       paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]

@@ -54,7 +54,7 @@ class DatasetInfo:
 
 def _folder_split(config, split):
   return image_folder.examples(config.dataset, split, config.train_split,
-                          bool(config.skip_bad_images))
+                               bool(config.skip_bad_images))
 
 
 def decode_error_message(config, split, error) -> str:
@@ -65,8 +65,8 @@ def decode_error_message(config, split, error) -> str:
   bad = image_folder.find_unreadable_images(_folder_split(config, split)[0])
   if not bad:
     return f'Reading {config.dataset}/{split} failed: {error.message.strip()[:500]}'
-  return (f'{len(bad)} image(s) in {config.dataset}/{split} cannot be decoded: {image_folder.listed(bad)}. '
-          'Replace or delete them, or set '
+  return (f'{len(bad)} image(s) in {config.dataset}/{split} cannot be decoded: '
+          f'{image_folder.listed(bad)}. Replace or delete them, or set '
           '--config.skip_bad_images=true to leave them out (the log counts them).')
 
 
@@ -592,15 +592,16 @@ def folder_images(folder: str, image_size: int):
     raise ValueError(f'{folder} is not a folder; give a folder of images '
                      f'({", ".join(image_folder.IMAGE_EXTENSIONS)}).')
   paths = sorted(e.path for e in os.scandir(folder)
-                 if e.name.lower().endswith(image_folder.IMAGE_EXTENSIONS) and not e.name.startswith('.'))
+                 if e.name.lower().endswith(image_folder.IMAGE_EXTENSIONS)
+                 and not e.name.startswith('.'))
   if not paths:
     raise ValueError(f'No images ({", ".join(image_folder.IMAGE_EXTENSIONS)}) in {folder}.')
   source = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string))
 
   def unreadable(error):
     bad = image_folder.find_unreadable_images(paths) or [('?', image_folder.reason(error))]
-    return (f'{len(bad)} image(s) in {folder} cannot be decoded: {image_folder.listed(bad)}. Remove or '
-            'replace them.')
+    return (f'{len(bad)} image(s) in {folder} cannot be decoded: {image_folder.listed(bad)}. '
+            'Remove or replace them.')
 
   examples = _numpy_examples(
       source, lambda path: {'image': augment.eval_view(_decode(path, True), image_size)},

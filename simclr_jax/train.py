@@ -248,7 +248,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                            batch_size=config.batch_size, start_step=start_step,
                            total_steps=total_steps, extra_metrics=knn_metrics, images=images,
                            next_command=f'python -m simclr_jax.report --workdir={workdir} '
-                           '(linear and kNN accuracy of the encoder, with figures).')
+                           '(linear and kNN accuracy of the encoder, with figures).',
+                           cpu_config_hint=' On a CPU, configs/cifar10_cpu.py trains '
+                           'CIFAR-10 in about 20 minutes.')
 
 
 def _check_finite(steps, metrics, manager):
@@ -279,7 +281,7 @@ def _compiled_on_every_process(step_fn, state, batch, start_step: int):
 
 def run_training_loop(config, workdir, state, step_fn, batches, *, manager, batch_size: int,
                       start_step: int, total_steps: int, extra_metrics=None, images=None,
-                      next_command: str = ''):
+                      next_command: str = '', cpu_config_hint: str = ''):
   """Runs `step_fn` to total_steps, logging and checkpointing as config says; returns state.
 
   Metrics are averaged over the steps between writes (every config.log_every_steps) and
@@ -291,14 +293,14 @@ def run_training_loop(config, workdir, state, step_fn, batches, *, manager, batc
   count completed steps. On a stop request it saves a checkpoint at the current step and
   returns early; on a non-finite loss or gradient it raises FloatingPointError without saving.
   At the end it prints a summary, with `next_command` as what to run next.
+  `cpu_config_hint` ends the warning of a run that would take days on a CPU.
   """
   writer = writers.create_writer(workdir, start_step)
   if images:
     writer.write_images(start_step, images)
   progress = progress_lib.Progress(
       start_step=start_step, total_steps=total_steps, batch_size=batch_size,
-      every_secs=config.progress_every_secs,
-      cpu_config_hint=' On a CPU, configs/cifar10_cpu.py trains CIFAR-10 in about 20 minutes.')
+      every_secs=config.progress_every_secs, cpu_config_hint=cpu_config_hint)
   progress.starting(workdir)
   window = []  # Device metrics of the steps since the last write.
   last_scalars = {}

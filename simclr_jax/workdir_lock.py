@@ -65,7 +65,7 @@ class _Lock:
         logging.warning('Taking over %s from a run that ended without releasing it (%s).',
                         self.path, _describe(holder))
       self._write()
-    except:
+    except BaseException:
       self._close()
       raise
     self._heartbeat.start()

@@ -29,7 +29,8 @@ _STEP_SCRIPT = textwrap.dedent('''
     config.model.conv_impl = 'xla'  # The patch matmuls accumulate in float32.
     config.batch_size, config.num_train_steps, config.warmup_epochs = 16, 10, 0
     # Plain SGD at lr 1 (16 * 16 / 256) without momentum or decay: new params = params - grads.
-    config.optimizer, config.learning_rate, config.momentum, config.weight_decay = 'sgd', 16., 0., 0.
+    config.optimizer, config.learning_rate = 'sgd', 16.0
+    config.momentum, config.weight_decay = 0.0, 0.0
     model = models.create_model(config.model, image_size=16, num_classes=10, dtype=jnp.float64)
     # Two one-block stages (a stride-2 projection included) compile far faster than four.
     model = model.clone(encoder=model.encoder.clone(stage_sizes=(1, 1)))

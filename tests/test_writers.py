@@ -80,9 +80,9 @@ def test_a_save_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch)
 def test_orbax_info_and_expected_read_only_warnings_are_dropped():
   def record(path, level, message):
     return logging.LogRecord('absl', level, path, 1, message, (), None)
+  shown = writers._shown  # pylint: disable=protected-access
   orbax = '/site-packages/orbax/checkpoint/checkpoint_manager.py'
-  assert not writers._shown(record(orbax, logging.INFO, 'Saving checkpoint'))  # pylint: disable=protected-access
-  assert not writers._shown(record(orbax, logging.WARNING,  # pylint: disable=protected-access
-                                   'Given directory is read only=/w/checkpoints'))
-  assert writers._shown(record(orbax, logging.WARNING, 'Something else'))  # pylint: disable=protected-access
-  assert writers._shown(record('/simclr_jax/train.py', logging.INFO, 'Step 1'))  # pylint: disable=protected-access
+  assert not shown(record(orbax, logging.INFO, 'Saving checkpoint'))
+  assert not shown(record(orbax, logging.WARNING, 'Given directory is read only=/w/checkpoints'))
+  assert shown(record(orbax, logging.WARNING, 'Something else'))
+  assert shown(record('/simclr_jax/train.py', logging.INFO, 'Step 1'))
