@@ -31,6 +31,7 @@ sys.path.insert(0, REPO_ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax import evaluate
+from simclr_jax import huge_pages
 from simclr_jax import input_pipeline
 from simclr_jax import models
 from simclr_jax import train
@@ -107,6 +108,8 @@ def evaluate_encoders(config, pretrained_workdir):
 def main(argv):
   del argv
   config = load_config_file(FLAGS.config)
+  if config.huge_page_malloc:  # As the command-line program does.
+    huge_pages.reexec_with_huge_pages()
   config.dataset = FLAGS.dataset
   config.eval.max_examples = FLAGS.eval_max_examples
   os.makedirs(FLAGS.workdir, exist_ok=True)

@@ -41,6 +41,7 @@ sys.path.insert(0, REPO_ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax import augment_jax
+from simclr_jax import huge_pages
 from simclr_jax import input_pipeline
 from simclr_jax import models
 from simclr_jax import optim
@@ -174,6 +175,8 @@ def main(argv):
   del argv
   config = FLAGS.config
   devices = jax.devices()[:FLAGS.num_devices or None]
+  if config.huge_page_malloc:  # As the command-line program does.
+    huge_pages.reexec_with_huge_pages()
   peak = matmul_peak_flops(devices[0], FLAGS.peak_matmul_size) * len(devices)
   compile_sec, step_sec, flops = time_train_step(config, devices)
   images_per_sec = config.batch_size / step_sec

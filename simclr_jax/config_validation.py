@@ -75,6 +75,8 @@ def validate_config(config, *, num_devices: int, num_processes: int = 1):
            f'config.eval_every_steps={config.eval_every_steps} must be >= 0 (0 = no kNN monitor).')
   _require(isinstance(config.skip_bad_images, bool),
            f'config.skip_bad_images={config.skip_bad_images!r} must be true or false.')
+  _require(isinstance(config.huge_page_malloc, bool),
+           f'config.huge_page_malloc={config.huge_page_malloc!r} must be true or false.')
   _require(isinstance(config.augment_on_device, bool),
            f'config.augment_on_device={config.augment_on_device!r} must be true or false.')
   for name in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',

@@ -96,6 +96,9 @@ def main(argv):
   if FLAGS.show_config:
     print(FLAGS.config)
     return
+  if FLAGS.config.huge_page_malloc:
+    from simclr_jax import huge_pages
+    huge_pages.reexec_with_huge_pages()
   from simclr_jax import distributed
   from simclr_jax import workdir_lock
   from simclr_jax import writers

@@ -8,6 +8,8 @@ import tempfile
 
 import pytest
 
+from simclr_jax import huge_pages
+
 # One persistent compilation cache for the whole run, its subprocesses and both xdist workers
 # (set here, before JAX loads and before the workers start): tests that compile the same
 # computation (the tiny model's steps, feature extraction) compile it once.
@@ -16,6 +18,11 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   _OWN_CACHE = os.environ['JAX_COMPILATION_CACHE_DIR']
 else:
   _OWN_CACHE = None
+
+# Subprocesses and workers start with huge-page malloc, as the command-line program restarts
+# itself to (simclr_jax/huge_pages.py): faster steps, and no restart per program run.
+if huge_pages.supported():
+  os.environ.setdefault('GLIBC_TUNABLES', huge_pages.TUNABLE)
 
 
 def pytest_unconfigure(config):
@@ -57,10 +64,14 @@ def cifar10_dir() -> pathlib.Path:
 
 
 def tiny_config(dataset):
-  """cifar10.py shrunk for CPU tests: 1/8 width, batch 32, 4 steps, small kNN monitor."""
+  """cifar10.py shrunk for CPU tests: 1/8 width, XLA convolutions, batch 32, 4 steps, small
+  kNN monitor."""
   config = load_config('cifar10')
   config.dataset = str(dataset)
   config.model.width_multiplier = 0.125
+  # At this size XLA's convolutions compile and run faster than the patch matmuls that 'auto'
+  # picks on CPU (tests/test_conv.py holds those equal to XLA's).
+  config.model.conv_impl = 'xla'
   config.batch_size = 32
   config.num_train_steps = 4
   config.log_every_steps = 2

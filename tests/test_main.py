@@ -26,7 +26,8 @@ def _cli(workdir, dataset, cache_dir, *overrides):
   """(command, env) of a tiny pretraining run through the command line."""
   command = [sys.executable, '-m', 'simclr_jax.main', '--config=configs/cifar10.py',
              f'--workdir={workdir}', f'--config.dataset={dataset}',
-             '--config.model.width_multiplier=0.125', '--config.batch_size=32',
+             '--config.model.width_multiplier=0.125', '--config.model.conv_impl=xla',
+             '--config.batch_size=32',
              '--config.num_train_steps=4', '--config.log_every_steps=2',
              '--config.checkpoint_every_steps=2', '--config.shuffle_buffer_size=256',
              *overrides]
