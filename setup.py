@@ -39,6 +39,6 @@ setuptools.setup(
                  'nbformat==5.11.1', 'ipykernel==7.4.0', 'threadpoolctl==3.8.0', 'scipy==1.17.1',
                  'ruff==0.17.6'],
         # benchmarks/throughput.py --torch: the PyTorch CPU speed reference.
-        'torch_reference': ['torch==2.14.1'],
+        'torch_reference': ['torch==2.13.0'],
     },
 )

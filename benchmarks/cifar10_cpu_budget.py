@@ -1,7 +1,8 @@
 r"""Pretrain within a wall-clock budget on CIFAR-10, then evaluate against honest baselines.
 
   python benchmarks/cifar10_cpu_budget.py --budget_minutes=20 --workdir=/tmp/simclr_budget \
-      [--dataset=../shared/data/cifar10-jpeg] [--config=configs/cifar10_cpu.py]
+      [--dataset=../shared/data/cifar10-jpeg] [--config=configs/cifar10_cpu.py] \
+      [--config.KEY=VALUE ...]
 
 1. Calibration: a short run of the real config (pipeline included) in WORKDIR/calibration
    measures the step rate and the start-up cost (compilation, first batches).
@@ -25,6 +26,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+from ml_collections import config_flags
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
@@ -35,12 +37,12 @@ from simclr_jax import huge_pages
 from simclr_jax import input_pipeline
 from simclr_jax import models
 from simclr_jax import train
-from simclr_jax.config_files import load_config_file
 from simclr_jax.sharding import create_mesh
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('config', os.path.join(REPO_ROOT, 'configs', 'cifar10_cpu.py'),
-                    'Config file to pretrain with.')
+config_flags.DEFINE_config_file('config', os.path.join(REPO_ROOT, 'configs', 'cifar10_cpu.py'),
+                                'Config file to pretrain with; override values with '
+                                '--config.KEY=VALUE (e.g. --config.temperature=0.1).')
 flags.DEFINE_string('dataset', os.environ.get(
     'SIMCLR_CIFAR10_DIR', os.path.join(REPO_ROOT, '..', 'shared', 'data', 'cifar10-jpeg')),
                     'CIFAR-10 image folder (<split>/<class>/<image>) or a TFDS name.')
@@ -107,7 +109,7 @@ def evaluate_encoders(config, pretrained_workdir):
 
 def main(argv):
   del argv
-  config = load_config_file(FLAGS.config)
+  config = FLAGS.config
   if config.huge_page_malloc:  # As the command-line program does.
     huge_pages.reexec_with_huge_pages()
   config.dataset = FLAGS.dataset
@@ -126,7 +128,8 @@ def main(argv):
   results = {
       'machine': f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, '
                  f'{jax.devices()[0].device_kind} x{jax.device_count()}',
-      'config': os.path.relpath(FLAGS.config, REPO_ROOT), 'dataset': config.dataset,
+      'config': os.path.relpath(config_flags.get_config_filename(FLAGS['config']), REPO_ROOT),
+      'config_values': config.to_dict(), 'dataset': config.dataset,
       'model': config.model.name, 'width_multiplier': config.model.width_multiplier,
       'batch_size': config.batch_size, 'budget_minutes': FLAGS.budget_minutes,
       'pretrain_steps': steps, 'pretrain_epochs': steps * config.batch_size / info.num_examples,

@@ -2,7 +2,8 @@ r"""Train-step throughput, FLOPs, MFU and input-pipeline speed for a config.
 
   python benchmarks/throughput.py --config=configs/cifar10.py \
       --config.model.width_multiplier=0.25 --config.batch_size=128 [--num_devices=1] \
-      [--dataset=../shared/data/cifar10-jpeg] [--steps=10] [--torch] [--device_augment]
+      [--dataset=../shared/data/cifar10-jpeg] [--steps=10] [--torch [--torch_threads=1]] \
+      [--device_augment]
 
 Reports, for the config's model and global batch on the first `num_devices` devices:
 - compile time of the jitted train step;
@@ -57,6 +58,8 @@ flags.DEFINE_integer('warmup_steps', 2, 'Untimed steps after compilation.')
 flags.DEFINE_string('dataset', '', 'If set, also time the input pipeline on this dataset.')
 flags.DEFINE_integer('pipeline_batches', 20, 'Timed input-pipeline batches.')
 flags.DEFINE_bool('torch', False, 'Also time the same step in PyTorch on CPU.')
+flags.DEFINE_integer('torch_threads', 0, 'PyTorch intra-op threads (0: its default, the '
+                     'physical cores; 1 for a one-core comparison under taskset).')
 flags.DEFINE_integer('peak_matmul_size', 2048, 'Side of the float32 matmul that measures the peak '
                      '(smaller: quicker and lower).')
 flags.DEFINE_bool('device_augment', False, 'Also time the on-device augmentation '
@@ -166,7 +169,8 @@ def torch_images_per_second(config) -> float:
   """benchmarks/torch_reference.py in a fresh process (PyTorch and TensorFlow clash)."""
   out = subprocess.run(
       [sys.executable, os.path.join(REPO_ROOT, 'benchmarks', 'torch_reference.py'),
-       config.to_json_best_effort(), str(FLAGS.steps), str(FLAGS.warmup_steps)],
+       config.to_json_best_effort(), str(FLAGS.steps), str(FLAGS.warmup_steps),
+       str(FLAGS.torch_threads)],
       check=True, capture_output=True, text=True).stdout
   return float(out.strip().splitlines()[-1])
 

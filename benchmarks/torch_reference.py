@@ -4,7 +4,8 @@ Same network as simclr_jax.models for a config (ResNet v1 with CIFAR or ImageNet
 width multiplier, SimCLRv2 projection head, linear probe on the detached representation),
 NT-Xent on both views, and a momentum-SGD update. A benchmark-only dependency: the package
 never imports it. Run as a script in its own process (PyTorch and TensorFlow clash when loaded
-together): `python benchmarks/torch_reference.py CONFIG_JSON STEPS WARMUP_STEPS` prints images/s.
+together): `python benchmarks/torch_reference.py CONFIG_JSON STEPS WARMUP_STEPS [THREADS]` prints
+images/s.
 """
 
 import json
@@ -138,4 +139,5 @@ def images_per_sec(config, steps=10, warmup_steps=2, threads=None) -> float:
 
 if __name__ == '__main__':
   print(images_per_sec(ml_collections.ConfigDict(json.loads(sys.argv[1])),
-                       steps=int(sys.argv[2]), warmup_steps=int(sys.argv[3])))
+                       steps=int(sys.argv[2]), warmup_steps=int(sys.argv[3]),
+                       threads=int(sys.argv[4]) if len(sys.argv) > 4 else None))
