@@ -1,14 +1,11 @@
 """The patch-matmul convolution against XLA's convolution, its gradients and naive loops."""
 
-import json
-
 import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from multidevice import run_on_eight_cpu_devices
 from simclr_jax.models import conv
 from simclr_jax.models.conv import matmul_conv
 from simclr_jax.models.resnet import BasicBlock, ResNet
@@ -99,52 +96,3 @@ def test_resnet_outputs_and_gradients_equal_with_either_convolution():
     assert np.abs(want).max() > 0, jax.tree_util.keystr(path)
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max(),
                                err_msg=jax.tree_util.keystr(path))
-
-
-_SHARDED = '''
-import json
-import jax
-from jax import lax
-import jax.numpy as jnp
-import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
-from simclr_jax.models import conv as conv_lib
-conv_lib._MAX_CHUNK_ROWS = 16  # Several chunks per device at these sizes.
-mesh = jax.make_mesh((8,), ('data',))
-batch_sharded = NamedSharding(mesh, P('data'))
-out = {}
-for stride in (1, 2):
-  kx, kw, kr = jax.random.split(jax.random.PRNGKey(stride), 3)
-  x = jax.random.normal(kx, (32, 9, 9, 4))
-  w = jax.random.normal(kw, (3, 3, 4, 6))
-  out_size = 8 // stride + 1
-  r = jax.random.normal(kr, (32, out_size, out_size, 6))
-  def conv(x, w, impl):
-    return impl(x, w, (stride, stride), ((1, 1), (1, 1)),
-                dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  # Forward and gradients compiled apart: XLA:CPU may run two independent all-reduces at once,
-  # which can deadlock 8 devices on a 2-core machine.
-  forward = lambda impl: jax.jit(lambda x, w: conv(x, w, impl), in_shardings=(batch_sharded, None))
-  grad = lambda impl: jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w, impl) * r), (0, 1)),
-                              in_shardings=(batch_sharded, None))
-  hlo = ''.join(f(conv_lib.matmul_conv).lower(x, w).compile().as_text() for f in (forward, grad))
-  got, (dx, dw) = forward(conv_lib.matmul_conv)(x, w), grad(conv_lib.matmul_conv)(x, w)
-  want, (want_dx, want_dw) = forward(lax.conv_general_dilated)(x, w), grad(
-      lax.conv_general_dilated)(x, w)
-  out[stride] = {
-      'chunks_per_device': conv_lib._num_chunks(32, out_size ** 2, 36),
-      'moves': sum(hlo.count(op) for op in ('all-gather', 'all-to-all', 'collective-permute')),
-      'errors': [float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-                 for a, b in ((got, want), (dx, want_dx), (dw, want_dw))]}
-print(json.dumps(out))
-'''
-
-
-def test_chunks_stay_on_their_device_when_the_batch_is_sharded():
-  """On 8 devices, the chunk loops run on each device's own images: no data moves between
-  devices (only the weight gradient's sum over devices), and the results are XLA's."""
-  results = json.loads(run_on_eight_cpu_devices(_SHARDED))
-  for stride, result in results.items():
-    assert result['chunks_per_device'] > 1, stride
-    assert result['moves'] == 0, stride
-    assert max(result['errors']) < 1e-5, (stride, result['errors'])

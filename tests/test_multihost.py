@@ -46,8 +46,7 @@ _RTOL_LATER = 2e-3
 
 def _flags(workdir, dataset):
   return [f'--workdir={workdir}', '--config=configs/cifar10.py', f'--config.dataset={dataset}',
-          '--config.model.width_multiplier=0.125', '--config.model.conv_impl=xla',
-          '--config.batch_size=16',
+          '--config.model.width_multiplier=0.125', '--config.batch_size=16',
           '--config.data_shards=2', f'--config.num_train_steps={_STEPS}',
           '--config.log_every_steps=1', '--config.checkpoint_every_steps=100',
           '--config.eval_every_steps=0', '--config.shuffle_buffer_size=256',

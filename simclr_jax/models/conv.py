@@ -26,39 +26,18 @@ _CHUNK_VALUES = 2048 * 576  # 2048 output pixels of a 3x3 convolution over 64 ch
 _MAX_CHUNK_ROWS = 4096  # For the few input channels of the stem.
 
 
-def _batch_shards(batch: int) -> int:
-  """How many equal blocks of the batch the devices hold: the train and evaluation steps split
-  the batch over all devices. Only the chunks' layout depends on it, not the result."""
-  devices = jax.device_count()
-  return devices if batch % devices == 0 else 1
-
-
 def _num_chunks(batch: int, rows_per_image: int, patch_size: int) -> int:
-  """Number of chunks, dividing each device's share of the batch evenly, whose patch matrix
-  on one device (rows_per_image rows of patch_size values per image) holds about
-  _CHUNK_VALUES numbers."""
-  per_shard = batch // _batch_shards(batch)
+  """Number of batch chunks, dividing the batch evenly, whose patch matrix (rows_per_image
+  rows of patch_size values for each image) holds about _CHUNK_VALUES numbers."""
   rows = max(1, min(_MAX_CHUNK_ROWS, _CHUNK_VALUES // patch_size))
-  n = max(1, min(per_shard, per_shard * rows_per_image // rows))
-  while per_shard % n:
+  n = max(1, min(batch, batch * rows_per_image // rows))
+  while batch % n:
     n -= 1
   return n
 
 
 def _split(a, n):
-  """[n, batch / n, ...]: chunk i takes the i-th n-th of every device's block of the batch, so
-  that a loop over chunks never moves data between devices."""
-  shards = _batch_shards(a.shape[0])
-  a = a.reshape((shards, n, a.shape[0] // (shards * n)) + a.shape[1:])
-  return a.swapaxes(0, 1).reshape((n, -1) + a.shape[3:])
-
-
-def _merge(chunks):
-  """The inverse of _split: [n, batch / n, ...] back to [batch, ...]."""
-  n, per_chunk = chunks.shape[:2]
-  shards = _batch_shards(n * per_chunk)
-  chunks = chunks.reshape((n, shards, per_chunk // shards) + chunks.shape[2:])
-  return chunks.swapaxes(0, 1).reshape((n * per_chunk,) + chunks.shape[3:])
+  return a.reshape((n, a.shape[0] // n) + a.shape[1:])
 
 
 def _pad(x, pads):
@@ -95,7 +74,8 @@ def _conv(x, w, strides, pads, precision):
     return jnp.dot(patches, kernel, precision=precision)
 
   n = _num_chunks(x.shape[0], out_size[0] * out_size[1], kernel.shape[0])
-  return _merge(lax.map(chunk_conv, _split(x, n)))
+  y = lax.map(chunk_conv, _split(x, n))
+  return y.reshape((x.shape[0],) + y.shape[2:])
 
 
 def _input_grad(g, w, x_shape, strides, pads, precision):
@@ -123,7 +103,7 @@ def _input_grad(g, w, x_shape, strides, pads, precision):
     return dx_pad
 
   n = _num_chunks(batch, out_h * out_w, kernel.shape[0])
-  dx_pad = _merge(lax.map(chunk_grad, _split(g, n)))
+  dx_pad = lax.map(chunk_grad, _split(g, n)).reshape((batch, padded_h, padded_w, cin))
   unpad = jax.linear_transpose(lambda x: _pad(x, pads), jax.ShapeDtypeStruct(x_shape, g.dtype))
   return unpad(dx_pad)[0]
 
