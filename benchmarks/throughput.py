@@ -178,9 +178,9 @@ def torch_images_per_second(config) -> float:
 def main(argv):
   del argv
   config = FLAGS.config
-  devices = jax.devices()[:FLAGS.num_devices or None]
-  if config.huge_page_malloc:  # As the command-line program does.
+  if config.huge_page_malloc:  # As the command-line program does; before JAX starts its backend.
     huge_pages.reexec_with_huge_pages()
+  devices = jax.devices()[:FLAGS.num_devices or None]
   peak = matmul_peak_flops(devices[0], FLAGS.peak_matmul_size) * len(devices)
   compile_sec, step_sec, flops = time_train_step(config, devices)
   images_per_sec = config.batch_size / step_sec
