@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from simclr_jax import checkpoints
 from simclr_jax import config_validation
+from simclr_jax import datasets
 from simclr_jax import input_pipeline
 from simclr_jax import knn
 from simclr_jax import linear_classifier
@@ -206,7 +207,7 @@ def knn_protocol(config, train, evaluation, num_classes: int) -> dict:
           **accuracies(scores, evaluation[1], num_classes)}
 
 
-def labelled_train_info(config) -> input_pipeline.DatasetInfo:
+def labelled_train_info(config) -> datasets.DatasetInfo:
   """Info of the train split, after checking that both splits exist and have labels."""
   info = input_pipeline.get_dataset_info(config, config.train_split)
   input_pipeline.get_dataset_info(config, config.eval.split)

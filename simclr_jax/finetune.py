@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from simclr_jax import checkpoints
 from simclr_jax import config_validation
+from simclr_jax import datasets
 from simclr_jax import evaluate
 from simclr_jax import input_pipeline
 from simclr_jax import label_fractions
@@ -115,7 +116,7 @@ def finetune(config, workdir: str):
   protocol, settings = protocol_settings(config)
   info = evaluate.labelled_train_info(config)
   subset = label_fractions.class_balanced_subset(
-      input_pipeline.split_labels(config, config.train_split), settings.label_fraction,
+      datasets.get(config).labels(config.train_split), settings.label_fraction,
       settings.subset_seed)
   pretrained, pretrained_step = _pretrained_variables(config, info.num_classes)
 

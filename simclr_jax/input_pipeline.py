@@ -1,4 +1,4 @@
-"""tf.data input pipeline for SimCLR pretraining: image folders and TFDS.
+"""tf.data pipelines over any data source (datasets/): pretraining, fine-tuning, evaluation.
 
 The train split is cut into data shards, one per host by default
 (config.data_shards = 0) or config.data_shards of them, a contiguous range of
@@ -15,7 +15,6 @@ sequentially, a permutation within each block of config.shuffle_buffer_size.
 """
 
 import collections
-import dataclasses
 import itertools
 import logging
 import os
@@ -25,9 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_jax import augment
-from simclr_jax import image_folder
-
-_FOLDER_EXAMPLE = '../shared/data/cifar10-jpeg'
+from simclr_jax import datasets
+from simclr_jax.datasets import image_folder
 # Distinct streams so the shuffle and augmentation seeds are independent.
 _SHUFFLE_STREAM = 1
 _AUGMENT_STREAM = 2
@@ -46,73 +44,6 @@ def _hide_gpus_from_tf():
 _hide_gpus_from_tf()
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  num_examples: int  # Global number of examples in the split.
-  num_classes: int  # 0 when the dataset has no labels.
-
-
-def _folder_split(config, split):
-  return image_folder.examples(config.dataset, split, config.train_split,
-                               bool(config.skip_bad_images))
-
-
-def decode_error_message(config, split, error) -> str:
-  """Names the files behind a decode error of the pipeline over `split`, and the fixes."""
-  if not image_folder.is_image_folder(config.dataset):
-    return (f'A record of TFDS dataset {config.dataset!r} split {split!r} could not be '
-            f'decoded ({image_folder.reason(error)}); rebuild the dataset.')
-  bad = image_folder.find_unreadable_images(_folder_split(config, split)[0])
-  if not bad:
-    return f'Reading {config.dataset}/{split} failed: {error.message.strip()[:500]}'
-  return (f'{len(bad)} image(s) in {config.dataset}/{split} cannot be decoded: '
-          f'{image_folder.listed(bad)}. Replace or delete them, or set '
-          '--config.skip_bad_images=true to leave them out (the log counts them).')
-
-
-def _tfds_builder(config):
-  """Returns the prepared TFDS builder for config.dataset, or raises ValueError."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  try:
-    builder = tfds.builder(config.dataset, data_dir=config.tfds_data_dir or None)
-  except ValueError as e:  # DatasetNotFoundError subclasses ValueError.
-    first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise ValueError(
-        f'config.dataset={config.dataset!r} is neither an existing image folder '
-        f'nor a known TFDS dataset ({first_line}). Use a TFDS name such as '
-        f"'cifar10' or a folder such as {_FOLDER_EXAMPLE}.") from None
-  # Checked here because tfds.load on an unprepared dataset would try to
-  # download it, which offline means minutes of retries before failing.
-  if not builder.is_prepared():
-    raise ValueError(
-        f'TFDS dataset config.dataset={config.dataset!r} is not prepared in '
-        f'{builder.data_dir} (config.tfds_data_dir={config.tfds_data_dir!r}). '
-        f'Prepare it with `tfds build {config.dataset} --data_dir=DIR` on a '
-        'machine with internet and copy DIR here (then set '
-        '--config.tfds_data_dir=DIR), or set --config.dataset to an image '
-        f'folder such as {_FOLDER_EXAMPLE}.')
-  return builder
-
-
-def _tfds_split_info(builder, config, split):
-  try:
-    return builder.info.splits[split]
-  except (KeyError, ValueError) as e:
-    raise ValueError(
-        f'TFDS dataset {config.dataset!r} has no split {split!r} '
-        f'(available: {sorted(builder.info.splits.keys())}; error: {e}).'
-    ) from None
-
-
-def _tfds_num_classes(builder):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  features = builder.info.features
-  if 'label' in features and isinstance(features['label'],
-                                        tfds.features.ClassLabel):
-    return features['label'].num_classes
-  return 0
-
-
 def _check_classes(config, classes):
   """Refuses a train split of one class when config scores predictions against its labels."""
   pretrain = config.mode == 'pretrain'
@@ -128,20 +59,17 @@ def _check_classes(config, classes):
       f'images in one sub-folder per class (root/{config.train_split}/<class>/<image>){off}.')
 
 
-def get_dataset_info(config, split):
+def get_dataset_info(config, split) -> datasets.DatasetInfo:
   """Counts the examples and classes of `split` without decoding any image.
 
-  An image folder whose train split has one class is refused where config evaluates against
-  labels (the kNN monitor, evaluation modes), before anything is compiled.
+  A dataset of one class is refused where config evaluates against labels (the kNN monitor,
+  evaluation modes), before anything is compiled.
   """
-  if image_folder.is_image_folder(config.dataset):
-    paths, _, classes = _folder_split(config, split)
-    _check_classes(config, classes)
-    return DatasetInfo(num_examples=len(paths), num_classes=len(classes))
-  builder = _tfds_builder(config)
-  return DatasetInfo(
-      num_examples=_tfds_split_info(builder, config, split).num_examples,
-      num_classes=_tfds_num_classes(builder))
+  source = datasets.get(config)
+  info = source.info(split)
+  if info.num_classes == 1:
+    _check_classes(config, source.class_names())
+  return info
 
 
 def _stream_seed(config_seed, stream, *data):
@@ -150,91 +78,6 @@ def _stream_seed(config_seed, stream, *data):
   for d in data:
     seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(d, tf.int64))
   return seed
-
-
-def _tfds_pairs(builder, split, has_label, read_config=None):
-  """TFDS split as (encoded image bytes, int32 label or -1), in file order."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  source = builder.as_dataset(split=split, shuffle_files=False,
-                              decoders={'image': tfds.decode.SkipDecoding()},
-                              read_config=read_config)
-
-  @tf.autograph.experimental.do_not_convert
-  def to_pair(example):
-    label = (tf.cast(example['label'], tf.int32) if has_label
-             else tf.constant(-1, tf.int32))
-    return example['image'], label
-
-  return source.map(to_pair)
-
-
-def split_labels(config, split) -> np.ndarray:
-  """Labels of every example of `split` in pipeline order (-1 when unlabelled); no decoding."""
-  if image_folder.is_image_folder(config.dataset):
-    return np.asarray(_folder_split(config, split)[1], np.int32)
-  builder = _tfds_builder(config)
-  _tfds_split_info(builder, config, split)
-  pairs = _tfds_pairs(builder, split, _tfds_num_classes(builder) > 0)
-  return np.concatenate([labels for _, labels in pairs.batch(4096).as_numpy_iterator()])
-
-
-def _local_source(config, split, shard, num_shards, subset=None):
-  """Returns (raw dataset of (bytes or path, label), n_local, from_files, block) of a shard.
-
-  Shard `shard` of `num_shards` holds n_local = (number of examples) // num_shards of them.
-  `subset`: sorted indices of the split's examples to keep (default: all of them).
-  """
-  if image_folder.is_image_folder(config.dataset):
-    paths, labels, _ = _folder_split(config, split)
-    if subset is not None:
-      paths, labels = [paths[i] for i in subset], [labels[i] for i in subset]
-    n_local = len(paths) // num_shards
-    paths = paths[shard::num_shards][:n_local]
-    labels = labels[shard::num_shards][:n_local]
-    source = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
-    # The file list is sorted by class, so anything short of a full
-    # permutation per epoch would give class-skewed batches.
-    return source, n_local, True, max(n_local, 1)
-
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = _tfds_builder(config)
-  num_examples = _tfds_split_info(builder, config, split).num_examples
-  has_label = _tfds_num_classes(builder) > 0
-  read_config = tfds.ReadConfig(options=_options())
-  if subset is None:
-    n_local = num_examples // num_shards
-    if n_local == 0:
-      return None, 0, False, 1
-    sub_split = tfds.even_splits(split, n=num_shards,
-                                 drop_remainder=True)[shard]
-    source = _tfds_pairs(builder, sub_split, has_label, read_config)
-  else:
-    n_local = len(subset) // num_shards
-    keep = np.zeros(num_examples, bool)
-    keep[np.asarray(subset)] = True
-    keep = tf.constant(keep)
-    source = _tfds_pairs(builder, split, has_label, read_config).enumerate().filter(
-        lambda i, _: tf.gather(keep, i)).map(lambda _, pair: pair).shard(
-            num_shards, shard)
-  source = source.take(n_local)
-  # Records are read sequentially, so shuffling is per block of
-  # shuffle_buffer_size encoded records (held in memory, like a shuffle buffer).
-  block = max(1, min(int(config.shuffle_buffer_size), n_local))
-  return source, n_local, False, block
-
-
-def _options():
-  """Deterministic order, and no autotuning model thread.
-
-  Deleting an iterator waits for that thread, which can sleep for up to a minute first (seen
-  at the end of multi-process runs, holding every process at shutdown). Without it, parallel
-  maps use all cores; the CIFAR-10 pretraining stream was no slower on this project's CPU.
-  """
-  options = tf.data.Options()
-  options.deterministic = True
-  options.autotune.enabled = False
-  return options
 
 
 def _process_or_default(process_index, process_count):
@@ -314,30 +157,31 @@ def _training_dataset(config, make_example, *, local_batch_size, start_step, pro
     ds = tf.data.Dataset.zip(tuple(streams)).map(
         tf.autograph.experimental.do_not_convert(
             lambda *batches: tf.nest.map_structure(lambda *x: tf.concat(x, 0), *batches)))
-  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(datasets.read_options())
 
 
 def _shard_batches(config, make_example, shard, num_shards, batch_size, start_step, subset,
                    image_dtype):
   """Batches of make_example(...) of shard `shard` of `num_shards` of the train split."""
   split = config.train_split
-  source, n_local, from_files, block = _local_source(config, split, shard, num_shards, subset)
-  if n_local == 0:
+  source = datasets.get(config)
+  data = source.shard(split, shard, num_shards, subset)
+  if data is None:
     raise ValueError(
         f'Split {split!r} of config.dataset={config.dataset!r} has fewer examples than the '
         f'{num_shards} data shards (config.data_shards, or one per process).')
 
   start_index = int(start_step) * int(batch_size)
-  stream = _shuffled_stream(source, n_local, block, config.seed, start_index)
+  stream = _shuffled_stream(data.pairs, data.num_examples, data.block, config.seed, start_index)
   augment_seed = _stream_seed(config.seed, _AUGMENT_STREAM, shard)
 
   # Control flow is explicit (tf.cond, tf.switch_case), so AutoGraph has
   # nothing to convert; skipping it saves tracing time.
   @tf.autograph.experimental.do_not_convert
   def example(index, element):
-    data, label = element
+    encoded, label = element
     seed = tf.random.experimental.stateless_fold_in(augment_seed, index)
-    return make_example(_decode(data, from_files, image_dtype), label, seed)
+    return make_example(source.decode(encoded, image_dtype), label, seed)
 
   ds = stream.enumerate(start=start_index)
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -384,23 +228,16 @@ def create_pretrain_dataset(config, *, local_batch_size: int,
 def _fixed_image_shape(config, split):
   """(H, W, 3) of the images of `split`, which config.augment_on_device needs to be fixed.
 
-  Image folders: the size of the first image (an image of another size fails when the
-  pipeline reads it). TFDS: the image feature's shape, or a ValueError if it varies.
+  Where the source cannot tell before reading (a folder: the size of the first image), an
+  image of another size fails when the pipeline reads it.
   """
-  if image_folder.is_image_folder(config.dataset):
-    path = _folder_split(config, split)[0][0]
-    try:
-      return tuple(_decode(path, True, tf.uint8).shape)
-    except tf.errors.OpError as e:
-      raise ValueError(decode_error_message(config, split, e)) from None
-  builder = _tfds_builder(config)
-  shape = builder.info.features['image'].shape
-  if None in shape[:2]:
+  shape = datasets.get(config).image_shape(split)
+  if None in shape:
     raise ValueError(
-        f'config.augment_on_device=True needs images of one size, but TFDS dataset '
-        f'{config.dataset!r} has images of shape {shape}. Set --config.augment_on_device=false '
-        'to augment them in tf.data.')
-  return tuple(shape[:2]) + (3,)
+        f'config.augment_on_device=True needs images of one size, but {config.dataset!r} has '
+        f'images of shape {shape}. Set --config.augment_on_device=false to augment them in '
+        'tf.data.')
+  return shape
 
 
 def _decoded_training_dataset(config, **kwargs):
@@ -445,35 +282,11 @@ def create_finetune_dataset(config, *, local_batch_size: int, subset=None,
                            subset=subset)
 
 
-def _decode(data, from_files, dtype=tf.float32):
-  if from_files:
-    data = tf.io.read_file(data)
-  image = tf.io.decode_image(data, channels=3, expand_animations=False)
-  return tf.image.convert_image_dtype(image, dtype)
-
-
-def _eval_source(config, split, max_examples):
-  """(dataset of (bytes or path, label), num_examples, from_files) in evaluation order.
-
-  All of `split` in file order, or with max_examples > 0 the first max_examples of a fixed
-  seeded permutation (image folders, sorted by class) or of the file order (TFDS).
-  """
-  if image_folder.is_image_folder(config.dataset):
-    paths, labels, _ = _folder_split(config, split)
-    order = tf.random.experimental.index_shuffle(
-        tf.range(len(paths), dtype=tf.int64), [config.seed, _EVAL_SUBSET_STREAM],
-        len(paths) - 1).numpy() if max_examples else range(len(paths))
-    order = list(order)[:max_examples or None]
-    source = tf.data.Dataset.from_tensor_slices(
-        (tf.constant([paths[i] for i in order], tf.string),
-         tf.constant([labels[i] for i in order], tf.int32)))
-    return source, len(order), True
-  builder = _tfds_builder(config)
-  num_examples = _tfds_split_info(builder, config, split).num_examples
-  if max_examples:
-    num_examples = min(num_examples, max_examples)
-    split = f'{split}[:{num_examples}]'
-  return _tfds_pairs(builder, split, _tfds_num_classes(builder) > 0), num_examples, False
+def _eval_pairs(config, split, max_examples):
+  """(source, pairs, count) of `split` in evaluation order (DataSource.ordered)."""
+  source = datasets.get(config)
+  pairs, count = source.ordered(split, max_examples, [config.seed, _EVAL_SUBSET_STREAM])
+  return source, pairs, count
 
 
 def create_eval_dataset(config, split, *, local_batch_size: int, max_examples: int = 0,
@@ -488,34 +301,24 @@ def create_eval_dataset(config, split, *, local_batch_size: int, max_examples: i
     (dataset, num_examples): num_examples is the global count before padding.
   """
   process_index, process_count = _process_or_default(process_index, process_count)
-  source, num_examples, from_files = _eval_source(config, split, max_examples)
+  source, pairs, num_examples = _eval_pairs(config, split, max_examples)
   # Hosts take interleaved examples; the padding below evens out their counts.
-  source = source.shard(process_count, process_index)
+  pairs = pairs.shard(process_count, process_index)
   num_batches = -(-num_examples // (process_count * local_batch_size))
   local_count = len(range(process_index, num_examples, process_count))
 
   @tf.autograph.experimental.do_not_convert
-  def make_example(data, label):
-    image = augment.eval_view(_decode(data, from_files), config.image_size)
+  def make_example(encoded, label):
+    image = augment.eval_view(source.decode(encoded), config.image_size)
     return {'image': image, 'label': label, 'mask': tf.constant(True)}
 
-  ds = source.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = pairs.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   padding = tf.data.Dataset.from_tensors({
       'image': tf.zeros([config.image_size, config.image_size, 3], tf.float32),
       'label': tf.constant(-1, tf.int32), 'mask': tf.constant(False)}).repeat(
           num_batches * local_batch_size - local_count)
   ds = ds.concatenate(padding).batch(local_batch_size).prefetch(tf.data.AUTOTUNE)
-  return ds.with_options(_options()), num_examples
-
-
-def class_names(config) -> list[str]:
-  """Names of the classes that labels index (those of config.train_split); [] if unlabelled."""
-  if image_folder.is_image_folder(config.dataset):
-    return list(_folder_split(config, config.train_split)[2])
-  builder = _tfds_builder(config)
-  if not _tfds_num_classes(builder):
-    return []
-  return list(builder.info.features['label'].names)
+  return ds.with_options(datasets.read_options()), num_examples
 
 
 def _numpy_examples(source, make_example, decode_error_message):
@@ -541,18 +344,18 @@ def eval_images(config, split, indices, max_examples: int = 0) -> np.ndarray:
   indices = np.asarray(indices, np.int64).reshape(-1)
   if not indices.size:
     return np.zeros((0, config.image_size, config.image_size, 3), np.float32)
-  source, _, from_files = _eval_source(config, split, max_examples)
+  source, pairs, _ = _eval_pairs(config, split, max_examples)
   wanted = np.unique(indices)
   keep = tf.constant(wanted)
-  source = source.enumerate().filter(lambda i, _: tf.reduce_any(tf.equal(keep, i)))
+  pairs = pairs.enumerate().filter(lambda i, _: tf.reduce_any(tf.equal(keep, i)))
 
   @tf.autograph.experimental.do_not_convert
   def make_example(index, pair):
-    image = augment.eval_view(_decode(pair[0], from_files), config.image_size)
+    image = augment.eval_view(source.decode(pair[0]), config.image_size)
     return {'index': index, 'image': image}
 
-  found = _numpy_examples(source, make_example,
-                          lambda e: decode_error_message(config, split, e))
+  found = _numpy_examples(pairs, make_example,
+                          lambda e: source.decode_error_message(split, e))
   if len(found['index']) != len(wanted):
     raise IndexError(f'{split} has no example at {sorted(set(wanted) - set(found["index"]))}.')
   return found['image'][np.searchsorted(found['index'], indices)]
@@ -565,13 +368,13 @@ def augmentation_examples(config, split, num_images: int, num_views: int):
   (create_eval_dataset with max_examples=N); views [N, num_views, S, S, 3] are independent
   draws of the pretraining augmentation (config.augment), seeded by config.seed.
   """
-  source, _, from_files = _eval_source(config, split, num_images)
+  source, pairs, _ = _eval_pairs(config, split, num_images)
   seed = _stream_seed(config.seed, _EXAMPLE_VIEWS_STREAM)
 
   @tf.autograph.experimental.do_not_convert
   def make_example(index, pair):
-    data, label = pair
-    image = _decode(data, from_files)
+    encoded, label = pair
+    image = source.decode(encoded)
     view_seeds = tf.random.experimental.stateless_split(
         tf.random.experimental.stateless_fold_in(seed, index), num_views)
     # map_fn traces the augmentation once, however many views (unrolled, each one costs ~1 s).
@@ -581,8 +384,8 @@ def augmentation_examples(config, split, num_images: int, num_views: int):
     return {'image': augment.eval_view(image, config.image_size), 'views': views,
             'label': label}
 
-  examples = _numpy_examples(source.enumerate(), make_example,
-                             lambda e: decode_error_message(config, split, e))
+  examples = _numpy_examples(pairs.enumerate(), make_example,
+                             lambda e: source.decode_error_message(split, e))
   return examples['image'], examples['views'], examples['label']
 
 
@@ -599,12 +402,13 @@ def folder_images(folder: str, image_size: int):
   source = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string))
 
   def unreadable(error):
-    bad = image_folder.find_unreadable_images(paths) or [('?', image_folder.reason(error))]
+    bad = image_folder.find_unreadable_images(paths) or [('?', datasets.error_reason(error))]
     return (f'{len(bad)} image(s) in {folder} cannot be decoded: {image_folder.listed(bad)}. '
             'Remove or replace them.')
 
   examples = _numpy_examples(
-      source, lambda path: {'image': augment.eval_view(_decode(path, True), image_size)},
+      source, lambda path: {'image': augment.eval_view(
+          datasets.decode_bytes(tf.io.read_file(path)), image_size)},
       unreadable)
   return paths, examples['image']
 
@@ -630,7 +434,7 @@ def device_batches(dataset, sharding, prefetch=2, *, config=None, split=None):
     except tf.errors.InvalidArgumentError as e:
       if config is None:
         raise
-      raise ValueError(decode_error_message(config, split, e)) from None
+      raise ValueError(datasets.get(config).decode_error_message(split, e)) from None
 
   enqueue(max(prefetch, 1))
   while queue:

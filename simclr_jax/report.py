@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from simclr_jax import checkpoints
 from simclr_jax import cli_errors
+from simclr_jax import datasets
 from simclr_jax import evaluate
 from simclr_jax import input_pipeline
 from simclr_jax import knn
@@ -142,7 +143,7 @@ def load_run(workdir: str, *, step: int = -1, dataset: str = '', max_examples: i
   logging.info('Restored %s at step %d (%s, width %s).', workdir, step, config.model.name,
                config.model.width_multiplier)
   return Run(workdir=workdir, config=config, step=step, model=model, variables=variables,
-             mesh=mesh, class_names=input_pipeline.class_names(config))
+             mesh=mesh, class_names=datasets.get(config).class_names())
 
 
 def augmentations_figure(run: Run, num_images: int = 8, num_pairs: int = 2):

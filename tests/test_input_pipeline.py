@@ -12,7 +12,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from conftest import load_config
-from simclr_jax import image_folder as folder_listing
+from simclr_jax import datasets
+from simclr_jax.datasets import image_folder as folder_listing
 from simclr_jax import input_pipeline
 
 SIZE = 8  # Output side: tiny keeps the tests fast.
@@ -124,10 +125,10 @@ def _batches(config, num, **kwargs):
 
 def test_dataset_info_counts_images_and_classes(image_folder):
   config = _config(image_folder)
-  assert input_pipeline.get_dataset_info(config, 'train') == input_pipeline.DatasetInfo(
+  assert input_pipeline.get_dataset_info(config, 'train') == datasets.DatasetInfo(
       num_examples=_NUM_TRAIN, num_classes=3)
   # The test split has 2 class folders, but labels index the train split's 3 classes.
-  assert input_pipeline.get_dataset_info(config, 'test') == input_pipeline.DatasetInfo(
+  assert input_pipeline.get_dataset_info(config, 'test') == datasets.DatasetInfo(
       num_examples=2, num_classes=3)
 
 
@@ -340,7 +341,7 @@ def tfds_dir(tmp_path_factory):
 
 def test_tfds_info_and_batches(tfds_dir):
   config = _identity_config('simclr_test_tiny_labeled', tfds_data_dir=str(tfds_dir))
-  assert input_pipeline.get_dataset_info(config, 'train') == input_pipeline.DatasetInfo(
+  assert input_pipeline.get_dataset_info(config, 'train') == datasets.DatasetInfo(
       num_examples=_NUM_TRAIN, num_classes=3)
   (batch,) = _batches(config, 1, local_batch_size=_NUM_TRAIN)
   assert batch['views'].shape == (_NUM_TRAIN, 2, SIZE, SIZE, 3)
@@ -366,7 +367,7 @@ def test_tfds_resume_and_shards(tfds_dir):
 
 def test_tfds_without_labels(tfds_dir):
   config = _identity_config('simclr_test_tiny_unlabeled', tfds_data_dir=str(tfds_dir))
-  assert input_pipeline.get_dataset_info(config, 'train') == input_pipeline.DatasetInfo(
+  assert input_pipeline.get_dataset_info(config, 'train') == datasets.DatasetInfo(
       num_examples=5, num_classes=0)
   (batch,) = _batches(config, 1, local_batch_size=4)
   np.testing.assert_array_equal(batch['label'], -np.ones(4))
@@ -384,7 +385,7 @@ def test_real_cifar10_subset(cifar10_dir, tmp_path):
   for src, dst in links[:64]:
     os.symlink(src, dst)
   config = _config(tmp_path, image_size=32)
-  assert input_pipeline.get_dataset_info(config, 'train') == input_pipeline.DatasetInfo(
+  assert input_pipeline.get_dataset_info(config, 'train') == datasets.DatasetInfo(
       num_examples=64, num_classes=10)
   (batch,) = _batches(config, 1, local_batch_size=32)
   assert batch['views'].shape == (32, 2, 32, 32, 3)
@@ -413,7 +414,7 @@ def test_finetune_stream_reads_only_the_subset(image_folder, tfds_dir, source):
         split='train', shuffle_files=False)
     id_of_index = np.array([(int(r['image'][0, 0, 0]) - 10) // 20
                             for r in records.as_numpy_iterator()])
-  np.testing.assert_array_equal(input_pipeline.split_labels(config, 'train'),
+  np.testing.assert_array_equal(datasets.get(config).labels('train'),
                                 _LABEL_OF_ID[id_of_index])
   subset = np.array([1, 4, 8, 9])
   batches = _finetune_batches(config, 3, local_batch_size=4, subset=subset)
@@ -562,7 +563,7 @@ def test_one_class_is_refused_when_labels_are_evaluated(tmp_path):
     input_pipeline.get_dataset_info(_config(tmp_path), 'train')
   # Without the kNN monitor, pretraining needs no labels.
   assert input_pipeline.get_dataset_info(_config(tmp_path, eval_every_steps=0), 'train') == (
-      input_pipeline.DatasetInfo(num_examples=2, num_classes=1))
+      datasets.DatasetInfo(num_examples=2, num_classes=1))
   from simclr_jax import evaluate  # pylint: disable=g-import-not-at-top
   for mode in ('linear_eval', 'knn_eval'):
     with pytest.raises(ValueError, match=rf"one class gives config.mode='{mode}' no labels") as e:
@@ -581,10 +582,10 @@ def test_empty_and_looping_class_folders_are_ignored(tmp_path, caplog):
   os.symlink('.', tmp_path / 'train' / 'here')  # Back to the split itself.
   os.symlink('self', tmp_path / 'train' / 'self')  # Not a folder: ignored like a file.
   config = _config(tmp_path)
-  assert input_pipeline.get_dataset_info(config, 'train') == input_pipeline.DatasetInfo(
+  assert input_pipeline.get_dataset_info(config, 'train') == datasets.DatasetInfo(
       num_examples=2, num_classes=2)
-  assert input_pipeline.class_names(config) == ['ant', 'cow']
-  np.testing.assert_array_equal(input_pipeline.split_labels(config, 'test'), [1])  # cow.
+  assert datasets.get(config).class_names() == ['ant', 'cow']
+  np.testing.assert_array_equal(datasets.get(config).labels('test'), [1])  # cow.
   (train_warning,) = _warnings(caplog, f'{tmp_path / "train"} that hold no images')
   assert train_warning.startswith('Ignoring 3 folder(s) of ')
   assert f'bee, here (a link to {tmp_path / "train"}), loop (a link to {tmp_path})' in (
@@ -627,7 +628,7 @@ def test_unreadable_files_are_named_when_listed(tmp_path):
 def test_unreadable_files_are_skipped_and_counted_when_asked(tmp_path, caplog):
   expected = _unreadable_folder(tmp_path)
   config = _identity_config(tmp_path, skip_bad_images=True)
-  assert input_pipeline.get_dataset_info(config, 'train') == input_pipeline.DatasetInfo(
+  assert input_pipeline.get_dataset_info(config, 'train') == datasets.DatasetInfo(
       num_examples=3, num_classes=2)
   (warning,) = _warnings(caplog, 'unreadable')
   assert warning.startswith(f'Skipping {len(expected)} unreadable images of {tmp_path}/train '

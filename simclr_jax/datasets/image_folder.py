@@ -1,4 +1,4 @@
-"""Image-folder datasets: root/<split>/<class>/<image>, listed and checked before training.
+"""Image-folder data source: root/<split>/<class>/<image>, listed and checked before training.
 
 Listing finds what training would trip over later and says so at once: unreadable files
 (permissions, broken or looping links), formats TensorFlow cannot decode, class folders without
@@ -12,7 +12,10 @@ import functools
 import logging
 import os
 
+import numpy as np
 import tensorflow as tf
+
+from simclr_jax.datasets import core
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 # Image formats tf.io.decode_image cannot read (WebP only without alpha or animation): listings
@@ -170,18 +173,13 @@ def list_split(dataset, split, skip_bad_images):
   return paths, labels, classes
 
 
-def reason(error) -> str:
-  """The informative last line of a TensorFlow error, shortened."""
-  return error.message.strip().splitlines()[-1][:200]
-
-
 def _decode_failure(path):
   """None if TensorFlow (the pipeline's decoder) reads the image at `path`, else the reason."""
   try:
     tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     return None
   except tf.errors.OpError as e:
-    return reason(e)
+    return core.error_reason(e)
 
 
 def find_unreadable_images(paths):
@@ -217,3 +215,70 @@ def examples(dataset, split, train_split, skip_bad_images):
       kept = [i for i, p in enumerate(paths) if p not in dropped]
       paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]
   return paths, labels, classes
+
+
+class ImageFolderSource(core.DataSource):
+  """A folder laid out as root/<split>/<class>/<image> (config.dataset): the files of a split
+  are listed (and checked) once per process, read and decoded in the pipeline."""
+
+  @staticmethod
+  def accepts(dataset):
+    return is_image_folder(dataset)
+
+  def _examples(self, split):
+    config = self.config
+    return examples(config.dataset, split, config.train_split, bool(config.skip_bad_images))
+
+  def info(self, split):
+    paths, _, classes = self._examples(split)
+    return core.DatasetInfo(num_examples=len(paths), num_classes=len(classes))
+
+  def class_names(self):
+    return list(self._examples(self.config.train_split)[2])
+
+  def labels(self, split):
+    return np.asarray(self._examples(split)[1], np.int32)
+
+  def _pairs(self, paths, labels):
+    return tf.data.Dataset.from_tensor_slices(
+        (tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
+
+  def shard(self, split, shard, num_shards, subset=None):
+    paths, labels, _ = self._examples(split)
+    if subset is not None:
+      paths, labels = [paths[i] for i in subset], [labels[i] for i in subset]
+    n_local = len(paths) // num_shards
+    if n_local == 0:
+      return None
+    # The listing is sorted by class, so anything short of a full permutation per epoch would
+    # give class-skewed batches.
+    return core.Shard(self._pairs(paths[shard::num_shards][:n_local],
+                                  labels[shard::num_shards][:n_local]), n_local, n_local)
+
+  def ordered(self, split, max_examples, subset_seed):
+    paths, labels, _ = self._examples(split)
+    # Sorted by class: a subset is the first examples of a seeded permutation.
+    order = tf.random.experimental.index_shuffle(
+        tf.range(len(paths), dtype=tf.int64), subset_seed,
+        len(paths) - 1).numpy() if max_examples else range(len(paths))
+    order = list(order)[:max_examples or None]
+    return self._pairs([paths[i] for i in order], [labels[i] for i in order]), len(order)
+
+  def decode(self, data, dtype=tf.float32):
+    return core.decode_bytes(tf.io.read_file(data), dtype)
+
+  def image_shape(self, split):
+    path = self._examples(split)[0][0]
+    try:
+      return tuple(self.decode(path, tf.uint8).shape)
+    except tf.errors.OpError as e:
+      raise ValueError(self.decode_error_message(split, e)) from None
+
+  def decode_error_message(self, split, error):
+    config = self.config
+    bad = find_unreadable_images(self._examples(split)[0])
+    if not bad:
+      return f'Reading {config.dataset}/{split} failed: {error.message.strip()[:500]}'
+    return (f'{len(bad)} image(s) in {config.dataset}/{split} cannot be decoded: '
+            f'{listed(bad)}. Replace or delete them, or set --config.skip_bad_images=true to '
+            'leave them out (the log counts them).')
