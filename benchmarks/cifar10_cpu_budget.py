@@ -32,11 +32,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from simclr_jax import evaluate
+from simclr_jax import evaluators
 from simclr_jax import huge_pages
 from simclr_jax import input_pipeline
 from simclr_jax import models
 from simclr_jax import train
+from simclr_jax.evaluators import features
 from simclr_jax.sharding import create_mesh
 
 FLAGS = flags.FLAGS
@@ -93,15 +94,15 @@ def evaluate_encoders(config, pretrained_workdir):
     eval_config.eval.encoder = encoder
     eval_config.pretrained_workdir = pretrained_workdir
     start = time.perf_counter()
-    variables, step = evaluate.encoder_variables(eval_config, model, mesh)
-    train_set, test_set = evaluate.embed_splits(eval_config, model, variables, mesh)
+    variables, step = features.encoder_variables(eval_config, model, mesh)
+    train_set, test_set = features.embed_splits(eval_config, model, variables, mesh)
     embed_sec = time.perf_counter() - start
     results[encoder] = {
         'checkpoint_step': step, 'feature_dim': int(train_set[0].shape[1]),
         'num_train_examples': len(train_set[1]), 'num_eval_examples': len(test_set[1]),
         'embed_sec': embed_sec,
-        'linear': evaluate.linear_protocol(eval_config, train_set, test_set, info.num_classes),
-        'knn': evaluate.knn_protocol(eval_config, train_set, test_set, info.num_classes)}
+        'linear': evaluators.score('linear', eval_config, train_set, test_set, info.num_classes),
+        'knn': evaluators.score('knn', eval_config, train_set, test_set, info.num_classes)}
     logging.info('%s: linear %.2f%%, kNN %.2f%%', encoder,
                  100 * results[encoder]['linear']['top1'], 100 * results[encoder]['knn']['top1'])
   return results

@@ -110,7 +110,9 @@ def get_config():
   config.eval.knn_k = 200  # Neighbours that vote in kNN.
   config.eval.knn_temperature = 0.1  # A neighbour's vote weighs exp(similarity / temperature).
   config.eval.linear_protocol = 'lbfgs'  # lbfgs: on extracted features | sgd: the reference's.
-  config.eval_every_steps = 5000  # Steps between kNN monitor evaluations in pretraining; 0 = off.
+  config.eval.protocol = 'linear'  # --config.mode=evaluate: linear | linear_sgd | knn | finetune.
+  config.eval.monitors = 'knn'  # Evaluators run in pretraining (comma-separated: knn,linear).
+  config.eval_every_steps = 5000  # Steps between monitor evaluations in pretraining; 0 = off.
 
   # Fine-tuning (--config.mode=finetune) and the reference linear evaluation (linear_eval with
   # eval.linear_protocol=sgd, which freezes the whole encoder and uses all labels).

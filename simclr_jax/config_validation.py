@@ -1,5 +1,6 @@
 """Checks a config before any expensive work, with messages that name the value and the fix."""
 
+from simclr_jax import evaluators
 from simclr_jax import models
 from simclr_jax import optim
 
@@ -9,16 +10,16 @@ def _require(ok: bool, message: str):
     raise ValueError(message)
 
 
-MODES = ('pretrain', 'linear_eval', 'knn_eval', 'finetune')
+MODES = ('pretrain', 'evaluate', 'linear_eval', 'knn_eval', 'finetune')
 EVAL_ENCODERS = ('pretrained', 'random', 'pixels')
 LINEAR_PROTOCOLS = ('lbfgs', 'sgd')
 COLOR_JITTER_IMPLS = ('simclrv2', 'simclrv1')
 
 
 def trains_classifier(config) -> bool:
-  """Whether config.mode runs the fine-tuning program (finetune, or linear_eval with SGD)."""
-  return config.mode == 'finetune' or (config.mode == 'linear_eval' and
-                                       config.eval.linear_protocol == 'sgd')
+  """Whether config runs the fine-tuning program (protocols finetune and linear_sgd)."""
+  return (config.mode != 'pretrain' and
+          evaluators.protocol(config) in evaluators.TRAINING_PROTOCOLS)
 
 
 def validate_config(config, *, num_devices: int, num_processes: int = 1):
@@ -72,7 +73,7 @@ def validate_config(config, *, num_devices: int, num_processes: int = 1):
            f'config.num_epochs={config.num_epochs} must be > 0 '
            '(or set config.num_train_steps > 0).')
   _require(config.eval_every_steps >= 0,
-           f'config.eval_every_steps={config.eval_every_steps} must be >= 0 (0 = no kNN monitor).')
+           f'config.eval_every_steps={config.eval_every_steps} must be >= 0 (0 = no monitors).')
   _require(isinstance(config.skip_bad_images, bool),
            f'config.skip_bad_images={config.skip_bad_images!r} must be true or false.')
   _require(isinstance(config.huge_page_malloc, bool),
@@ -105,6 +106,12 @@ def validate_config(config, *, num_devices: int, num_processes: int = 1):
            f'{aug.blur_sigma_max} must satisfy 0 < min <= max (reference: 0.1, 2.0).')
   if config.mode == 'pretrain':
     _validate_data_shards(config, config.batch_size, 'config.batch_size', num_processes)
+    if config.eval_every_steps:
+      for name in evaluators.monitors(config):
+        _require(name in evaluators.EVALUATORS,
+                 f'config.eval.monitors names {name!r}, which is not an evaluator; use '
+                 f'names among {", ".join(evaluators.EVALUATORS)}, comma-separated.')
+        evaluators.get(name).validate(config)
   else:
     _validate_eval_config(config, num_devices)
   if trains_classifier(config):
@@ -156,18 +163,17 @@ def _validate_eval_config(config, num_devices):
            'config.pretrained_workdir is empty; set it to the workdir of a pretraining run '
            '(or evaluate a baseline with --config.eval.encoder=random or pixels).')
   _require_device_multiple(ev.batch_size, 'config.eval.batch_size', num_devices)
-  _require(0 < ev.holdout_fraction < 1,
-           f'config.eval.holdout_fraction={ev.holdout_fraction} must be in (0, 1).')
-  _require(ev.knn_k >= 1, f'config.eval.knn_k={ev.knn_k} must be >= 1 (reference: 200).')
-  _require(ev.knn_temperature > 0,
-           f'config.eval.knn_temperature={ev.knn_temperature} must be > 0 (reference: 0.1).')
-  _require(ev.max_iterations >= 1,
-           f'config.eval.max_iterations={ev.max_iterations} must be >= 1.')
   _require(ev.max_examples >= 0,
            f'config.eval.max_examples={ev.max_examples} must be >= 0 (0 = all).')
   _require(ev.linear_protocol in LINEAR_PROTOCOLS,
            f'config.eval.linear_protocol={ev.linear_protocol!r} is not known; use one of '
            f'{LINEAR_PROTOCOLS}.')
+  protocol = evaluators.protocol(config)
+  known = (*evaluators.EVALUATORS, *evaluators.TRAINING_PROTOCOLS)
+  _require(protocol in known, f'config.eval.protocol={protocol!r} is not known; use one of '
+           f'{", ".join(known)}.')
+  if protocol in evaluators.EVALUATORS:
+    evaluators.get(protocol).validate(config)
 
 
 def _validate_finetune_config(config, num_devices):

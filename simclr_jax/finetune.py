@@ -25,19 +25,21 @@ import tensorflow as tf
 from simclr_jax import checkpoints
 from simclr_jax import config_validation
 from simclr_jax import datasets
-from simclr_jax import evaluate
+from simclr_jax import evaluators
 from simclr_jax import input_pipeline
 from simclr_jax import label_fractions
 from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import train
+from simclr_jax.evaluators import features
+from simclr_jax.evaluators import results as results_lib
 from simclr_jax.sharding import batch_sharded, create_mesh, replicated
 
 
 def protocol_settings(config) -> tuple[str, ml_collections.ConfigDict]:
-  """(protocol name, the finetune settings it runs with) for config.mode."""
+  """(protocol name, the finetune settings it runs with) for config's protocol."""
   settings = config.finetune.copy_and_resolve_references()
-  if config.mode == 'finetune':
+  if evaluators.protocol(config) == 'finetune':
     return 'finetune', settings
   # The reference linear evaluation: everything frozen, a linear layer on h, all labels.
   with settings.unlocked():
@@ -101,7 +103,7 @@ def _pretrained_variables(config, num_classes):
     return None, None
   simclr_model = models.create_model(config.model, image_size=config.image_size,
                                      num_classes=num_classes)
-  return evaluate.restore_encoder_variables(config, simclr_model, config.pretrained_workdir,
+  return features.restore_encoder_variables(config, simclr_model, config.pretrained_workdir,
                                             config.pretrained_step)
 
 
@@ -114,7 +116,7 @@ def finetune(config, workdir: str):
   config_validation.validate_config(config, num_devices=jax.device_count(),
                                     num_processes=jax.process_count())
   protocol, settings = protocol_settings(config)
-  info = evaluate.labelled_train_info(config)
+  info = features.labelled_train_info(config)
   subset = label_fractions.class_balanced_subset(
       datasets.get(config).labels(config.train_split), settings.label_fraction,
       settings.subset_seed)
@@ -161,13 +163,13 @@ def finetune(config, workdir: str):
   eval_dataset, _ = input_pipeline.create_eval_dataset(
       config, config.eval.split, local_batch_size=config.eval.batch_size // jax.process_count(),
       max_examples=config.eval.max_examples)
-  logits, labels = evaluate.extract_features(
+  logits, labels = features.extract_features(
       logits_fn, {'params': state.params, 'batch_stats': state.batch_stats}, eval_dataset, mesh,
       config=config, split=config.eval.split, description=f'{config.eval.split} predictions')
-  results = {**evaluate.results_header(config, protocol, pretrained_step),
+  results = {**results_lib.results_header(config, protocol, pretrained_step),
              'label_fraction': settings.label_fraction, 'num_labelled_examples': len(subset),
              'num_eval_examples': len(labels),
              'fine_tune_after_block': settings.fine_tune_after_block,
              'keep_head_layers': settings.keep_head_layers, 'epochs': settings.epochs,
-             'steps': total_steps, **evaluate.accuracies(logits, labels, info.num_classes)}
-  return evaluate.report_results(results, workdir, start)
+             'steps': total_steps, **evaluators.accuracies(logits, labels, info.num_classes)}
+  return results_lib.report_results(results, workdir, start)

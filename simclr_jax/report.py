@@ -41,13 +41,16 @@ import tensorflow as tf
 from simclr_jax import checkpoints
 from simclr_jax import cli_errors
 from simclr_jax import datasets
-from simclr_jax import evaluate
+from simclr_jax import evaluators
 from simclr_jax import input_pipeline
 from simclr_jax import knn
 from simclr_jax import models
 from simclr_jax import plots
 from simclr_jax import train
 from simclr_jax import writers
+from simclr_jax.evaluators import features
+from simclr_jax.evaluators import linear
+from simclr_jax.evaluators import results as results_lib
 from simclr_jax.sharding import create_mesh
 
 FIGURES = {
@@ -75,11 +78,11 @@ class Run:
 
   def embed_splits(self):
     """((train_x, train_y), (eval_x, eval_y)): h of config.train_split and config.eval.split."""
-    return evaluate.embed_splits(self.config, self.model, self.variables, self.mesh)
+    return features.embed_splits(self.config, self.model, self.variables, self.mesh)
 
   @functools.cached_property
   def _feature_fn(self):
-    return evaluate.make_feature_fn(self.model, self.mesh, 'pretrained')
+    return features.make_feature_fn(self.model, self.mesh, 'pretrained')
 
   def embed_images(self, images) -> np.ndarray:
     """Representations h [N, D] of images [N, S, S, 3] in [0, 1] (e.g. the user's own)."""
@@ -129,7 +132,7 @@ def load_run(workdir: str, *, step: int = -1, dataset: str = '', max_examples: i
   if max_iterations:
     config.eval.max_iterations = max_iterations
   try:
-    info = evaluate.labelled_train_info(config)
+    info = features.labelled_train_info(config)
   except ValueError as e:
     raise ValueError(f'{e} (The report reads config.dataset from {workdir}/config.json; pass '
                      '--dataset=... if the data is elsewhere now.)') from None
@@ -139,7 +142,7 @@ def load_run(workdir: str, *, step: int = -1, dataset: str = '', max_examples: i
   mesh = create_mesh()
   model = models.create_model(config.model, image_size=config.image_size,
                               num_classes=info.num_classes)
-  variables, step = evaluate.encoder_variables(config, model, mesh)
+  variables, step = features.encoder_variables(config, model, mesh)
   logging.info('Restored %s at step %d (%s, width %s).', workdir, step, config.model.name,
                config.model.width_multiplier)
   return Run(workdir=workdir, config=config, step=step, model=model, variables=variables,
@@ -203,12 +206,13 @@ def folder_neighbours_figure(run: Run, train_data, folder: str, *, k: int = 8):
 
 def probe_results(run: Run, train_data, eval_data):
   """({'linear': ..., 'knn': ...} accuracies on the eval split, linear confusion matrix)."""
-  scores, linear_info = evaluate.linear_probe_scores(run.config, train_data, eval_data[0],
-                                                     run.num_classes)
-  linear = {**linear_info, **evaluate.accuracies(scores, eval_data[1], run.num_classes)}
-  knn_results = evaluate.knn_protocol(run.config, train_data, eval_data, run.num_classes)
+  scores, linear_info = linear.linear_probe_scores(run.config, train_data, eval_data[0],
+                                                   run.num_classes)
+  linear_results = {**linear_info,
+                    **evaluators.accuracies(scores, eval_data[1], run.num_classes)}
+  knn_results = evaluators.score('knn', run.config, train_data, eval_data, run.num_classes)
   matrix = plots.confusion_matrix(eval_data[1], scores.argmax(axis=-1), run.num_classes)
-  return {'linear': linear, 'knn': knn_results}, matrix
+  return {'linear': linear_results, 'knn': knn_results}, matrix
 
 
 def report_markdown(summary: dict, saved_config: str) -> str:
@@ -305,7 +309,7 @@ def write_report(workdir: str, output_dir: str = '', *, step: int = -1, dataset:
         out('neighbors.png'))
 
   summary = {
-      **evaluate.results_header(run.config, 'report', run.step), 'output_dir': output_dir,
+      **results_lib.results_header(run.config, 'report', run.step), 'output_dir': output_dir,
       'num_train_examples': len(train_data[1]), 'num_eval_examples': len(eval_data[1]),
       'feature_dim': int(train_data[0].shape[1]),
       'tsne_examples': min(tsne_examples, len(eval_data[1])),

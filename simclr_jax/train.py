@@ -20,7 +20,7 @@ from simclr_jax import augment_jax
 from simclr_jax import checkpoints
 from simclr_jax import config_validation
 from simclr_jax import distributed
-from simclr_jax import evaluate
+from simclr_jax import evaluators
 from simclr_jax import input_pipeline
 from simclr_jax import losses
 from simclr_jax import models
@@ -28,6 +28,7 @@ from simclr_jax import optim
 from simclr_jax import plots
 from simclr_jax import progress as progress_lib
 from simclr_jax import stop_request
+from simclr_jax.evaluators import monitor as evaluator_monitor
 from simclr_jax.sharding import DATA_AXIS, batch_sharded, create_mesh, replicated
 from simclr_jax import writers
 
@@ -233,8 +234,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   step_fn = make_train_step(model, tx, schedule, config.temperature, mesh,
                             config.contrastive_chunk_size, augment, config.weight_decay)
 
-  monitor = (evaluate.KnnMonitor(config, model, mesh, num_classes)
-             if config.eval_every_steps > 0 and num_classes else None)
+  monitor = (evaluator_monitor.Monitor(config, model, mesh, num_classes)
+             if config.eval_every_steps > 0 and num_classes and evaluators.monitors(config)
+             else None)
 
   def knn_metrics(step, state):
     if monitor and step % config.eval_every_steps == 0:

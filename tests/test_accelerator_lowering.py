@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from simclr_jax import evaluate
 from simclr_jax import finetune
 from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import train
+from simclr_jax.evaluators import features
 from simclr_jax.sharding import batch_sharded, create_mesh, replicated
 
 PLATFORMS = ('cuda', 'tpu')
@@ -97,7 +97,7 @@ def features_program(config, mesh):
   variables = jax.eval_shape(
       lambda: models.init_variables(model, jax.random.PRNGKey(0), SIZE))
   images = jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.float32)
-  return (evaluate.make_feature_fn(model, mesh, 'pretrained'),
+  return (features.make_feature_fn(model, mesh, 'pretrained'),
           (abstract(variables, replicated(mesh)), abstract(images, batch_sharded(mesh))))
 
 

@@ -28,6 +28,7 @@ from simclr_jax import evaluate
 from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import train
+from simclr_jax.evaluators import features
 from simclr_jax.sharding import create_mesh
 
 
@@ -246,9 +247,9 @@ def test_evaluation_names_an_unreadable_checkpoint_and_moves_nothing(run_copy,
       r'read \(ValueError: OUT_OF_RANGE: .*\)\. Nothing was moved\. Checkpoints there whose '
       r'metadata reads: 2; pass one as --config\.pretrained_step=2, or rerun the pretraining '
       'command')):
-    evaluate.restore_encoder_variables(config, model, str(run_copy))
+    features.restore_encoder_variables(config, model, str(run_copy))
   assert _files(run_copy) == before
-  _, step = evaluate.restore_encoder_variables(config, model, str(run_copy), step=2)
+  _, step = features.restore_encoder_variables(config, model, str(run_copy), step=2)
   assert step == 2
 
 

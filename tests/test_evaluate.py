@@ -11,6 +11,7 @@ import tensorflow as tf
 from conftest import load_config, tiny_config
 from test_knn import brute_force_accuracies
 from simclr_jax import evaluate
+from simclr_jax import evaluators
 from simclr_jax import linear_classifier
 
 _FIELDS = {'protocol', 'dataset', 'encoder', 'checkpoint_step', 'top1', 'top5',
@@ -135,8 +136,7 @@ def test_protocols_fit_on_train_features_and_score_the_eval_features(monkeypatch
 
   monkeypatch.setattr(linear_classifier, 'fit', recording_fit)
 
-  run = evaluate.linear_protocol if protocol == 'linear' else evaluate.knn_protocol
-  results = run(config, (train_x, train_y), (eval_x, eval_y), 4)
+  results = evaluators.score(protocol, config, (train_x, train_y), (eval_x, eval_y), 4)
   assert results['top1'] == top1
   if protocol == 'linear':
     # Every fit, those choosing l2 on held-out train examples and the final one, saw train

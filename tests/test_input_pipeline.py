@@ -564,10 +564,10 @@ def test_one_class_is_refused_when_labels_are_evaluated(tmp_path):
   # Without the kNN monitor, pretraining needs no labels.
   assert input_pipeline.get_dataset_info(_config(tmp_path, eval_every_steps=0), 'train') == (
       datasets.DatasetInfo(num_examples=2, num_classes=1))
-  from simclr_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from simclr_jax.evaluators import features  # pylint: disable=g-import-not-at-top
   for mode in ('linear_eval', 'knn_eval'):
     with pytest.raises(ValueError, match=rf"one class gives config.mode='{mode}' no labels") as e:
-      evaluate.labelled_train_info(_config(tmp_path, mode=mode, eval_every_steps=0))
+      features.labelled_train_info(_config(tmp_path, mode=mode, eval_every_steps=0))
     assert 'eval_every_steps' not in str(e.value)
 
 

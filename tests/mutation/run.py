@@ -87,16 +87,16 @@ MUTATIONS = (
              'jnp.where(step < warmup_steps, warmup, cosine)', 'cosine', ('tests/test_optim.py',)),
     Mutation('cosine-quarter-period', 'simclr_jax/optim.py', 'jnp.cos(jnp.pi * progress)',
              'jnp.cos(0.5 * jnp.pi * progress)', ('tests/test_optim.py',)),
-    # Evaluation data flow (evaluate.py, linear_classifier.py, knn.py, report.py).
-    Mutation('eval-probe-fitted-on-eval-split', 'simclr_jax/evaluate.py',
+    # Evaluation data flow (evaluators/, linear_classifier.py, knn.py, report.py).
+    Mutation('eval-probe-fitted-on-eval-split', 'simclr_jax/evaluators/linear.py',
              'linear_probe_scores(config, train, evaluation[0], num_classes)',
              'linear_probe_scores(config, evaluation, evaluation[0], num_classes)',
              ('tests/test_evaluate.py',)),
-    Mutation('eval-knn-bank-is-eval-split', 'simclr_jax/evaluate.py',
+    Mutation('eval-knn-bank-is-eval-split', 'simclr_jax/evaluators/knn.py',
              'knn.knn_scores(*train, evaluation[0],', 'knn.knn_scores(*evaluation, evaluation[0],',
              ('tests/test_evaluate.py',)),
-    Mutation('eval-embeds-train-split-as-eval', 'simclr_jax/evaluate.py', 'return tuple(splits)',
-             'return splits[0], splits[0]', ('tests/test_evaluate.py',)),
+    Mutation('eval-embeds-train-split-as-eval', 'simclr_jax/evaluators/features.py',
+             'return tuple(splits)', 'return splits[0], splits[0]', ('tests/test_evaluate.py',)),
     Mutation('eval-l2-chosen-on-fitted-examples', 'simclr_jax/linear_classifier.py',
              'logits(classifier, features[holdout_idx]),\n'
              '                                   labels[holdout_idx], 1)',
@@ -111,13 +111,13 @@ MUTATIONS = (
     Mutation('report-confusion-transposed', 'simclr_jax/report.py',
              'confusion_matrix(eval_data[1], scores.argmax(axis=-1),',
              'confusion_matrix(scores.argmax(axis=-1), eval_data[1],', ('tests/test_report.py',)),
-    # Checkpoint restore (checkpoints.py, evaluate.py).
+    # Checkpoint restore (checkpoints.py, evaluators/features.py).
     Mutation('resume-restores-earliest-checkpoint', 'simclr_jax/checkpoints.py',
              'steps = sorted(manager.all_steps(), reverse=True)',
              'steps = sorted(manager.all_steps())', ('tests/test_main.py',)),
     Mutation('damaged-checkpoint-left-in-place', 'simclr_jax/checkpoints.py',
              '      tf.io.gfile.rename(source, target)\n', '', ('tests/test_checkpoints.py',)),
-    Mutation('eval-restores-earliest-checkpoint', 'simclr_jax/evaluate.py',
+    Mutation('eval-restores-earliest-checkpoint', 'simclr_jax/evaluators/features.py',
              'step = max(steps) if step < 0 else step', 'step = min(steps) if step < 0 else step',
              ('tests/test_evaluate.py',)),
     # Augmentation (augment.py: tf.data; augment_jax.py: on device).

@@ -1,0 +1,15 @@
+"""Evaluators of frozen features behind one registry (core.py), the feature extraction they
+share (features.py), periodic evaluation in pretraining (monitor.py), eval_results.json
+(results.py)."""
+
+from simclr_jax.evaluators.core import EVALUATORS
+from simclr_jax.evaluators.core import TRAINING_PROTOCOLS
+from simclr_jax.evaluators.core import Evaluator
+from simclr_jax.evaluators.core import accuracies
+from simclr_jax.evaluators.core import get
+from simclr_jax.evaluators.core import monitors
+from simclr_jax.evaluators.core import protocol
+from simclr_jax.evaluators.core import score
+
+__all__ = ['EVALUATORS', 'TRAINING_PROTOCOLS', 'Evaluator', 'accuracies', 'get', 'monitors',
+           'protocol', 'score']

@@ -1,0 +1,78 @@
+"""Evaluators of frozen features, behind one registry.
+
+An evaluator scores features of the train and evaluation splits (extracted once by
+features.py): `run(config, train, evaluation, num_classes)` returns its metrics
+(`top1` and `top5` at least). A registered
+evaluator serves as a protocol of the evaluation program (--config.mode=evaluate
+--config.eval.protocol=NAME) and as a monitor during pretraining (config.eval.monitors,
+every config.eval_every_steps). A new one is one module with an Evaluator subclass and one
+entry in EVALUATORS.
+"""
+
+import abc
+import importlib
+
+from simclr_jax import linear_classifier
+
+# name -> 'module:class'.
+EVALUATORS = {
+    'linear': 'simclr_jax.evaluators.linear:LinearEvaluator',
+    'knn': 'simclr_jax.evaluators.knn:KnnEvaluator',
+}
+# Protocols that train a classifier on images rather than score features: finetune.py's.
+TRAINING_PROTOCOLS = ('linear_sgd', 'finetune')
+# The older spellings of the evaluation modes, still accepted: mode -> protocol.
+_LEGACY_MODES = {'knn_eval': 'knn', 'finetune': 'finetune'}
+
+
+class Evaluator(abc.ABC):
+  """Scores features [N, D] with int labels [N] of the train and evaluation splits."""
+
+  # Which published figures its numbers compare with (eval_results.json's `compare_with`).
+  compare_with = ''
+
+  def validate(self, config):
+    """Raises ValueError naming the fix when config.eval holds a bad value of its own."""
+    del config
+
+  def settings(self, config) -> dict:
+    """The config values its results depend on, recorded with them in eval_results.json."""
+    del config
+    return {}
+
+  @abc.abstractmethod
+  def run(self, config, train, evaluation, num_classes: int) -> dict:
+    """Metrics (numbers) of `evaluation`'s features given `train`'s; each is a (features,
+    labels) pair."""
+
+
+def get(name: str) -> Evaluator:
+  """The registered evaluator `name`; a ValueError listing the known ones otherwise."""
+  if name not in EVALUATORS:
+    raise ValueError(f'No evaluator {name!r}; registered: {", ".join(EVALUATORS)}.')
+  module, cls = EVALUATORS[name].split(':')
+  return getattr(importlib.import_module(module), cls)()
+
+
+def protocol(config) -> str:
+  """The evaluation protocol config asks for (config.eval.protocol, or an older mode's)."""
+  if config.mode == 'linear_eval':
+    return 'linear_sgd' if config.eval.linear_protocol == 'sgd' else 'linear'
+  return _LEGACY_MODES.get(config.mode, config.eval.protocol)
+
+
+def monitors(config) -> list[str]:
+  """The evaluators pretraining runs every config.eval_every_steps (config.eval.monitors)."""
+  return [name.strip() for name in config.eval.monitors.split(',') if name.strip()]
+
+
+def score(name: str, config, train, evaluation, num_classes: int) -> dict:
+  """Evaluator `name`'s settings and metrics on (features, labels) of both splits."""
+  evaluator = get(name)
+  return {**evaluator.settings(config), **evaluator.run(config, train, evaluation, num_classes)}
+
+
+def accuracies(scores, labels, num_classes):
+  """Top-1 and top-5 (or top-num_classes) accuracy of class scores [N, C]."""
+  return {'top1': linear_classifier.topk_accuracy(scores, labels, 1),
+          'top5': linear_classifier.topk_accuracy(scores, labels, min(5, num_classes))}
