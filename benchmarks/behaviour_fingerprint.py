@@ -118,10 +118,11 @@ def fingerprint(dataset, root):
   main_lib.run(_config(data), pretrain)
   result = {'pretrain': {**_outputs(pretrain, root), 'checkpoint': _checkpoint_hash(pretrain)}}
   programs = {
-      'linear_eval_lbfgs': {'mode': 'linear_eval'},
-      'knn_eval': {'mode': 'knn_eval'},
-      'finetune': {'mode': 'finetune', 'finetune.fine_tune_after_block': 2},
-      'linear_eval_sgd': {'mode': 'linear_eval', 'eval.linear_protocol': 'sgd'},
+      'linear_eval_lbfgs': {'mode': 'evaluate', 'eval.protocol': 'linear'},
+      'knn_eval': {'mode': 'evaluate', 'eval.protocol': 'knn'},
+      'finetune': {'mode': 'evaluate', 'eval.protocol': 'finetune',
+                   'finetune.fine_tune_after_block': 2},
+      'linear_eval_sgd': {'mode': 'evaluate', 'eval.protocol': 'linear_sgd'},
   }
   for name, overrides in programs.items():
     workdir = os.path.join(root, name)

@@ -216,7 +216,7 @@ def parts(dry_run: bool, dataset: str, workdir: str) -> list[Part]:
           f'--config.log_every_steps={max(steps_per_epoch, 1)}', '--config.eval_every_steps=0'],
                    pretrain_dir, steps_per_epoch),
       LinearEvalPart('linear_eval', main + eval_sizes + [
-          f'--workdir={eval_dir}', '--config.mode=linear_eval',
+          f'--workdir={eval_dir}', '--config.mode=evaluate',
           f'--config.pretrained_workdir={pretrain_dir}'], eval_dir),
       # Not in the dry run: the same script as the ResNet-18 part with another config file,
       # and a compile that costs the test suite 15 s.

@@ -95,9 +95,10 @@ def get_config():
   config.probe_learning_rate_scale = 0.01
   config.lars_trust_coefficient = 0.001  # LARS eta.
 
-  # Evaluation: --config.mode=linear_eval|knn_eval|finetune evaluates a pretraining run's
-  # encoder, writing into its own --workdir.
-  config.mode = 'pretrain'  # pretrain | linear_eval | knn_eval | finetune.
+  # Evaluation: --config.mode=evaluate --config.eval.protocol=NAME evaluates a pretraining
+  # run's encoder, writing into its own --workdir.
+  # pretrain | evaluate; older spellings, for one more release: linear_eval | knn_eval | finetune.
+  config.mode = 'pretrain'
   config.pretrained_workdir = ''  # Workdir of the pretraining run to evaluate.
   config.pretrained_step = -1  # Checkpoint step to evaluate; -1 = the latest.
   config.eval = ml_collections.ConfigDict()
@@ -109,13 +110,14 @@ def get_config():
   config.eval.max_iterations = 1000  # L-BFGS iterations of the linear classifier.
   config.eval.knn_k = 200  # Neighbours that vote in kNN.
   config.eval.knn_temperature = 0.1  # A neighbour's vote weighs exp(similarity / temperature).
-  config.eval.linear_protocol = 'lbfgs'  # lbfgs: on extracted features | sgd: the reference's.
-  config.eval.protocol = 'linear'  # --config.mode=evaluate: linear | linear_sgd | knn | finetune.
+  # linear: L-BFGS on features | linear_sgd: the reference's | knn | finetune (evaluators/).
+  config.eval.protocol = 'linear'
+  config.eval.linear_protocol = 'lbfgs'  # Older: with mode=linear_eval, lbfgs | sgd.
   config.eval.monitors = 'knn'  # Evaluators run in pretraining (comma-separated: knn,linear).
   config.eval_every_steps = 5000  # Steps between monitor evaluations in pretraining; 0 = off.
 
-  # Fine-tuning (--config.mode=finetune) and the reference linear evaluation (linear_eval with
-  # eval.linear_protocol=sgd, which freezes the whole encoder and uses all labels).
+  # Fine-tuning (eval.protocol=finetune) and the reference linear evaluation
+  # (eval.protocol=linear_sgd, which freezes the whole encoder and uses all labels).
   config.finetune = ml_collections.ConfigDict()
   config.finetune.label_fraction = 1.0  # Class-balanced fraction of train labels: 0.01, 0.1, 1.
   config.finetune.subset_seed = 0  # Seeds the label subsets (nested: 1% inside 10%).

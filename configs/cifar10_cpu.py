@@ -4,7 +4,7 @@ Run (2 epochs, the CIFAR-10 image folder, then evaluate the encoder):
   python -m simclr_jax.main --config=configs/cifar10_cpu.py --workdir=/tmp/simclr_cpu \
       --config.dataset=../shared/data/cifar10-jpeg
   python -m simclr_jax.main --config=configs/cifar10_cpu.py --workdir=/tmp/simclr_cpu_eval \
-      --config.dataset=../shared/data/cifar10-jpeg --config.mode=linear_eval \
+      --config.dataset=../shared/data/cifar10-jpeg --config.mode=evaluate \
       --config.pretrained_workdir=/tmp/simclr_cpu
 
 Two processes with 2 CPU devices each on this machine (launch/local.sh); data_shards=2 makes

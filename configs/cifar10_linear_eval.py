@@ -11,7 +11,7 @@ Run, after pretraining with configs/cifar10.py into PRETRAIN_DIR:
 
 Expected result: "around 91%" top-1 on the test split after the full 1000-epoch pretraining
 (reference README). This is the protocol to compare that figure with; the default
-linear_eval (L-BFGS on frozen features) is the paper's transfer protocol.
+protocol, eval.protocol=linear (L-BFGS on frozen features), is the paper's transfer protocol.
 """
 
 from simclr_jax.config_files import load_sibling_config
@@ -20,8 +20,8 @@ from simclr_jax.config_files import load_sibling_config
 def get_config():
   """Returns the CIFAR-10 reference linear-evaluation config."""
   config = load_sibling_config(__file__, 'cifar10')
-  config.mode = 'linear_eval'  # Evaluate a pretraining run's encoder.
-  config.eval.linear_protocol = 'sgd'  # Train a linear layer on augmented views.
+  config.mode = 'evaluate'  # Evaluate a pretraining run's encoder.
+  config.eval.protocol = 'linear_sgd'  # Train a linear layer on augmented views.
   config.finetune.fine_tune_after_block = 4  # The whole encoder frozen (BN in inference mode).
   config.finetune.optimizer = 'momentum'  # Nesterov momentum SGD.
   config.finetune.learning_rate = 0.1  # Linear scaling: 0.1 * 512 / 256 = 0.2.

@@ -23,7 +23,8 @@ from simclr_jax.config_files import load_sibling_config
 def get_config():
   """Returns the ImageNet 1%-label fine-tuning config."""
   config = load_sibling_config(__file__, 'imagenet')
-  config.mode = 'finetune'  # Fine-tune a pretraining run's encoder.
+  config.mode = 'evaluate'  # Evaluate a pretraining run's encoder:
+  config.eval.protocol = 'finetune'  # by fine-tuning it.
   config.dataset = 'imagenet2012_subset/1pct'  # TFDS: the official 1% subset as train split.
   config.finetune.label_fraction = 1.0  # All of the subset's labels.
   config.finetune.fine_tune_after_block = -1  # Fine-tune the whole encoder.

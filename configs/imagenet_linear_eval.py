@@ -18,8 +18,8 @@ from simclr_jax.config_files import load_sibling_config
 def get_config():
   """Returns the ImageNet reference linear-evaluation config."""
   config = load_sibling_config(__file__, 'imagenet')
-  config.mode = 'linear_eval'  # Evaluate a pretraining run's encoder.
-  config.eval.linear_protocol = 'sgd'  # Train a linear layer on augmented views.
+  config.mode = 'evaluate'  # Evaluate a pretraining run's encoder.
+  config.eval.protocol = 'linear_sgd'  # Train a linear layer on augmented views.
   config.finetune.fine_tune_after_block = 4  # The whole encoder frozen (BN in inference mode).
   config.finetune.optimizer = 'momentum'  # Nesterov momentum SGD.
   config.finetune.learning_rate = 0.1  # Linear scaling: 0.1 * 4096 / 256 = 1.6.

@@ -168,6 +168,10 @@ def _validate_eval_config(config, num_devices):
   _require(ev.linear_protocol in LINEAR_PROTOCOLS,
            f'config.eval.linear_protocol={ev.linear_protocol!r} is not known; use one of '
            f'{LINEAR_PROTOCOLS}.')
+  _require(config.mode != 'evaluate' or ev.linear_protocol == 'lbfgs',
+           f'config.eval.linear_protocol={ev.linear_protocol!r} only applies to the older '
+           '--config.mode=linear_eval; with --config.mode=evaluate set the protocol as '
+           '--config.eval.protocol=linear_sgd (or linear: L-BFGS).')
   protocol = evaluators.protocol(config)
   known = (*evaluators.EVALUATORS, *evaluators.TRAINING_PROTOCOLS)
   _require(protocol in known, f'config.eval.protocol={protocol!r} is not known; use one of '

@@ -1,12 +1,13 @@
 """Supervised training on top of a pretrained encoder: fine-tuning and the reference linear eval.
 
 Two protocols share this program:
-- `--config.mode=finetune`: fine-tunes the encoder from `finetune.fine_tune_after_block` on
-  (-1: all of it), on a class-balanced `finetune.label_fraction` of the train labels,
-  optionally through the first projection-head layer (`finetune.keep_head_layers=1`, SimCLRv2).
-- `--config.mode=linear_eval --config.eval.linear_protocol=sgd`: the official linear evaluation,
-  i.e. the same program with the whole encoder frozen (BatchNorm in inference mode) and a
-  linear layer on h trained on all labels.
+- `--config.eval.protocol=finetune`: fine-tunes the encoder from
+  `finetune.fine_tune_after_block` on (-1: all of it), on a class-balanced
+  `finetune.label_fraction` of the train labels, optionally through the first projection-head
+  layer (`finetune.keep_head_layers=1`, SimCLRv2).
+- `--config.eval.protocol=linear_sgd`: the official linear evaluation, i.e. the same program
+  with the whole encoder frozen (BatchNorm in inference mode) and a linear layer on h trained
+  on all labels.
 Both train with Nesterov momentum SGD on crop-and-flip views, as the reference does, save Orbax
 checkpoints into their own workdir (and resume from them), and score the eval split at the end.
 """

@@ -4,7 +4,7 @@ r"""Command-line entry point.
 
 Evaluate a pretraining run's encoder (see README.md for the protocols and baselines):
 
-  python -m simclr_jax.main --config=configs/cifar10.py --config.mode=linear_eval \
+  python -m simclr_jax.main --config=configs/cifar10.py --config.mode=evaluate \
       --config.pretrained_workdir=/tmp/simclr_cifar10 --workdir=/tmp/simclr_cifar10_eval
 
 Any config value can be overridden, e.g. `--config.batch_size=256`. Running the same command
@@ -124,9 +124,12 @@ def with_absolute_paths(config):
 
 
 def run(config, workdir: str):
-  """Runs the program config.mode names."""
+  """Runs the program config.mode names: pretraining, or the evaluation protocol's."""
   from simclr_jax import config_validation
+  from simclr_jax import evaluators
   config = with_absolute_paths(config)
+  if evaluators.legacy_mode_notice(config):
+    logging.warning(evaluators.legacy_mode_notice(config))
   if config.mode == 'pretrain':
     from simclr_jax import train
     train.train_and_evaluate(config, workdir)

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import load_config, tiny_config
 from simclr_jax import evaluate
 from simclr_jax import evaluators
 from simclr_jax import models
@@ -88,4 +88,37 @@ def test_unknown_protocol_and_monitor_are_refused_before_work(cifar10_subset):
   config.mode, config.eval.protocol, config.pretrained_workdir = 'evaluate', 'centroid', 'x'
   with pytest.raises(ValueError, match=r"config.eval.protocol='centroid' is not known; use one "
                                        r'of linear, knn, linear_sgd, finetune'):
+    config_validation.validate_config(config, num_devices=1)
+
+
+@pytest.mark.parametrize('mode,linear_protocol,protocol', [
+    ('linear_eval', 'lbfgs', 'linear'), ('linear_eval', 'sgd', 'linear_sgd'),
+    ('knn_eval', 'lbfgs', 'knn'), ('finetune', 'lbfgs', 'finetune')])
+def test_older_mode_spellings_run_their_protocol_and_name_the_new_one(mode, linear_protocol,
+                                                                      protocol):
+  config = load_config('cifar10')
+  config.mode, config.eval.linear_protocol = mode, linear_protocol
+  config.eval.protocol = 'knn' if protocol != 'knn' else 'linear'  # Ignored by older modes.
+  assert evaluators.protocol(config) == protocol
+  assert (f'--config.mode={mode} is the older spelling of --config.mode=evaluate '
+          f'--config.eval.protocol={protocol}') in evaluators.legacy_mode_notice(config)
+
+
+def test_shipped_evaluation_configs_use_the_current_spelling():
+  for name, protocol in (('cifar10_linear_eval', 'linear_sgd'),
+                         ('imagenet_linear_eval', 'linear_sgd'),
+                         ('imagenet_finetune_1pct', 'finetune')):
+    config = load_config(name)
+    assert config.mode == 'evaluate' and evaluators.protocol(config) == protocol, name
+    assert not evaluators.legacy_mode_notice(config)
+
+
+def test_older_linear_protocol_key_is_refused_with_the_current_spelling(cifar10_subset):
+  from simclr_jax import config_validation  # pylint: disable=g-import-not-at-top
+  config = tiny_config(cifar10_subset)
+  config.mode, config.pretrained_workdir, config.eval.linear_protocol = 'evaluate', 'x', 'sgd'
+  with pytest.raises(ValueError, match=r"config.eval.linear_protocol='sgd' only applies to the "
+                                       r'older --config.mode=linear_eval; with '
+                                       r'--config.mode=evaluate set the protocol as '
+                                       r'--config.eval.protocol=linear_sgd'):
     config_validation.validate_config(config, num_devices=1)

@@ -7,9 +7,10 @@ from simclr_jax.evaluators.core import TRAINING_PROTOCOLS
 from simclr_jax.evaluators.core import Evaluator
 from simclr_jax.evaluators.core import accuracies
 from simclr_jax.evaluators.core import get
+from simclr_jax.evaluators.core import legacy_mode_notice
 from simclr_jax.evaluators.core import monitors
 from simclr_jax.evaluators.core import protocol
 from simclr_jax.evaluators.core import score
 
-__all__ = ['EVALUATORS', 'TRAINING_PROTOCOLS', 'Evaluator', 'accuracies', 'get', 'monitors',
-           'protocol', 'score']
+__all__ = ['EVALUATORS', 'TRAINING_PROTOCOLS', 'Evaluator', 'accuracies', 'get',
+           'legacy_mode_notice', 'monitors', 'protocol', 'score']

@@ -21,8 +21,10 @@ EVALUATORS = {
 }
 # Protocols that train a classifier on images rather than score features: finetune.py's.
 TRAINING_PROTOCOLS = ('linear_sgd', 'finetune')
-# The older spellings of the evaluation modes, still accepted: mode -> protocol.
+# Older spellings of the evaluation modes, accepted for one more release: mode -> protocol
+# (linear_eval: linear, or linear_sgd with eval.linear_protocol=sgd).
 _LEGACY_MODES = {'knn_eval': 'knn', 'finetune': 'finetune'}
+LEGACY_MODES = ('linear_eval', *_LEGACY_MODES)
 
 
 class Evaluator(abc.ABC):
@@ -59,6 +61,15 @@ def protocol(config) -> str:
   if config.mode == 'linear_eval':
     return 'linear_sgd' if config.eval.linear_protocol == 'sgd' else 'linear'
   return _LEGACY_MODES.get(config.mode, config.eval.protocol)
+
+
+def legacy_mode_notice(config) -> str:
+  """The sentence naming the current spelling of an older config.mode; '' for current ones."""
+  if config.mode not in LEGACY_MODES:
+    return ''
+  return (f'--config.mode={config.mode} is the older spelling of --config.mode=evaluate '
+          f'--config.eval.protocol={protocol(config)}, which it runs; the older one will be '
+          'removed in the next release.')
 
 
 def monitors(config) -> list[str]:

@@ -24,7 +24,7 @@ class LinearEvaluator(core.Evaluator):
       "the SimCLR paper's transfer-learning figures (logistic regression on frozen features of "
       "unaugmented images, L2 tuned on held-out train examples). Not the reference's CIFAR-10 "
       '(~91%) or ImageNet (64.5%, 69.1%) linear-evaluation figures: those come from the SGD '
-      'protocol (eval.linear_protocol=sgd, configs/*_linear_eval.py).')
+      'protocol (eval.protocol=linear_sgd, configs/*_linear_eval.py).')
 
   def validate(self, config):
     ev = config.eval
