@@ -305,13 +305,14 @@ def test_recipes_are_the_reference_commands():
                                   ('imagenet_linear_eval', 90, 4096, 1e-6)):
     linear = load_config(name)
     ft = linear.finetune
-    assert (linear.mode, linear.eval.linear_protocol, ft.optimizer, ft.learning_rate,
+    assert (linear.mode, linear.eval.protocol, ft.optimizer, ft.learning_rate,
             ft.lr_scaling, ft.epochs, ft.batch_size, ft.weight_decay, ft.warmup_epochs,
-            ft.fine_tune_after_block) == ('linear_eval', 'sgd', 'momentum', 0.1, 'linear',
+            ft.fine_tune_after_block) == ('evaluate', 'linear_sgd', 'momentum', 0.1, 'linear',
                                           epochs, batch, wd, 0, 4), name
   semi = load_config('imagenet_finetune_1pct')
   ft = semi.finetune
-  assert semi.dataset == 'imagenet2012_subset/1pct' and semi.mode == 'finetune'
+  assert semi.dataset == 'imagenet2012_subset/1pct' and semi.mode == 'evaluate'
+  assert semi.eval.protocol == 'finetune'
   assert (ft.optimizer, ft.learning_rate, ft.lr_scaling, ft.weight_decay, ft.epochs,
           ft.batch_size, ft.keep_head_layers, ft.fine_tune_after_block, ft.warmup_epochs,
           ft.label_fraction) == ('lars', 0.005, 'sqrt', 0.0, 60, 1024, 1, -1, 0, 1.0)
