@@ -34,7 +34,8 @@ sys.path.insert(0, REPO_ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax import models
 from simclr_jax import optim
-from simclr_jax import train
+from simclr_jax import train_state
+from simclr_jax.methods import simclr
 from simclr_jax.sharding import create_mesh
 
 FLAGS = flags.FLAGS
@@ -66,13 +67,13 @@ def peak_bytes(config, batch_size: int) -> int:
                               dtype=models.DTYPES[config.dtype], remat=config.remat)
   schedule = optim.learning_rate_schedule(config, 1_281_167, 1000)
   tx = optim.create_optimizer(config, schedule)
-  init = functools.partial(train.init_train_state, model, tx, jax.random.PRNGKey(0),
+  init = functools.partial(train_state.init_train_state, model, tx, jax.random.PRNGKey(0),
                            config.image_size)
   state = jax.eval_shape(init)
   size = config.image_size
   batch = {'views': jax.ShapeDtypeStruct((batch_size, 2, size, size, 3), np.float32),
            'label': jax.ShapeDtypeStruct((batch_size,), np.int32)}
-  step_fn = train.make_train_step(model, tx, schedule, config.temperature, mesh,
+  step_fn = simclr.make_train_step(model, tx, schedule, config.temperature, mesh,
                                   config.contrastive_chunk_size)
   memory = step_fn.lower(state, batch).compile().memory_analysis()
   return (memory.argument_size_in_bytes + memory.output_size_in_bytes

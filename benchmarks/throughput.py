@@ -46,7 +46,8 @@ from simclr_jax import huge_pages
 from simclr_jax import input_pipeline
 from simclr_jax import models
 from simclr_jax import optim
-from simclr_jax import train
+from simclr_jax import train_state
+from simclr_jax.methods import simclr
 from simclr_jax.sharding import batch_sharded, create_mesh, replicated, run_once
 
 FLAGS = flags.FLAGS
@@ -83,7 +84,7 @@ def _train_step(config, mesh, schedule, tx):
   """(model, jitted train step) for `config`."""
   model = models.create_model(config.model, image_size=config.image_size, num_classes=10,
                               dtype=models.DTYPES[config.dtype], remat=config.remat)
-  return model, train.make_train_step(model, tx, schedule, config.temperature, mesh,
+  return model, simclr.make_train_step(model, tx, schedule, config.temperature, mesh,
                                       config.contrastive_chunk_size,
                                       weight_decay=config.weight_decay)
 
@@ -103,7 +104,7 @@ def time_train_step(config, devices):
   schedule = optim.learning_rate_schedule(config, 50_000, total)
   tx = optim.create_optimizer(config, schedule)
   model, step_fn = _train_step(config, mesh, schedule, tx)
-  init = functools.partial(train.init_train_state, model, tx, jax.random.PRNGKey(0), size)
+  init = functools.partial(train_state.init_train_state, model, tx, jax.random.PRNGKey(0), size)
   state = run_once(init, out_shardings=replicated(mesh))
   rng = np.random.default_rng(0)
   batch_data = jax.device_put(

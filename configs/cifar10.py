@@ -99,6 +99,7 @@ def get_config():
   # run's encoder, writing into its own --workdir.
   # pretrain | evaluate; older spellings, for one more release: linear_eval | knn_eval | finetune.
   config.mode = 'pretrain'
+  config.method = 'simclr'  # Pretraining method (methods/): simclr.
   config.pretrained_workdir = ''  # Workdir of the pretraining run to evaluate.
   config.pretrained_step = -1  # Checkpoint step to evaluate; -1 = the latest.
   config.eval = ml_collections.ConfigDict()

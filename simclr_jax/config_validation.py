@@ -1,6 +1,7 @@
 """Checks a config before any expensive work, with messages that name the value and the fix."""
 
 from simclr_jax import evaluators
+from simclr_jax import methods
 from simclr_jax import models
 from simclr_jax import optim
 
@@ -46,9 +47,6 @@ def validate_config(config, *, num_devices: int, num_processes: int = 1):
            f'config.model.head_layers={config.model.head_layers} must be >= 1 (SimCLRv2: 3).')
   _require(config.model.head_output_dim >= 1,
            f'config.model.head_output_dim={config.model.head_output_dim} must be >= 1 (128).')
-  _require(config.temperature > 0,
-           f'config.temperature={config.temperature} must be > 0 '
-           '(0.5 for CIFAR-10, 0.1 for ImageNet).')
   _require(isinstance(config.image_size, int) and config.image_size >= 8,
            f'config.image_size={config.image_size!r} must be an integer >= 8 '
            '(32 for CIFAR, 224 for ImageNet).')
@@ -58,12 +56,6 @@ def validate_config(config, *, num_devices: int, num_processes: int = 1):
            f'config.batch_size={config.batch_size} is not divisible by the {num_devices} '
            'devices; use a multiple of the device count (e.g. '
            f'{max(1, config.batch_size // num_devices) * num_devices}).')
-  per_device = config.batch_size // num_devices
-  _require(isinstance(config.contrastive_chunk_size, int) and config.contrastive_chunk_size >= 0
-           and (config.contrastive_chunk_size == 0 or
-                per_device % config.contrastive_chunk_size == 0),
-           f'config.contrastive_chunk_size={config.contrastive_chunk_size!r} must be 0 (no '
-           f'chunks) or divide the {per_device} images per device (batch_size / devices).')
   _require(config.probe_learning_rate_scale >= 0,
            f'config.probe_learning_rate_scale={config.probe_learning_rate_scale} must be >= 0.')
   _require(config.optimizer in optim.OPTIMIZERS,
@@ -105,6 +97,10 @@ def validate_config(config, *, num_devices: int, num_processes: int = 1):
            f'config.augment.blur_sigma_min={aug.blur_sigma_min} and blur_sigma_max='
            f'{aug.blur_sigma_max} must satisfy 0 < min <= max (reference: 0.1, 2.0).')
   if config.mode == 'pretrain':
+    _require(config.method in methods.METHODS,
+             f'config.method={config.method!r} is not known; use one of '
+             f'{", ".join(methods.METHODS)}.')
+    methods.get(config).validate(num_devices)
     _validate_data_shards(config, config.batch_size, 'config.batch_size', num_processes)
     if config.eval_every_steps:
       for name in evaluators.monitors(config):

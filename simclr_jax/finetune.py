@@ -31,7 +31,9 @@ from simclr_jax import input_pipeline
 from simclr_jax import label_fractions
 from simclr_jax import models
 from simclr_jax import optim
-from simclr_jax import train
+from simclr_jax import run_config
+from simclr_jax import train_state
+from simclr_jax import training_loop
 from simclr_jax.evaluators import features
 from simclr_jax.evaluators import results as results_lib
 from simclr_jax.sharding import batch_sharded, create_mesh, replicated
@@ -63,13 +65,13 @@ def with_pretrained(variables, pretrained):
   return out
 
 
-def init_finetune_state(model, tx, rng, image_size: int, pretrained=None) -> train.TrainState:
+def init_finetune_state(model, tx, rng, image_size: int, pretrained=None) -> train_state.TrainState:
   """A fresh state whose encoder comes from `pretrained` (None: random initialisation)."""
   init_rng, state_rng = jax.random.split(rng)
   variables = models.init_variables(model, init_rng, image_size)
   if pretrained is not None:
     variables = with_pretrained(variables, pretrained)
-  return train.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+  return train_state.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                           batch_stats=variables['batch_stats'],
                           opt_state=tx.init(variables['params']), rng=state_rng)
 
@@ -89,7 +91,7 @@ def finetune_step(state, batch, *, model, tx, schedule):
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state)
   metrics = {'loss': loss, 'accuracy': accuracy, 'learning_rate': schedule(state.step)}
-  return train.only_if_finite(loss, grads, new_state, state, metrics)
+  return train_state.only_if_finite(loss, grads, new_state, state, metrics)
 
 
 def make_finetune_step(model, tx, schedule, mesh):
@@ -141,7 +143,7 @@ def finetune(config, workdir: str):
   manager = checkpoints.create_checkpoint_manager(workdir, config)
   state = checkpoints.restore_or_init_state(manager, init_fn, mesh, config)
   start_step = int(state.step)
-  train.save_config(config, workdir)
+  run_config.save_config(config, workdir)
   logging.info('%s: %d of %d labelled examples, %s encoder, frozen through part %d, '
                'steps %d -> %d.', protocol, len(subset), info.num_examples, config.eval.encoder,
                settings.fine_tune_after_block, start_step, total_steps)
@@ -151,7 +153,7 @@ def finetune(config, workdir: str):
   batches = input_pipeline.device_batches(dataset, batch_sharded(mesh),
                                           prefetch=config.prefetch_batches, config=config,
                                           split=config.train_split)
-  state = train.run_training_loop(
+  state = training_loop.run(
       config, workdir, state, make_finetune_step(model, tx, schedule, mesh), batches,
       manager=manager, batch_size=settings.batch_size, start_step=start_step,
       total_steps=total_steps)

@@ -46,7 +46,7 @@ from simclr_jax import input_pipeline
 from simclr_jax import knn
 from simclr_jax import models
 from simclr_jax import plots
-from simclr_jax import train
+from simclr_jax import run_config
 from simclr_jax import writers
 from simclr_jax.evaluators import features
 from simclr_jax.evaluators import linear
@@ -122,7 +122,7 @@ def load_run(workdir: str, *, step: int = -1, dataset: str = '', max_examples: i
         'pretraining run (python -m simclr_jax.main --config=... --workdir=WORKDIR saves '
         'WORKDIR/checkpoints/<step>/ every checkpoint_every_steps steps and at the end). '
         'Check the path, or wait for the run to save its first checkpoint.')
-  config = train.load_config(workdir)
+  config = run_config.load_config(workdir)
   config.mode = 'report'  # Names this program in the messages of shared checks.
   config.pretrained_workdir, config.pretrained_step = workdir, step
   config.eval.encoder = 'pretrained'

@@ -17,7 +17,8 @@ from conftest import load_config
 from simclr_jax import finetune
 from simclr_jax import models
 from simclr_jax import optim
-from simclr_jax import train
+from simclr_jax import train_state
+from simclr_jax.methods import simclr
 from simclr_jax.evaluators import features
 from simclr_jax.sharding import batch_sharded, create_mesh, replicated
 
@@ -59,18 +60,18 @@ def pretrain_program(config, mesh):
                               dtype=models.DTYPES[config.dtype], remat=config.remat)
   schedule = optim.learning_rate_schedule(config, 1000, 10)
   tx = optim.create_optimizer(config, schedule)
-  state = jax.eval_shape(functools.partial(train.init_train_state, model, tx,
+  state = jax.eval_shape(functools.partial(train_state.init_train_state, model, tx,
                                            jax.random.PRNGKey(0), SIZE))
   augment = None
   if config.augment_on_device:
-    augment = functools.partial(train.augment_batch, config_augment=config.augment,
+    augment = functools.partial(simclr.augment_batch, config_augment=config.augment,
                                 image_size=SIZE, mesh=mesh)
     batch = {'image': jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.uint8),
              'seed': jax.ShapeDtypeStruct((BATCH, 2), jnp.uint32)}
   else:
     batch = {'views': jax.ShapeDtypeStruct((BATCH, 2, SIZE, SIZE, 3), jnp.float32)}
   batch['label'] = jax.ShapeDtypeStruct((BATCH,), jnp.int32)
-  step = train.make_train_step(model, tx, schedule, config.temperature, mesh,
+  step = simclr.make_train_step(model, tx, schedule, config.temperature, mesh,
                                config.contrastive_chunk_size, augment, config.weight_decay)
   return step, (abstract(state, replicated(mesh)), abstract(batch, batch_sharded(mesh)))
 

@@ -28,6 +28,8 @@ from simclr_jax import evaluate
 from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import train
+from simclr_jax import train_state
+from simclr_jax import run_config
 from simclr_jax.evaluators import features
 from simclr_jax.sharding import create_mesh
 
@@ -37,7 +39,7 @@ def _init_fn(config):
   model = models.create_model(config.model, image_size=config.image_size, num_classes=10,
                               dtype=models.DTYPES[config.dtype], remat=config.remat)
   tx = optim.create_optimizer(config, optim.learning_rate_schedule(config, 260, 4))
-  return functools.partial(train.init_train_state, model, tx, jax.random.PRNGKey(config.seed),
+  return functools.partial(train_state.init_train_state, model, tx, jax.random.PRNGKey(config.seed),
                            config.image_size)
 
 
@@ -153,7 +155,7 @@ _TWO_PROCESS_SCRIPT = textwrap.dedent('''
     distributed.initialize(f'localhost:{port}', 2, process)
     sys.path.insert(0, 'tests')
     from conftest import tiny_config
-    from simclr_jax import checkpoints, models, optim, train
+    from simclr_jax import checkpoints, models, optim, train_state
     from simclr_jax.sharding import create_mesh
     if process == 1:
       read = checkpoints.read_metadata
@@ -165,7 +167,7 @@ _TWO_PROCESS_SCRIPT = textwrap.dedent('''
     config = tiny_config(dataset)
     model = models.create_model(config.model, image_size=config.image_size, num_classes=10)
     tx = optim.create_optimizer(config, optim.learning_rate_schedule(config, 260, 4))
-    init_fn = functools.partial(train.init_train_state, model, tx, jax.random.PRNGKey(0),
+    init_fn = functools.partial(train_state.init_train_state, model, tx, jax.random.PRNGKey(0),
                                 config.image_size)
     manager = checkpoints.create_checkpoint_manager(workdir, config)
     state = checkpoints.restore_or_init_state(manager, init_fn, create_mesh(), config)
@@ -275,7 +277,7 @@ def test_run_saved_before_the_shortcut_option_gets_the_fix(cifar10_subset, tmp_p
   tx = optim.create_optimizer(old, optim.learning_rate_schedule(old, 260, 4))
   # Only the shapes matter: zeros of them, without compiling the initialisation.
   state = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(
-      lambda: train.init_train_state(model, tx, jax.random.PRNGKey(0), old.image_size)))
+      lambda: train_state.init_train_state(model, tx, jax.random.PRNGKey(0), old.image_size)))
   manager = checkpoints.create_checkpoint_manager(str(workdir), old)
   manager.save(1, args=ocp.args.StandardSave(state))
   manager.wait_until_finished()
@@ -298,5 +300,5 @@ def test_a_damaged_config_json_is_named(tmp_path, cifar_config):
   assert checkpoints.config_differences(str(path), cifar_config) == []
   # The report and the notebook rebuild the model from it: they stop, naming it and the fix.
   with pytest.raises(ValueError, match=r'config\.json is not valid JSON .* rewrites config'):
-    train.load_config(str(tmp_path))
+    run_config.load_config(str(tmp_path))
 

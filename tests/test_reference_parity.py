@@ -18,7 +18,7 @@ from conftest import load_config
 from simclr_jax import losses
 from simclr_jax import models
 from simclr_jax import optim
-from simclr_jax import train
+from simclr_jax.methods import simclr
 from simclr_jax.models import resnet
 
 _LARGE_NUM = 1e9  # objective.py's LARGE_NUM.
@@ -218,7 +218,7 @@ def test_probe_weight_decay_is_added_to_the_loss():
   params['probe'] = {'kernel': jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
                      'bias': jnp.asarray(rng.normal(size=3), jnp.float32)}
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
-  loss_and_metrics = jax.jit(lambda params, weight_decay: train.loss_and_metrics(
+  loss_and_metrics = jax.jit(lambda params, weight_decay: simclr.loss_and_metrics(
       params, variables['batch_stats'], batch, model=model, temperature=0.5, mesh=mesh,
       weight_decay=weight_decay))
   outputs = [loss_and_metrics(params, wd) for wd in (0.0, 1e-2)]

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 
 from multidevice import REPO_ROOT
 from simclr_jax import stop_request
-from simclr_jax import train
+from simclr_jax import training_loop
 
 
 def _wait(condition, timeout=10.0):
@@ -99,7 +99,7 @@ def test_a_stop_request_waits_for_the_step_in_progress_only(tmp_path):
   state = {'step': jnp.zeros((), jnp.int32), 'w': jnp.zeros(())}
   sender = threading.Thread(target=send_sigterm)
   sender.start()
-  state = train.run_training_loop(config, str(tmp_path), state, step_fn, batches(),
+  state = training_loop.run(config, str(tmp_path), state, step_fn, batches(),
                                   manager=manager, batch_size=1000, start_step=0,
                                   total_steps=500)
   returned_at = time.monotonic()

@@ -12,6 +12,7 @@ import pytest
 from conftest import tiny_config
 from multidevice import run_on_eight_cpu_devices
 from simclr_jax import train
+from simclr_jax import train_state
 
 # In float64 (jax_enable_x64): the 8-device and 1-device steps sum in different orders, and in
 # float32 the BatchNorm-scale gradients, small sums of large terms that cancel, came out 6e-4
@@ -21,8 +22,9 @@ _STEP_SCRIPT = textwrap.dedent('''
     import functools, sys
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update('jax_enable_x64', True)
-    from simclr_jax import models, optim, sharding, train
+    from simclr_jax import models, optim, sharding, train_state
     from simclr_jax.config_files import load_config_file
+    from simclr_jax.methods import simclr
     from simclr_jax.sharding import batch_sharded, create_mesh, replicated
     config = load_config_file('configs/cifar10.py')
     config.model.width_multiplier = 0.125
@@ -42,7 +44,7 @@ _STEP_SCRIPT = textwrap.dedent('''
              'label': rng.integers(0, 10, size=16).astype(np.int32)}
 
     def init():
-      state = train.init_train_state(model, tx, jax.random.PRNGKey(0), 16)
+      state = train_state.init_train_state(model, tx, jax.random.PRNGKey(0), 16)
       # Random BN scales: at init the zeroed block scales would hide most of the gradients.
       keys = iter(jax.random.split(jax.random.PRNGKey(1), 1000))
       params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(next(keys), p.shape,
@@ -56,7 +58,7 @@ _STEP_SCRIPT = textwrap.dedent('''
       state = sharding.run_once(init, out_shardings=replicated(mesh))
       params = jax.device_get(state.params)
       global_batch = jax.device_put(batch, batch_sharded(mesh))
-      new_state, metrics = train.make_train_step(model, tx, schedule, 0.5, mesh)(
+      new_state, metrics = simclr.make_train_step(model, tx, schedule, 0.5, mesh)(
           state, global_batch)
       grads = jax.tree.map(lambda p, q: p - q, params, jax.device_get(new_state.params))
       trees = {'metrics': metrics, 'grads': grads, 'batch_stats': new_state.batch_stats}
@@ -87,8 +89,8 @@ def test_non_finite_updates_are_not_applied():
   old, new = {'w': jnp.ones(3), 'step': jnp.int32(4)}, {'w': jnp.full(3, 2.0),
                                                       'step': jnp.int32(5)}
   for loss, grad, finite in [(1.0, 0.5, True), (jnp.nan, 0.5, False), (1.0, jnp.inf, False)]:
-    state, metrics = train.only_if_finite(jnp.float32(loss), {'g': jnp.full(3, grad)}, new, old,
-                                          {'loss': loss})
+    state, metrics = train_state.only_if_finite(jnp.float32(loss), {'g': jnp.full(3, grad)},
+                                                new, old, {'loss': loss})
     assert bool(metrics['finite']) == finite
     np.testing.assert_array_equal(state['w'], (new if finite else old)['w'])
     assert int(state['step']) == (5 if finite else 4)

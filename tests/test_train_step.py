@@ -14,7 +14,8 @@ from conftest import load_config
 from simclr_jax import augment_jax
 from simclr_jax import models
 from simclr_jax import optim
-from simclr_jax import train
+from simclr_jax import train_state
+from simclr_jax.methods import simclr
 from simclr_jax.sharding import create_mesh, run_once
 
 N, SIZE, NUM_CLASSES = 8, 16, 10  # Images per batch (2N views), their side, probe classes.
@@ -75,7 +76,7 @@ def step_and_expectations():
            'label': rng.integers(0, NUM_CLASSES, size=N).astype(np.int32)}
 
   def init():
-    state = train.init_train_state(model, tx, jax.random.PRNGKey(0), SIZE)
+    state = train_state.init_train_state(model, tx, jax.random.PRNGKey(0), SIZE)
     # Random BN scales (at init, zeroed block scales hide most gradients) and running
     # statistics (so that the momentum update is visible).
     keys = iter(jax.random.split(jax.random.PRNGKey(1), 1000))
@@ -88,7 +89,7 @@ def step_and_expectations():
   variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
   mesh = create_mesh(jax.devices()[:1])
   # The probe's weight decay, which the step adds to the loss (the optimiser's is 0).
-  step = train.make_train_step(model, tx, schedule, TEMPERATURE, mesh,
+  step = simclr.make_train_step(model, tx, schedule, TEMPERATURE, mesh,
                                weight_decay=PROBE_WEIGHT_DECAY)
   new_state, metrics = jax.device_get(step(state, batch))
   return new_state, metrics, variables, batch, model
@@ -175,10 +176,10 @@ def test_on_device_augmentation_feeds_the_step_each_images_own_views():
   views = np.asarray(augment_jax.pretrain_views(decoded['image'], decoded['seed'],
                                                 config.augment, SIZE))
   assert np.abs(views[:, 0] - views[:, 1]).mean() > 0.01  # Two different views per image.
-  state = run_once(lambda: train.init_train_state(model, tx, jax.random.PRNGKey(0), SIZE))
-  augment = functools.partial(train.augment_batch, config_augment=config.augment,
+  state = run_once(lambda: train_state.init_train_state(model, tx, jax.random.PRNGKey(0), SIZE))
+  augment = functools.partial(simclr.augment_batch, config_augment=config.augment,
                               image_size=SIZE, mesh=mesh)
-  steps = [train.make_train_step(model, tx, schedule, TEMPERATURE, mesh, augment=a)
+  steps = [simclr.make_train_step(model, tx, schedule, TEMPERATURE, mesh, augment=a)
            for a in (augment, None)]
   (got, got_metrics), (want, want_metrics) = (
       jax.device_get(steps[0](jax.tree.map(jnp.copy, state), decoded)),

@@ -81,7 +81,7 @@ def make_feature_fn(model, mesh, encoder: str):
       side = min(_PIXEL_SIDE, images.shape[1])
       images = jax.image.resize(images, (images.shape[0], side, side, 3), 'linear')
       return images.reshape(images.shape[0], -1)
-    return model.apply(variables, images, train=False, method=models.SimCLRModel.encode)
+    return model.apply(variables, images, train=False, method='encode')
   return jax.jit(features, in_shardings=(replicated(mesh), batch_sharded(mesh)),
                  out_shardings=batch_sharded(mesh))
 

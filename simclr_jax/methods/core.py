@@ -1,0 +1,50 @@
+"""Self-supervised methods behind one registry: what differs between them (the model and its
+train step), while pretraining (train.py) does the rest for all of them: data, optimiser,
+state, checkpoints, the loop, monitors.
+
+A new method is one module with a Method subclass and one entry in METHODS, selected by
+config.method.
+"""
+
+import abc
+import importlib
+
+from simclr_jax import train_state
+
+# config.method -> 'module:class'.
+METHODS = {
+    'simclr': 'simclr_jax.methods.simclr:SimCLR',
+}
+
+
+class Method(abc.ABC):
+  """A pretraining method configured by `config` (the whole run's config)."""
+
+  def __init__(self, config):
+    self.config = config
+
+  def validate(self, num_devices: int):
+    """Raises ValueError naming the fix when a config value of this method is bad."""
+    del num_devices
+
+  @abc.abstractmethod
+  def create_model(self, num_classes: int):
+    """The Flax module trained; num_classes (0: no labels) sizes its online probe, if any."""
+
+  def init_state(self, model, tx, rng) -> train_state.TrainState:
+    """The state at step 0, from `rng`."""
+    return train_state.init_train_state(model, tx, rng, self.config.image_size)
+
+  @abc.abstractmethod
+  def make_train_step(self, model, tx, schedule, mesh):
+    """jitted (state, batch) -> (state, metrics) on global batches of the pretraining pipeline;
+    metrics hold 'finite' (train_state.only_if_finite) and the scalars to log."""
+
+
+def get(config) -> Method:
+  """The method of config.method; a ValueError listing the registered ones otherwise."""
+  if config.method not in METHODS:
+    raise ValueError(f'config.method={config.method!r} is not known; registered methods: '
+                     f'{", ".join(METHODS)}.')
+  module, name = METHODS[config.method].split(':')
+  return getattr(importlib.import_module(module), name)(config)
