@@ -66,12 +66,13 @@ DRY_MODEL = ['--config.model.width_multiplier=0.125', '--config.model.conv_impl=
 DEVICE_SCRIPT = '''
 import json, jax, jaxlib
 from simclr_jax import models
+from simclr_jax.models import resnet
 devices = jax.devices()
 stats = devices[0].memory_stats() or {}
 print(json.dumps({
     'backend': jax.default_backend(), 'device_count': len(devices),
     'devices': [d.device_kind for d in devices], 'jax': jax.__version__,
-    'jaxlib': jaxlib.__version__, 'conv_impl_auto': models.conv_impl_for('auto'),
+    'jaxlib': jaxlib.__version__, 'conv_impl_auto': resnet.conv_impl_for('auto'),
     'memory_gb': round(stats.get('bytes_limit', 0) / 1e9, 2)}))
 '''
 

@@ -45,6 +45,7 @@ from simclr_jax import augment_jax
 from simclr_jax import huge_pages
 from simclr_jax import input_pipeline
 from simclr_jax import models
+from simclr_jax.models import resnet
 from simclr_jax import optim
 from simclr_jax import train_state
 from simclr_jax.methods import simclr
@@ -111,7 +112,7 @@ def time_train_step(config, devices):
       {'views': rng.uniform(size=(batch, 2, size, size, 3)).astype(np.float32),
        'label': rng.integers(0, 10, size=batch).astype(np.int32)}, batch_sharded(mesh))
   xla_step_fn = step_fn
-  if models.conv_impl_for(config.model.conv_impl) != 'xla':
+  if resnet.conv_impl_for(config.model.conv_impl) != 'xla':
     xla_config = config.copy_and_resolve_references()
     xla_config.model.conv_impl = 'xla'
     _, xla_step_fn = _train_step(xla_config, mesh, schedule, tx)
@@ -189,7 +190,7 @@ def main(argv):
       'machine': f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs',
       'device': f'{devices[0].device_kind} x{len(devices)}',
       'model': config.model.name, 'width_multiplier': config.model.width_multiplier,
-      'conv_impl': models.conv_impl_for(config.model.conv_impl), 'dtype': config.dtype,
+      'conv_impl': resnet.conv_impl_for(config.model.conv_impl), 'dtype': config.dtype,
       'remat': config.remat,
       'image_size': config.image_size,
       'batch_size': config.batch_size, 'compile_sec': round(compile_sec, 2),

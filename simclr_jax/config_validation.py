@@ -3,6 +3,7 @@
 from simclr_jax import evaluators
 from simclr_jax import methods
 from simclr_jax import models
+from simclr_jax.models import encoders
 from simclr_jax import optim
 
 
@@ -26,19 +27,10 @@ def trains_classifier(config) -> bool:
 def validate_config(config, *, num_devices: int, num_processes: int = 1):
   """Raises ValueError naming the first bad value in `config` and what is allowed."""
   _require(config.mode in MODES, f'config.mode={config.mode!r} is not known; use one of {MODES}.')
-  _require(config.model.name in models.MODEL_NAMES,
-           f'config.model.name={config.model.name!r} is not a known model; '
-           f'use one of {", ".join(models.MODEL_NAMES)}.')
+  encoders.family(config.model).validate(config.model)
   _require(config.model.width_multiplier > 0,
            f'config.model.width_multiplier={config.model.width_multiplier} must be > 0 '
            '(1.0 is the standard width; 0.25 gives a 16-channel stem).')
-  _require(config.model.conv_impl in models.CONV_IMPL_NAMES,
-           f'config.model.conv_impl={config.model.conv_impl!r} is not known; use one of '
-           f'{", ".join(models.CONV_IMPL_NAMES)}.')
-  _require(config.model.shortcut in models.SHORTCUTS,
-           f'config.model.shortcut={config.model.shortcut!r} is not known; use one of '
-           f'{", ".join(models.SHORTCUTS)} (reference: google-research/simclr; torchvision: '
-           'to load torchvision weights).')
   _require(config.dtype in models.DTYPES,
            f'config.dtype={config.dtype!r} is not known; use one of {", ".join(models.DTYPES)}.')
   _require(isinstance(config.remat, bool),
@@ -185,9 +177,11 @@ def _validate_finetune_config(config, num_devices):
   _require(0 < ft.label_fraction <= 1,
            f'config.finetune.label_fraction={ft.label_fraction} must be in (0, 1] '
            '(SimCLR: 0.01, 0.1 or 1.0).')
-  _require(-1 <= ft.fine_tune_after_block < models.NUM_ENCODER_PARTS,
+  last_part = models.num_encoder_parts(config.model) - 1
+  _require(-1 <= ft.fine_tune_after_block <= last_part,
            f'config.finetune.fine_tune_after_block={ft.fine_tune_after_block} must be -1 '
-           '(fine-tune everything) or 0-4 (freeze the stem and stages up to this one).')
+           f'(fine-tune everything) or 0-{last_part} (freeze the encoder parts up to this one; '
+           'ResNet: 0 is the stem, k stage k).')
   _require(0 <= ft.keep_head_layers < config.model.head_layers,
            f'config.finetune.keep_head_layers={ft.keep_head_layers} must be in '
            f'[0, config.model.head_layers - 1 = {config.model.head_layers - 1}] (SimCLRv2: 1).')

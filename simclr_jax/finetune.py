@@ -46,7 +46,7 @@ def protocol_settings(config) -> tuple[str, ml_collections.ConfigDict]:
     return 'finetune', settings
   # The reference linear evaluation: everything frozen, a linear layer on h, all labels.
   with settings.unlocked():
-    settings.fine_tune_after_block = models.NUM_ENCODER_PARTS - 1
+    settings.fine_tune_after_block = models.num_encoder_parts(config.model) - 1
     settings.keep_head_layers = 0
     settings.label_fraction = 1.0
   return 'linear_sgd', settings
@@ -136,7 +136,8 @@ def finetune(config, workdir: str):
       optim.scaled_learning_rate(settings.learning_rate, settings.batch_size,
                                  settings.lr_scaling),
       optim.warmup_steps(settings.warmup_epochs, len(subset), settings.batch_size), total_steps)
-  tx = optim.create_finetune_optimizer(settings, schedule)
+  tx = optim.create_finetune_optimizer(settings, schedule,
+                                       models.encoder_part_of(config.model))
   init_fn = functools.partial(init_finetune_state, model, tx, jax.random.PRNGKey(config.seed),
                               config.image_size, pretrained)
 

@@ -107,19 +107,18 @@ def scale_probe_updates(tx: optax.GradientTransformation, scale: float):
   return optax.GradientTransformation(tx.init, update)
 
 
-def frozen_mask(params, fine_tune_after_block: int):
-  """True for the encoder parameters that fine-tuning freezes (stem = 0, stage k = k)."""
+def frozen_mask(params, fine_tune_after_block: int, part_of):
+  """True for the encoder parameters that fine-tuning freezes: those of parts 0 (the input
+  side) to fine_tune_after_block, as `part_of(names under the encoder)` tells."""
   def is_frozen(path, _):
     names = _names(path)
-    if names[0] != 'encoder':
-      return False
-    part = 0 if names[1].startswith('stem') else int(names[1][len('stage')])
-    return part <= fine_tune_after_block
+    return names[0] == 'encoder' and part_of(names[1:]) <= fine_tune_after_block
   return jax.tree_util.tree_map_with_path(is_frozen, params)
 
 
-def create_finetune_optimizer(ft_config, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """The reference's fine-tuning optimisers; frozen parameters stay fixed.
+def create_finetune_optimizer(ft_config, schedule: optax.Schedule,
+                              part_of) -> optax.GradientTransformation:
+  """The reference's fine-tuning optimisers; frozen parameters (frozen_mask) stay fixed.
 
   'momentum': Nesterov momentum SGD with weight decay on every kernel, the classifier's
   included (its linear evaluation). 'lars': LARS as in pretraining, the classifier (its
@@ -137,5 +136,5 @@ def create_finetune_optimizer(ft_config, schedule: optax.Schedule) -> optax.Grad
 
   def labels(params):
     return jax.tree.map(lambda frozen: 'frozen' if frozen else 'trained',
-                        frozen_mask(params, ft_config.fine_tune_after_block))
+                        frozen_mask(params, ft_config.fine_tune_after_block, part_of))
   return optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()}, labels)

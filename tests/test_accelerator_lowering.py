@@ -16,6 +16,7 @@ import pytest
 from conftest import load_config
 from simclr_jax import finetune
 from simclr_jax import models
+from simclr_jax.models import resnet
 from simclr_jax import optim
 from simclr_jax import train_state
 from simclr_jax.methods import simclr
@@ -41,7 +42,7 @@ def custom_call_targets(module_text: str) -> set[str]:
 def tiny_config(platform: str, **overrides):
   """configs/cifar10.py at 1/8 width on 16-pixel images, conv_impl resolved for `platform`."""
   config = load_config('cifar10')
-  config.model.conv_impl = models.conv_impl_for(config.model.conv_impl, platform)
+  config.model.conv_impl = resnet.conv_impl_for(config.model.conv_impl, platform)
   config.model.width_multiplier = 0.125
   config.image_size, config.batch_size = SIZE, BATCH
   config.update(overrides)
@@ -83,7 +84,8 @@ def finetune_program(config, mesh):
                                    fine_tune_after_block=settings.fine_tune_after_block,
                                    keep_head_layers=settings.keep_head_layers)
   schedule = optim.warmup_cosine_schedule(0.1, 0, 10)
-  tx = optim.create_finetune_optimizer(settings, schedule)
+  tx = optim.create_finetune_optimizer(settings, schedule,
+                                       models.encoder_part_of(config.model))
   state = jax.eval_shape(functools.partial(finetune.init_finetune_state, model, tx,
                                            jax.random.PRNGKey(0), SIZE))
   batch = {'image': jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.float32),
@@ -128,8 +130,8 @@ def exported(request, mesh):
 
 def test_auto_conv_impl_is_xla_on_accelerators():
   assert load_config('cifar10').model.conv_impl == 'auto'
-  assert [models.conv_impl_for('auto', p) for p in PLATFORMS] == ['xla', 'xla']
-  assert models.conv_impl_for('auto', 'cpu') == 'matmul'
+  assert [resnet.conv_impl_for('auto', p) for p in PLATFORMS] == ['xla', 'xla']
+  assert resnet.conv_impl_for('auto', 'cpu') == 'matmul'
 
 
 def test_exports_with_xla_convolutions_and_no_cpu_only_calls(exported):

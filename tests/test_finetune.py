@@ -12,6 +12,7 @@ import pytest
 from conftest import load_config, tiny_config
 from simclr_jax import finetune
 from simclr_jax import models
+from simclr_jax.models import resnet
 from simclr_jax import optim
 
 
@@ -90,7 +91,7 @@ def test_optimizer_is_nesterov_sgd_and_leaves_frozen_parameters_alone():
                                           'bias': jnp.full((2,), 3.0)}},
             'classifier': {'kernel': jnp.full((3,), -1.0)}}
   lr = 0.5
-  tx = optim.create_finetune_optimizer(settings, optax.constant_schedule(lr))
+  tx = optim.create_finetune_optimizer(settings, optax.constant_schedule(lr), resnet.part_of)
   state = tx.init(params)
   rng = np.random.default_rng(0)
   expected = {k: np.asarray(v) for k, v in

@@ -6,28 +6,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from simclr_jax.models import encoders
 from simclr_jax.models.heads import DENSE_INIT, ProjectionHead
-from simclr_jax.models.resnet import CONV_IMPLS, ResNet, SHORTCUTS, STAGE_SIZES  # noqa: F401
-
-MODEL_NAMES = tuple(STAGE_SIZES)
-# config.model.conv_impl: 'auto' picks the patch matmuls on CPU (several times faster there) and
-# XLA's convolutions on GPU and TPU (cuDNN / the MXU).
-CONV_IMPL_NAMES = ('auto',) + tuple(CONV_IMPLS)
-
-
-def conv_impl_for(name: str, platform: str = '') -> str:
-  """The key of CONV_IMPLS that config.model.conv_impl `name` means on `platform`.
-
-  `platform` defaults to JAX's default backend ('cpu', 'gpu', 'tpu'; 'cuda'/'rocm' also work).
-  """
-  if name != 'auto':
-    return name
-  return 'matmul' if (platform or jax.default_backend()) == 'cpu' else 'xla'
 
 # config.dtype: the compute type of the encoder and head.
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-# Encoder parts fine_tune_after_block counts: the stem (0) and the four stages (1-4).
-NUM_ENCODER_PARTS = 5
 
 
 def at_least_float32(x):
@@ -86,18 +69,19 @@ def init_variables(model, rng, image_size: int):
 
 
 def _encoder(model_config, image_size, dtype, fine_tune_after_block=-1, remat=False):
-  if model_config.name not in STAGE_SIZES:
-    raise ValueError(f'config.model.name={model_config.name!r} is not a known model; '
-                     f'use one of {", ".join(MODEL_NAMES)}.')
-  stage_sizes, block_cls = STAGE_SIZES[model_config.name]
-  return ResNet(stage_sizes=stage_sizes, block_cls=block_cls,
-                width_multiplier=model_config.width_multiplier,
-                cifar_stem=image_size <= 32, bn_momentum=model_config.bn_momentum,
-                bn_epsilon=model_config.bn_epsilon, dtype=dtype,
-                conv_impl=conv_impl_for(model_config.conv_impl),
-                # Runs saved before the option existed used the torchvision layout.
-                shortcut=model_config.get('shortcut', 'torchvision'),
-                fine_tune_after_block=fine_tune_after_block, remat=remat, name='encoder')
+  return encoders.family(model_config).build(
+      model_config, image_size=image_size, dtype=dtype,
+      fine_tune_after_block=fine_tune_after_block, remat=remat)
+
+
+def num_encoder_parts(model_config) -> int:
+  """The parts of config.model's encoder that finetune.fine_tune_after_block counts."""
+  return encoders.family(model_config).num_parts(model_config)
+
+
+def encoder_part_of(model_config):
+  """names under the encoder -> part (finetune.fine_tune_after_block counts parts)."""
+  return encoders.family(model_config).part_of
 
 
 def _head(model_config, dtype, keep_layers=0):

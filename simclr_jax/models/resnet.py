@@ -135,3 +135,52 @@ STAGE_SIZES = {
     'resnet152': ([3, 8, 36, 3], BottleneckBlock),
     'resnet200': ([3, 24, 36, 3], BottleneckBlock),
 }
+
+# The encoder family interface (models/encoders.py).
+NAMES = tuple(STAGE_SIZES)
+# config.model.conv_impl: 'auto' picks the patch matmuls on CPU (several times faster there) and
+# XLA's convolutions on GPU and TPU (cuDNN / the MXU).
+CONV_IMPL_NAMES = ('auto',) + tuple(CONV_IMPLS)
+
+
+def conv_impl_for(name: str, platform: str = '') -> str:
+  """The key of CONV_IMPLS that config.model.conv_impl `name` means on `platform`.
+
+  `platform` defaults to JAX's default backend ('cpu', 'gpu', 'tpu'; 'cuda'/'rocm' also work).
+  """
+  if name != 'auto':
+    return name
+  return 'matmul' if (platform or jax.default_backend()) == 'cpu' else 'xla'
+
+
+def validate(model_config):
+  if model_config.conv_impl not in CONV_IMPL_NAMES:
+    raise ValueError(f'config.model.conv_impl={model_config.conv_impl!r} is not known; use one '
+                     f'of {", ".join(CONV_IMPL_NAMES)}.')
+  if model_config.shortcut not in SHORTCUTS:
+    raise ValueError(f'config.model.shortcut={model_config.shortcut!r} is not known; use one of '
+                     f'{", ".join(SHORTCUTS)} (reference: google-research/simclr; torchvision: '
+                     'to load torchvision weights).')
+
+
+def build(model_config, *, image_size, dtype, fine_tune_after_block=-1, remat=False):
+  stage_sizes, block_cls = STAGE_SIZES[model_config.name]
+  return ResNet(stage_sizes=stage_sizes, block_cls=block_cls,
+                width_multiplier=model_config.width_multiplier,
+                cifar_stem=image_size <= 32, bn_momentum=model_config.bn_momentum,
+                bn_epsilon=model_config.bn_epsilon, dtype=dtype,
+                conv_impl=conv_impl_for(model_config.conv_impl),
+                # Runs saved before the option existed used the torchvision layout.
+                shortcut=model_config.get('shortcut', 'torchvision'),
+                fine_tune_after_block=fine_tune_after_block, remat=remat, name='encoder')
+
+
+def num_parts(model_config):
+  """The stem (0) and the four stages (1-4)."""
+  del model_config
+  return 5
+
+
+def part_of(names):
+  """0 for the stem's parameters ('stem_conv', ...), k for stage k's ('stage2_block1', ...)."""
+  return 0 if names[0].startswith('stem') else int(names[0][len('stage')])
