@@ -131,7 +131,7 @@ MUTATIONS = (
              'jnp.arange(_NUM_JITTER_OPS)', ('tests/test_augment_jax.py',)),
     Mutation('augment-jax-grayscale-dropped', 'simclr_jax/augment_jax.py',
              'lambda x, _: to_grayscale(x)', 'lambda x, _: x', ('tests/test_augment_jax.py',)),
-    Mutation('augment-on-device-seeds-of-other-images', 'simclr_jax/train.py',
+    Mutation('augment-on-device-seeds-of-other-images', 'simclr_jax/methods/simclr.py',
              "pretrain_views(batch['image'], batch['seed'],",
              "pretrain_views(batch['image'], batch['seed'][::-1],",
              ('tests/test_train_step.py',)),
@@ -140,7 +140,7 @@ MUTATIONS = (
              "updates = {**updates, 'probe': jax.tree.map(lambda u: scale * u, updates['probe'])}",
              'updates = dict(updates)', ('tests/test_optim.py',)),
     # Stopping and locking (train.py, workdir_lock.py).
-    Mutation('loop-queues-steps-without-waiting', 'simclr_jax/train.py',
+    Mutation('loop-queues-steps-without-waiting', 'simclr_jax/training_loop.py',
              '      jax.block_until_ready(metrics)\n      progress.step_done(step)',
              '      progress.step_done(step)', ('tests/test_stop_request.py',)),
     Mutation('lock-ignores-a-live-holder', 'simclr_jax/workdir_lock.py',
