@@ -32,12 +32,23 @@ setuptools.setup(
     extras_require={
         # nbclient, nbformat and ipykernel run notebooks/ headless; threadpoolctl (a
         # scikit-learn dependency) keeps t-SNE to one OpenMP thread in the tests; scipy's
-        # two-sample tests compare the JAX and tf.data augmentations; ruff is the linter
-        # (tests/test_lint.py); pytest-xdist runs the tests on both cores of a small machine
+        # two-sample tests compare the JAX and tf.data augmentations; ruff is the linter and
+        # pyink (with black, which it builds on) the formatter (tests/test_lint.py, .ci/run);
+        # pytest-xdist runs the tests on both cores of a small machine
         # (most of their time is single-threaded XLA compilation).
-        'test': ['pytest==9.0.3', 'pytest-xdist==3.8.0', 'execnet==2.1.2', 'nbclient==0.11.0',
-                 'nbformat==5.11.1', 'ipykernel==7.4.0', 'threadpoolctl==3.8.0', 'scipy==1.17.1',
-                 'ruff==0.17.6'],
+        'test': [
+            'pytest==9.0.3',
+            'pytest-xdist==3.8.0',
+            'execnet==2.1.2',
+            'nbclient==0.11.0',
+            'nbformat==5.11.1',
+            'ipykernel==7.4.0',
+            'threadpoolctl==3.8.0',
+            'scipy==1.17.1',
+            'ruff==0.17.6',
+            'pyink==26.5.1',
+            'black==26.5.1',
+        ],
         # benchmarks/throughput.py --torch: the PyTorch CPU speed reference.
         'torch_reference': ['torch==2.13.0'],
     },

@@ -32,9 +32,13 @@ from simclr_jax import main as main_lib
 from simclr_jax.config_files import load_config_file
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('dataset', os.environ.get(
-    'SIMCLR_CIFAR10_DIR', os.path.join(REPO_ROOT, '..', 'shared', 'data', 'cifar10-jpeg')),
-                    'The CIFAR-10 image folder (<split>/<class>/<image>).')
+flags.DEFINE_string(
+    'dataset',
+    os.environ.get(
+        'SIMCLR_CIFAR10_DIR', os.path.join(REPO_ROOT, '..', 'shared', 'data', 'cifar10-jpeg')
+    ),
+    'The CIFAR-10 image folder (<split>/<class>/<image>).',
+)
 flags.DEFINE_string('out', None, 'Where the fingerprint (JSON) is written.')
 flags.DEFINE_string('check', None, 'A recorded fingerprint to compare with.')
 
@@ -48,8 +52,10 @@ def _subset(dataset, root, per_class):
       os.makedirs(os.path.join(root, split, class_dir))
       images = sorted(os.listdir(os.path.join(dataset, split, class_dir)))[:count]
       for image in images:
-        os.symlink(os.path.join(dataset, split, class_dir, image),
-                   os.path.join(root, split, class_dir, image))
+        os.symlink(
+            os.path.join(dataset, split, class_dir, image),
+            os.path.join(root, split, class_dir, image),
+        )
 
 
 def _config(dataset, **overrides):
@@ -78,8 +84,9 @@ def _config(dataset, **overrides):
 
 def _without_timing(record):
   if isinstance(record, dict):
-    return {k: _without_timing(v) for k, v in record.items()
-            if not any(t in k for t in _TIMING_KEYS)}
+    return {
+        k: _without_timing(v) for k, v in record.items() if not any(t in k for t in _TIMING_KEYS)
+    }
   if isinstance(record, list):
     return [_without_timing(v) for v in record]
   return record
@@ -87,13 +94,16 @@ def _without_timing(record):
 
 def _outputs(workdir, root):
   """What the program in `workdir` logged and reported; paths under `root` start with <root>."""
+
   def read(name):
     with open(os.path.join(workdir, name)) as f:
       return f.read().replace(root, '<root>')
+
   out = {}
   if os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
-    out['metrics'] = [_without_timing(json.loads(line))
-                      for line in read('metrics.jsonl').splitlines()]
+    out['metrics'] = [
+        _without_timing(json.loads(line)) for line in read('metrics.jsonl').splitlines()
+    ]
   if os.path.exists(os.path.join(workdir, 'eval_results.json')):
     out['eval_results'] = _without_timing(json.loads(read('eval_results.json')))
   return out
@@ -104,8 +114,9 @@ def _checkpoint_hash(workdir):
   step = checkpoints.checkpoint_steps(workdir)[-1]
   restored = checkpoints.restore_read_only(checkpoints.read_only_manager(workdir), step)
   digest = hashlib.sha256()
-  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(restored)[0],
-                           key=lambda kv: jax.tree_util.keystr(kv[0])):
+  for path, leaf in sorted(
+      jax.tree_util.tree_flatten_with_path(restored)[0], key=lambda kv: jax.tree_util.keystr(kv[0])
+  ):
     digest.update(jax.tree_util.keystr(path).encode())
     digest.update(np.asarray(leaf).tobytes())
   return {'step': step, 'sha256': digest.hexdigest()}
@@ -120,8 +131,11 @@ def fingerprint(dataset, root):
   programs = {
       'linear_eval_lbfgs': {'mode': 'evaluate', 'eval.protocol': 'linear'},
       'knn_eval': {'mode': 'evaluate', 'eval.protocol': 'knn'},
-      'finetune': {'mode': 'evaluate', 'eval.protocol': 'finetune',
-                   'finetune.fine_tune_after_block': 2},
+      'finetune': {
+          'mode': 'evaluate',
+          'eval.protocol': 'finetune',
+          'finetune.fine_tune_after_block': 2,
+      },
       'linear_eval_sgd': {'mode': 'evaluate', 'eval.protocol': 'linear_sgd'},
   }
   for name, overrides in programs.items():
@@ -141,8 +155,11 @@ def differences(recorded, current, prefix=''):
         found += differences(recorded[key], current[key], f'{prefix}{key}.')
     return found
   if isinstance(recorded, list) and isinstance(current, list) and len(recorded) == len(current):
-    return [d for i, (r, c) in enumerate(zip(recorded, current))
-            for d in differences(r, c, f'{prefix}{i}.')]
+    return [
+        d
+        for i, (r, c) in enumerate(zip(recorded, current))
+        for d in differences(r, c, f'{prefix}{i}.')
+    ]
   return [] if recorded == current else [f'{prefix[:-1]}: {recorded!r} -> {current!r}']
 
 

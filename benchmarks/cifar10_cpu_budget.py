@@ -41,19 +41,29 @@ from simclr_jax.evaluators import features
 from simclr_jax.sharding import create_mesh
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', os.path.join(REPO_ROOT, 'configs', 'cifar10_cpu.py'),
-                                'Config file to pretrain with; override values with '
-                                '--config.KEY=VALUE (e.g. --config.temperature=0.1).')
-flags.DEFINE_string('dataset', os.environ.get(
-    'SIMCLR_CIFAR10_DIR', os.path.join(REPO_ROOT, '..', 'shared', 'data', 'cifar10-jpeg')),
-                    'CIFAR-10 image folder (<split>/<class>/<image>) or a TFDS name.')
+config_flags.DEFINE_config_file(
+    'config',
+    os.path.join(REPO_ROOT, 'configs', 'cifar10_cpu.py'),
+    'Config file to pretrain with; override values with '
+    '--config.KEY=VALUE (e.g. --config.temperature=0.1).',
+)
+flags.DEFINE_string(
+    'dataset',
+    os.environ.get(
+        'SIMCLR_CIFAR10_DIR', os.path.join(REPO_ROOT, '..', 'shared', 'data', 'cifar10-jpeg')
+    ),
+    'CIFAR-10 image folder (<split>/<class>/<image>) or a TFDS name.',
+)
 flags.DEFINE_string('workdir', '/tmp/simclr_budget', 'Where runs and results are written.')
 flags.DEFINE_float('budget_minutes', 20.0, 'Wall-clock budget of the pretraining run.')
 flags.DEFINE_integer('calibration_steps', 40, 'Steps of the calibration run.')
 flags.DEFINE_integer('eval_max_examples', 0, 'If > 0, evaluate on a subset per split (faster).')
-flags.DEFINE_list('encoders', ['pretrained', 'random', 'pixels'],
-                  'Encoders to evaluate; the baselines do not depend on the pretraining run (the '
-                  'pixel one takes about an hour on 2 cores).')
+flags.DEFINE_list(
+    'encoders',
+    ['pretrained', 'random', 'pixels'],
+    'Encoders to evaluate; the baselines do not depend on the pretraining run (the '
+    'pixel one takes about an hour on 2 cores).',
+)
 
 
 def _last_metrics(workdir):
@@ -77,8 +87,13 @@ def plan_steps(config, workdir, budget_sec):
   steps_per_sec = _last_metrics(os.path.join(workdir, 'calibration'))['steps_per_sec']
   startup = wall - (FLAGS.calibration_steps - 1) / steps_per_sec
   steps = int((budget_sec - startup) * steps_per_sec)
-  logging.info('Calibration: %.2f steps/s, %.0f s start-up: %d steps fit %.0f s.',
-               steps_per_sec, startup, steps, budget_sec)
+  logging.info(
+      'Calibration: %.2f steps/s, %.0f s start-up: %d steps fit %.0f s.',
+      steps_per_sec,
+      startup,
+      steps,
+      budget_sec,
+  )
   return steps, steps_per_sec, startup
 
 
@@ -86,8 +101,9 @@ def evaluate_encoders(config, pretrained_workdir):
   """{encoder: {'linear': results, 'knn': results}} for each of --encoders."""
   info = input_pipeline.get_dataset_info(config, config.train_split)
   mesh = create_mesh()
-  model = models.create_model(config.model, image_size=config.image_size,
-                              num_classes=info.num_classes)
+  model = models.create_model(
+      config.model, image_size=config.image_size, num_classes=info.num_classes
+  )
   results = {}
   for encoder in FLAGS.encoders:
     eval_config = config.copy_and_resolve_references()
@@ -98,13 +114,20 @@ def evaluate_encoders(config, pretrained_workdir):
     train_set, test_set = features.embed_splits(eval_config, model, variables, mesh)
     embed_sec = time.perf_counter() - start
     results[encoder] = {
-        'checkpoint_step': step, 'feature_dim': int(train_set[0].shape[1]),
-        'num_train_examples': len(train_set[1]), 'num_eval_examples': len(test_set[1]),
+        'checkpoint_step': step,
+        'feature_dim': int(train_set[0].shape[1]),
+        'num_train_examples': len(train_set[1]),
+        'num_eval_examples': len(test_set[1]),
         'embed_sec': embed_sec,
         'linear': evaluators.score('linear', eval_config, train_set, test_set, info.num_classes),
-        'knn': evaluators.score('knn', eval_config, train_set, test_set, info.num_classes)}
-    logging.info('%s: linear %.2f%%, kNN %.2f%%', encoder,
-                 100 * results[encoder]['linear']['top1'], 100 * results[encoder]['knn']['top1'])
+        'knn': evaluators.score('knn', eval_config, train_set, test_set, info.num_classes),
+    }
+    logging.info(
+        '%s: linear %.2f%%, kNN %.2f%%',
+        encoder,
+        100 * results[encoder]['linear']['top1'],
+        100 * results[encoder]['knn']['top1'],
+    )
   return results
 
 
@@ -119,8 +142,10 @@ def main(argv):
   budget_sec = 60 * FLAGS.budget_minutes
   steps, steps_per_sec, startup = plan_steps(config, FLAGS.workdir, budget_sec)
   if steps < 1:
-    raise ValueError(f'The budget of {FLAGS.budget_minutes} minutes fits no step '
-                     f'(start-up {startup:.0f} s); raise --budget_minutes.')
+    raise ValueError(
+        f'The budget of {FLAGS.budget_minutes} minutes fits no step '
+        f'(start-up {startup:.0f} s); raise --budget_minutes.'
+    )
   config.num_train_steps = steps
   pretrain_dir = os.path.join(FLAGS.workdir, 'pretrain')
   pretrain_sec = _timed_pretraining(config, pretrain_dir)
@@ -128,26 +153,36 @@ def main(argv):
   info = input_pipeline.get_dataset_info(config, config.train_split)
   results = {
       'machine': f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, '
-                 f'{jax.devices()[0].device_kind} x{jax.device_count()}',
+      f'{jax.devices()[0].device_kind} x{jax.device_count()}',
       'config': os.path.relpath(config_flags.get_config_filename(FLAGS['config']), REPO_ROOT),
-      'config_values': config.to_dict(), 'dataset': config.dataset,
-      'model': config.model.name, 'width_multiplier': config.model.width_multiplier,
-      'batch_size': config.batch_size, 'budget_minutes': FLAGS.budget_minutes,
-      'pretrain_steps': steps, 'pretrain_epochs': steps * config.batch_size / info.num_examples,
-      'pretrain_wall_sec': pretrain_sec, 'calibrated_steps_per_sec': steps_per_sec,
+      'config_values': config.to_dict(),
+      'dataset': config.dataset,
+      'model': config.model.name,
+      'width_multiplier': config.model.width_multiplier,
+      'batch_size': config.batch_size,
+      'budget_minutes': FLAGS.budget_minutes,
+      'pretrain_steps': steps,
+      'pretrain_epochs': steps * config.batch_size / info.num_examples,
+      'pretrain_wall_sec': pretrain_sec,
+      'calibrated_steps_per_sec': steps_per_sec,
       'final_contrastive_loss': final['contrastive_loss'],
       'final_probe_accuracy': final.get('probe_accuracy'),
-      'encoders': evaluate_encoders(config, pretrain_dir)}
+      'encoders': evaluate_encoders(config, pretrain_dir),
+  }
   with open(os.path.join(FLAGS.workdir, 'benchmark_results.json'), 'w') as f:
     json.dump(results, f, indent=2)
   print(json.dumps(results, indent=2))
-  print(f'\nPretraining: {steps} steps ({results["pretrain_epochs"]:.2f} epochs) in '
-        f'{pretrain_sec / 60:.1f} min on {results["machine"]}.\n')
+  print(
+      f'\nPretraining: {steps} steps ({results["pretrain_epochs"]:.2f} epochs) in '
+      f'{pretrain_sec / 60:.1f} min on {results["machine"]}.\n'
+  )
   print('| encoder | linear top-1 | linear top-5 | kNN top-1 | feature dim |')
   print('|---|---|---|---|---|')
   for encoder, r in results['encoders'].items():
-    print(f'| {encoder} | {100 * r["linear"]["top1"]:.2f}% | {100 * r["linear"]["top5"]:.2f}% '
-          f'| {100 * r["knn"]["top1"]:.2f}% | {r["feature_dim"]} |')
+    print(
+        f'| {encoder} | {100 * r["linear"]["top1"]:.2f}% | {100 * r["linear"]["top5"]:.2f}% '
+        f'| {100 * r["knn"]["top1"]:.2f}% | {r["feature_dim"]} |'
+    )
 
 
 if __name__ == '__main__':

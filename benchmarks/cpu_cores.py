@@ -25,11 +25,16 @@ from absl import flags
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('config', os.path.join(REPO_ROOT, 'configs', 'cifar10_cpu.py'),
-                    'Config file to pretrain with.')
-flags.DEFINE_string('dataset', os.environ.get(
-    'SIMCLR_CIFAR10_DIR', os.path.join(REPO_ROOT, '..', 'shared', 'data', 'cifar10-jpeg')),
-                    'CIFAR-10 image folder.')
+flags.DEFINE_string(
+    'config', os.path.join(REPO_ROOT, 'configs', 'cifar10_cpu.py'), 'Config file to pretrain with.'
+)
+flags.DEFINE_string(
+    'dataset',
+    os.environ.get(
+        'SIMCLR_CIFAR10_DIR', os.path.join(REPO_ROOT, '..', 'shared', 'data', 'cifar10-jpeg')
+    ),
+    'CIFAR-10 image folder.',
+)
 flags.DEFINE_integer('steps', 60, 'Steps of each run.')
 flags.DEFINE_integer('pairs', 2, 'Times each combination runs, alternating.')
 flags.DEFINE_string('cpus', '0;0,1', 'CPU sets to pin to (taskset -c), separated by ";".')
@@ -40,10 +45,20 @@ def run_once(cpus: str, huge_pages: bool) -> dict:
   workdir = os.path.join(FLAGS.workdir, 'run')
   shutil.rmtree(workdir, ignore_errors=True)
   env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
-  command = ['taskset', '-c', cpus, sys.executable, '-m', 'simclr_jax.main',
-             f'--config={FLAGS.config}', f'--workdir={workdir}',
-             f'--config.dataset={FLAGS.dataset}', f'--config.num_train_steps={FLAGS.steps}',
-             '--config.log_every_steps=10', f'--config.huge_page_malloc={huge_pages}']
+  command = [
+      'taskset',
+      '-c',
+      cpus,
+      sys.executable,
+      '-m',
+      'simclr_jax.main',
+      f'--config={FLAGS.config}',
+      f'--workdir={workdir}',
+      f'--config.dataset={FLAGS.dataset}',
+      f'--config.num_train_steps={FLAGS.steps}',
+      '--config.log_every_steps=10',
+      f'--config.huge_page_malloc={huge_pages}',
+  ]
   before = resource.getrusage(resource.RUSAGE_CHILDREN)
   start = time.perf_counter()
   subprocess.run(command, cwd=REPO_ROOT, env=env, check=True, capture_output=True)
@@ -53,11 +68,16 @@ def run_once(cpus: str, huge_pages: bool) -> dict:
     records = [json.loads(line) for line in f]
   timed = [r['steps_per_sec'] for r in records[1:] if 'steps_per_sec' in r]
   user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
-  return {'cpus': cpus, 'huge_page_malloc': huge_pages,
-          'steps_per_sec': round(sum(timed) / len(timed), 3), 'wall_sec': round(wall, 1),
-          'user_sec': round(user, 1), 'kernel_sec': round(system, 1),
-          'cores_busy': round((user + system) / wall, 2),
-          'minor_faults': after.ru_minflt - before.ru_minflt}
+  return {
+      'cpus': cpus,
+      'huge_page_malloc': huge_pages,
+      'steps_per_sec': round(sum(timed) / len(timed), 3),
+      'wall_sec': round(wall, 1),
+      'user_sec': round(user, 1),
+      'kernel_sec': round(system, 1),
+      'cores_busy': round((user + system) / wall, 2),
+      'minor_faults': after.ru_minflt - before.ru_minflt,
+  }
 
 
 def main(argv):

@@ -36,21 +36,33 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', 'gpu_check.json', 'Results file (JSON).')
-flags.DEFINE_string('dataset', os.path.join(REPO_ROOT, '..', 'shared', 'data', 'cifar10-jpeg'),
-                    'CIFAR-10 image folder (<split>/<class>/<image>) to pretrain and evaluate on.')
+flags.DEFINE_string(
+    'dataset',
+    os.path.join(REPO_ROOT, '..', 'shared', 'data', 'cifar10-jpeg'),
+    'CIFAR-10 image folder (<split>/<class>/<image>) to pretrain and evaluate on.',
+)
 flags.DEFINE_float('budget_sec', 470.0, 'Wall-clock seconds for all the parts together.')
 flags.DEFINE_bool('dry_run', False, 'The same parts on the CPU at tiny sizes.')
-flags.DEFINE_string('workdir', '', 'Where the pretraining runs go (default: a temporary folder, '
-                    'removed at the end).')
+flags.DEFINE_string(
+    'workdir',
+    '',
+    'Where the pretraining runs go (default: a temporary folder, ' 'removed at the end).',
+)
 flags.DEFINE_string('install', 'not requested', 'What gpu_check.sh did to install JAX for CUDA.')
 
 # Seconds a part may take at most on the GPU (the budget may leave it less): estimates for an
 # H100/H200-class GPU with room to spare, not yet measured; in the order the parts run, most
 # telling first. memory runs last as it keeps the options it finished when it is cut short.
-GPU_CAPS = {'device': 60, 'throughput_resnet18_cifar_float32': 75,
-            'throughput_resnet18_cifar_bfloat16': 75, 'pretrain': 150, 'linear_eval': 90,
-            'throughput_resnet50_224_float32': 120, 'throughput_resnet50_224_bfloat16': 110,
-            'memory': 150}
+GPU_CAPS = {
+    'device': 60,
+    'throughput_resnet18_cifar_float32': 75,
+    'throughput_resnet18_cifar_bfloat16': 75,
+    'pretrain': 150,
+    'linear_eval': 90,
+    'throughput_resnet50_224_float32': 120,
+    'throughput_resnet50_224_bfloat16': 110,
+    'memory': 150,
+}
 DRY_RUN_CAP = 300
 # A part with less time left than this is skipped rather than started to be killed.
 MIN_PART_SEC = 15
@@ -63,7 +75,7 @@ EPOCHS = 3
 # gives a GPU (and which compile several times faster on the CPU than its patch matmuls).
 DRY_MODEL = ['--config.model.width_multiplier=0.125', '--config.model.conv_impl=xla']
 
-DEVICE_SCRIPT = '''
+DEVICE_SCRIPT = """
 import json, jax, jaxlib
 from simclr_jax import models
 from simclr_jax.models import resnet
@@ -74,7 +86,7 @@ print(json.dumps({
     'devices': [d.device_kind for d in devices], 'jax': jax.__version__,
     'jaxlib': jaxlib.__version__, 'conv_impl_auto': resnet.conv_impl_for('auto'),
     'memory_gb': round(stats.get('bytes_limit', 0) / 1e9, 2)}))
-'''
+"""
 
 
 def last_json(text: str) -> dict:
@@ -115,7 +127,11 @@ class DevicePart(Part):
       try:
         nvidia = subprocess.run(
             [smi, '--query-gpu=name,memory.total,driver_version', '--format=csv,noheader'],
-            capture_output=True, text=True, timeout=30, check=False).stdout.strip()
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout.strip()
       except subprocess.TimeoutExpired:
         nvidia = 'nvidia-smi timed out'
     return {'nvidia_smi': nvidia, **super().result(stdout, stderr, ok)}
@@ -154,15 +170,24 @@ class PretrainPart(Part):
     for record in records:
       if 'steps_per_sec' in record:
         steps = record['step'] - previous
-        epochs.append({'epoch': len(epochs) + 1, 'end_step': record['step'], 'steps': steps,
-                       'sec': round(steps / record['steps_per_sec'], 2),
-                       'images_per_sec': round(record['images_per_sec'], 1)})
+        epochs.append(
+            {
+                'epoch': len(epochs) + 1,
+                'end_step': record['step'],
+                'steps': steps,
+                'sec': round(steps / record['steps_per_sec'], 2),
+                'images_per_sec': round(record['images_per_sec'], 1),
+            }
+        )
         previous = record['step']
     # Steps past the last whole epoch (num_examples * epochs // batch + 1) form a short window.
     tail = epochs[EPOCHS:]
-    return {'steps_per_epoch': self.steps_per_epoch, 'epochs': epochs[:EPOCHS],
-            'tail_steps': sum(e['steps'] for e in tail),
-            'final_metrics': records[-1] if records else {}}
+    return {
+        'steps_per_epoch': self.steps_per_epoch,
+        'epochs': epochs[:EPOCHS],
+        'tail_steps': sum(e['steps'] for e in tail),
+        'final_metrics': records[-1] if records else {},
+    }
 
 
 class LinearEvalPart(Part):
@@ -184,46 +209,94 @@ def parts(dry_run: bool, dataset: str, workdir: str) -> list[Part]:
   """The parts in the order they run, sized for a GPU or, with dry_run, for a CPU test."""
   python = sys.executable
   batch = 16 if dry_run else 512
+
   # absl applies --config.* overrides to the --config file named before them.
   def throughput(config, gpu_sizes, dtype):
-    sizes = (DRY_MODEL + ['--config.batch_size=16', '--steps=1', '--warmup_steps=0',
-                          '--peak_matmul_size=256']
-             if dry_run else gpu_sizes + ['--steps=20', '--warmup_steps=3'])
-    return [python, 'benchmarks/throughput.py', f'--config={config}', '--num_devices=1',
-            f'--config.dtype={dtype}'] + sizes
+    sizes = (
+        DRY_MODEL
+        + ['--config.batch_size=16', '--steps=1', '--warmup_steps=0', '--peak_matmul_size=256']
+        if dry_run
+        else gpu_sizes + ['--steps=20', '--warmup_steps=3']
+    )
+    return [
+        python,
+        'benchmarks/throughput.py',
+        f'--config={config}',
+        '--num_devices=1',
+        f'--config.dtype={dtype}',
+    ] + sizes
 
   steps_per_epoch = count_images(os.path.join(dataset, 'train')) // batch
   pretrain_dir = os.path.join(workdir, 'pretrain')
   eval_dir = os.path.join(workdir, 'linear_eval')
-  main = [python, '-m', 'simclr_jax.main', '--config=configs/cifar10.py',
-          f'--config.dataset={dataset}', f'--config.batch_size={batch}']
+  main = [
+      python,
+      '-m',
+      'simclr_jax.main',
+      '--config=configs/cifar10.py',
+      f'--config.dataset={dataset}',
+      f'--config.batch_size={batch}',
+  ]
   eval_sizes = []
   if dry_run:
     main += DRY_MODEL + ['--config.shuffle_buffer_size=256']
     eval_sizes = ['--config.eval.batch_size=64', '--config.eval.max_iterations=50']
-  memory = [python, 'benchmarks/memory.py', '--config=configs/cifar10.py',
-            '--options=float32,bfloat16,remat,chunked']
-  memory += (DRY_MODEL + ['--batch_sizes=16', '--chunk_size=8', '--batch_multiple=16']
-             if dry_run else ['--batch_sizes=512', '--chunk_size=128'])
+  memory = [
+      python,
+      'benchmarks/memory.py',
+      '--config=configs/cifar10.py',
+      '--options=float32,bfloat16,remat,chunked',
+  ]
+  memory += (
+      DRY_MODEL + ['--batch_sizes=16', '--chunk_size=8', '--batch_multiple=16']
+      if dry_run
+      else ['--batch_sizes=512', '--chunk_size=128']
+  )
   # The dry run times float32 only: bfloat16 differs by one flag, and every compile costs
   # the test suite seconds (bfloat16 compute is tested in tests/test_models.py).
   dtypes = ('float32',) if dry_run else ('float32', 'bfloat16')
   return [
       DevicePart('device', [python, '-c', DEVICE_SCRIPT]),
-      *(Part(f'throughput_resnet18_cifar_{dtype}', throughput(
-          'configs/cifar10.py', ['--config.batch_size=512'], dtype)) for dtype in dtypes),
-      PretrainPart('pretrain', main + [
-          f'--workdir={pretrain_dir}', f'--config.num_epochs={EPOCHS}',
-          f'--config.log_every_steps={max(steps_per_epoch, 1)}', '--config.eval_every_steps=0'],
-                   pretrain_dir, steps_per_epoch),
-      LinearEvalPart('linear_eval', main + eval_sizes + [
-          f'--workdir={eval_dir}', '--config.mode=evaluate',
-          f'--config.pretrained_workdir={pretrain_dir}'], eval_dir),
+      *(
+          Part(
+              f'throughput_resnet18_cifar_{dtype}',
+              throughput('configs/cifar10.py', ['--config.batch_size=512'], dtype),
+          )
+          for dtype in dtypes
+      ),
+      PretrainPart(
+          'pretrain',
+          main
+          + [
+              f'--workdir={pretrain_dir}',
+              f'--config.num_epochs={EPOCHS}',
+              f'--config.log_every_steps={max(steps_per_epoch, 1)}',
+              '--config.eval_every_steps=0',
+          ],
+          pretrain_dir,
+          steps_per_epoch,
+      ),
+      LinearEvalPart(
+          'linear_eval',
+          main
+          + eval_sizes
+          + [
+              f'--workdir={eval_dir}',
+              '--config.mode=evaluate',
+              f'--config.pretrained_workdir={pretrain_dir}',
+          ],
+          eval_dir,
+      ),
       # Not in the dry run: the same script as the ResNet-18 part with another config file,
       # and a compile that costs the test suite 15 s.
-      *(Part(f'throughput_resnet50_224_{dtype}', throughput(
-          'configs/imagenet.py', ['--config.batch_size=128'], dtype))
-        for dtype in dtypes if not dry_run),
+      *(
+          Part(
+              f'throughput_resnet50_224_{dtype}',
+              throughput('configs/imagenet.py', ['--config.batch_size=128'], dtype),
+          )
+          for dtype in dtypes
+          if not dry_run
+      ),
       MemoryPart('memory', memory),
   ]
 
@@ -231,12 +304,22 @@ def parts(dry_run: bool, dataset: str, workdir: str) -> list[Part]:
 def run(argv, timeout, env):
   """(status, stdout, stderr) of `argv` run from the repository root within `timeout` s."""
   # A session of its own: on timeout the signal reaches the part's whole process group.
-  process = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+  process = subprocess.Popen(
+      argv,
+      cwd=REPO_ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      start_new_session=True,
+  )
   try:
     stdout, stderr = process.communicate(timeout=timeout)
-    return ('ok' if process.returncode == 0 else f'failed (exit {process.returncode})',
-            stdout, stderr)
+    return (
+        'ok' if process.returncode == 0 else f'failed (exit {process.returncode})',
+        stdout,
+        stderr,
+    )
   except subprocess.TimeoutExpired:
     os.killpg(process.pid, signal.SIGTERM)
     try:
@@ -264,14 +347,21 @@ def main(argv):
   if FLAGS.dry_run:
     # The dry run checks the plumbing: XLA's unoptimised CPU code compiles ~40% faster.
     env['XLA_FLAGS'] = f'{env.get("XLA_FLAGS", "")} --xla_backend_optimization_level=0'.strip()
-  results = {'mode': 'dry_run' if FLAGS.dry_run else 'gpu', 'dataset': dataset,
-             'budget_sec': FLAGS.budget_sec, 'install': FLAGS.install, 'parts': {}}
+  results = {
+      'mode': 'dry_run' if FLAGS.dry_run else 'gpu',
+      'dataset': dataset,
+      'budget_sec': FLAGS.budget_sec,
+      'install': FLAGS.install,
+      'parts': {},
+  }
   try:
     for part in parts(FLAGS.dry_run, dataset, workdir):
       cap = DRY_RUN_CAP if FLAGS.dry_run else GPU_CAPS[part.name]
       timeout = min(cap, FLAGS.budget_sec - (time.perf_counter() - start) - GRACE_SEC)
-      entry = {'command': ' '.join(part.argv) if part.name != 'device' else 'python -c ...',
-               'timeout_sec': max(0, round(timeout))}
+      entry = {
+          'command': ' '.join(part.argv) if part.name != 'device' else 'python -c ...',
+          'timeout_sec': max(0, round(timeout)),
+      }
       if timeout < MIN_PART_SEC:
         entry.update(status='skipped (budget spent)', result={})
       else:
@@ -285,14 +375,15 @@ def main(argv):
           entry['result'], entry['parse_error'] = {}, repr(e)
         if status != 'ok':
           entry['stderr_tail'] = stderr[-3000:]
-      print(f'[gpu_check] {part.name}: {entry["status"]} after {entry.get("sec", 0)} s',
-            flush=True)
+      print(f'[gpu_check] {part.name}: {entry["status"]} after {entry.get("sec", 0)} s', flush=True)
       if part.name == 'device':
         print(f'[gpu_check] {json.dumps(entry["result"])}', flush=True)
         backend = entry['result'].get('backend')
         if not FLAGS.dry_run and backend != 'gpu':
-          results['warning'] = (f'JAX found no GPU (backend {backend}): the parts run on it at '
-                                'GPU sizes and time out; install jax[cuda12] (--install).')
+          results['warning'] = (
+              f'JAX found no GPU (backend {backend}): the parts run on it at '
+              'GPU sizes and time out; install jax[cuda12] (--install).'
+          )
           print(f'[gpu_check] {results["warning"]}', flush=True)
       results['parts'][part.name] = entry
       results['total_sec'] = round(time.perf_counter() - start, 1)

@@ -39,11 +39,17 @@ from simclr_jax.methods import simclr
 from simclr_jax.sharding import create_mesh
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', os.path.join(REPO_ROOT, 'configs', 'cifar10.py'),
-                                'Config file; override values with --config.KEY=VALUE.')
+config_flags.DEFINE_config_file(
+    'config',
+    os.path.join(REPO_ROOT, 'configs', 'cifar10.py'),
+    'Config file; override values with --config.KEY=VALUE.',
+)
 flags.DEFINE_list('batch_sizes', ['256', '1024', '4096'], 'Global batch sizes to compile.')
-flags.DEFINE_list('options', ['float32', 'remat', 'bfloat16', 'chunked', 'all'],
-                  'Option sets to measure (see OPTIONS).')
+flags.DEFINE_list(
+    'options',
+    ['float32', 'remat', 'bfloat16', 'chunked', 'all'],
+    'Option sets to measure (see OPTIONS).',
+)
 flags.DEFINE_integer('chunk_size', 256, 'contrastive_chunk_size of the chunked option sets.')
 flags.DEFINE_float('budget_gb', 80.0, 'Device memory budget for the largest-batch estimate.')
 flags.DEFINE_integer('batch_multiple', 256, 'The largest batch is rounded down to a multiple.')
@@ -63,28 +69,44 @@ def peak_bytes(config, batch_size: int) -> int:
   config = config.copy_and_resolve_references()
   config.batch_size = batch_size
   mesh = create_mesh(jax.devices()[:1])
-  model = models.create_model(config.model, image_size=config.image_size, num_classes=1000,
-                              dtype=models.DTYPES[config.dtype], remat=config.remat)
+  model = models.create_model(
+      config.model,
+      image_size=config.image_size,
+      num_classes=1000,
+      dtype=models.DTYPES[config.dtype],
+      remat=config.remat,
+  )
   schedule = optim.learning_rate_schedule(config, 1_281_167, 1000)
   tx = optim.create_optimizer(config, schedule)
-  init = functools.partial(train_state.init_train_state, model, tx, jax.random.PRNGKey(0),
-                           config.image_size)
+  init = functools.partial(
+      train_state.init_train_state, model, tx, jax.random.PRNGKey(0), config.image_size
+  )
   state = jax.eval_shape(init)
   size = config.image_size
-  batch = {'views': jax.ShapeDtypeStruct((batch_size, 2, size, size, 3), np.float32),
-           'label': jax.ShapeDtypeStruct((batch_size,), np.int32)}
-  step_fn = simclr.make_train_step(model, tx, schedule, config.temperature, mesh,
-                                  config.contrastive_chunk_size)
+  batch = {
+      'views': jax.ShapeDtypeStruct((batch_size, 2, size, size, 3), np.float32),
+      'label': jax.ShapeDtypeStruct((batch_size,), np.int32),
+  }
+  step_fn = simclr.make_train_step(
+      model, tx, schedule, config.temperature, mesh, config.contrastive_chunk_size
+  )
   memory = step_fn.lower(state, batch).compile().memory_analysis()
-  return (memory.argument_size_in_bytes + memory.output_size_in_bytes
-          - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+  return (
+      memory.argument_size_in_bytes
+      + memory.output_size_in_bytes
+      - memory.alias_size_in_bytes
+      + memory.temp_size_in_bytes
+  )
 
 
 def fitted_largest_batch(batch_sizes, peaks, budget: float, multiple: int) -> int:
   """Largest multiple of `multiple` whose quadratic fit of peak(batch) is within `budget`."""
   order = np.argsort(batch_sizes)[-3:]  # The largest batches weigh the quadratic loss term.
-  coefficients = np.polyfit(np.asarray(batch_sizes, float)[order],
-                            np.asarray(peaks, float)[order], deg=min(2, len(order) - 1))
+  coefficients = np.polyfit(
+      np.asarray(batch_sizes, float)[order],
+      np.asarray(peaks, float)[order],
+      deg=min(2, len(order) - 1),
+  )
   coefficients[-1] -= budget
   real = [r.real for r in np.roots(coefficients) if abs(r.imag) < 1e-9 and r.real > 0]
   return int(min(real) // multiple * multiple) if real else 0
@@ -115,9 +137,13 @@ def main(argv):
   results = {
       'machine': f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs',
       'backend': f'{jax.devices()[0].platform} ({jax.devices()[0].device_kind})',
-      'model': base.model.name, 'width_multiplier': base.model.width_multiplier,
-      'image_size': base.image_size, 'chunk_size': FLAGS.chunk_size,
-      'budget_gb': FLAGS.budget_gb, 'options': {}}
+      'model': base.model.name,
+      'width_multiplier': base.model.width_multiplier,
+      'image_size': base.image_size,
+      'chunk_size': FLAGS.chunk_size,
+      'budget_gb': FLAGS.budget_gb,
+      'options': {},
+  }
   for name in FLAGS.options:
     config = base.copy_and_resolve_references()
     for key, value in OPTIONS[name].items():
@@ -125,8 +151,11 @@ def main(argv):
     start = time.perf_counter()
     peaks = [peak_bytes(config, b) for b in batch_sizes]
     best, best_peak = largest_batch(config, batch_sizes, peaks, budget, FLAGS.batch_multiple)
-    entry = {'peak_gb': {str(b): round(p / 1e9, 3) for b, p in zip(batch_sizes, peaks)},
-             'largest_batch_in_budget': best, 'peak_gb_at_largest': round(best_peak / 1e9, 3)}
+    entry = {
+        'peak_gb': {str(b): round(p / 1e9, 3) for b, p in zip(batch_sizes, peaks)},
+        'largest_batch_in_budget': best,
+        'peak_gb_at_largest': round(best_peak / 1e9, 3),
+    }
     entry['compile_sec'] = round(time.perf_counter() - start, 1)
     results['options'][name] = entry
     print(name, json.dumps(entry), file=sys.stderr, flush=True)

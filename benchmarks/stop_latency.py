@@ -44,12 +44,20 @@ def _checkpoints(workdir):
 
 
 def _trial(rng) -> dict:
-  command = [sys.executable, '-m', 'simclr_jax.main', f'--config={FLAGS.config}',
-             f'--workdir={FLAGS.workdir}', f'--config.dataset={FLAGS.dataset}',
-             '--config.progress_every_secs=0.001', '--config.eval_every_steps=0',
-             *[f'--config.{o}' for o in FLAGS.override]]
-  proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  command = [
+      sys.executable,
+      '-m',
+      'simclr_jax.main',
+      f'--config={FLAGS.config}',
+      f'--workdir={FLAGS.workdir}',
+      f'--config.dataset={FLAGS.dataset}',
+      '--config.progress_every_secs=0.001',
+      '--config.eval_every_steps=0',
+      *[f'--config.{o}' for o in FLAGS.override],
+  ]
+  proc = subprocess.Popen(
+      command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
   done, rates = [], []  # (step, time) of completed steps; reported s/step.
 
   def read_log():
@@ -78,10 +86,14 @@ def _trial(rng) -> dict:
   exited = time.monotonic() - signalled
   reader.join()
   stopped = max(_checkpoints(FLAGS.workdir))
-  return {'step_seconds': step_time, 'signal_to_checkpoint_seconds': saved,
-          'signal_to_exit_seconds': exited, 'last_step_done_before_signal':
-          max(s for s, t in done if t <= signalled), 'checkpoint_step': stopped,
-          'status': proc.returncode}
+  return {
+      'step_seconds': step_time,
+      'signal_to_checkpoint_seconds': saved,
+      'signal_to_exit_seconds': exited,
+      'last_step_done_before_signal': max(s for s, t in done if t <= signalled),
+      'checkpoint_step': stopped,
+      'status': proc.returncode,
+  }
 
 
 def main(argv):

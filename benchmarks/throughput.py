@@ -52,20 +52,34 @@ from simclr_jax.methods import simclr
 from simclr_jax.sharding import batch_sharded, create_mesh, replicated, run_once
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', os.path.join(REPO_ROOT, 'configs', 'cifar10.py'),
-                                'Config file; override values with --config.KEY=VALUE.')
+config_flags.DEFINE_config_file(
+    'config',
+    os.path.join(REPO_ROOT, 'configs', 'cifar10.py'),
+    'Config file; override values with --config.KEY=VALUE.',
+)
 flags.DEFINE_integer('num_devices', 0, 'Devices to use (0: all).')
 flags.DEFINE_integer('steps', 10, 'Timed train steps.')
 flags.DEFINE_integer('warmup_steps', 2, 'Untimed steps after compilation.')
 flags.DEFINE_string('dataset', '', 'If set, also time the input pipeline on this dataset.')
 flags.DEFINE_integer('pipeline_batches', 20, 'Timed input-pipeline batches.')
 flags.DEFINE_bool('torch', False, 'Also time the same step in PyTorch on CPU.')
-flags.DEFINE_integer('torch_threads', 0, 'PyTorch intra-op threads (0: its default, the '
-                     'physical cores; 1 for a one-core comparison under taskset).')
-flags.DEFINE_integer('peak_matmul_size', 2048, 'Side of the float32 matmul that measures the peak '
-                     '(smaller: quicker and lower).')
-flags.DEFINE_bool('device_augment', False, 'Also time the on-device augmentation '
-                  '(config.augment_on_device) and the decode-only input pipeline.')
+flags.DEFINE_integer(
+    'torch_threads',
+    0,
+    'PyTorch intra-op threads (0: its default, the '
+    'physical cores; 1 for a one-core comparison under taskset).',
+)
+flags.DEFINE_integer(
+    'peak_matmul_size',
+    2048,
+    'Side of the float32 matmul that measures the peak ' '(smaller: quicker and lower).',
+)
+flags.DEFINE_bool(
+    'device_augment',
+    False,
+    'Also time the on-device augmentation '
+    '(config.augment_on_device) and the decode-only input pipeline.',
+)
 
 
 def matmul_peak_flops(device, size=2048, repeats=10) -> float:
@@ -83,11 +97,22 @@ def matmul_peak_flops(device, size=2048, repeats=10) -> float:
 
 def _train_step(config, mesh, schedule, tx):
   """(model, jitted train step) for `config`."""
-  model = models.create_model(config.model, image_size=config.image_size, num_classes=10,
-                              dtype=models.DTYPES[config.dtype], remat=config.remat)
-  return model, simclr.make_train_step(model, tx, schedule, config.temperature, mesh,
-                                      config.contrastive_chunk_size,
-                                      weight_decay=config.weight_decay)
+  model = models.create_model(
+      config.model,
+      image_size=config.image_size,
+      num_classes=10,
+      dtype=models.DTYPES[config.dtype],
+      remat=config.remat,
+  )
+  return model, simclr.make_train_step(
+      model,
+      tx,
+      schedule,
+      config.temperature,
+      mesh,
+      config.contrastive_chunk_size,
+      weight_decay=config.weight_decay,
+  )
 
 
 def time_train_step(config, devices):
@@ -109,8 +134,12 @@ def time_train_step(config, devices):
   state = run_once(init, out_shardings=replicated(mesh))
   rng = np.random.default_rng(0)
   batch_data = jax.device_put(
-      {'views': rng.uniform(size=(batch, 2, size, size, 3)).astype(np.float32),
-       'label': rng.integers(0, 10, size=batch).astype(np.int32)}, batch_sharded(mesh))
+      {
+          'views': rng.uniform(size=(batch, 2, size, size, 3)).astype(np.float32),
+          'label': rng.integers(0, 10, size=batch).astype(np.int32),
+      },
+      batch_sharded(mesh),
+  )
   xla_step_fn = step_fn
   if resnet.conv_impl_for(config.model.conv_impl) != 'xla':
     xla_config = config.copy_and_resolve_references()
@@ -137,8 +166,11 @@ def time_device_augment(config, devices):
   rng = np.random.default_rng(0)
   images = jax.device_put(rng.integers(0, 256, (batch, size, size, 3), np.uint8), sharding)
   seeds = jax.device_put(rng.integers(0, 2**32, (batch, 2), np.uint32), sharding)
-  views = jax.jit(functools.partial(augment_jax.pretrain_views, config_augment=config.augment,
-                                    size=size), in_shardings=sharding, out_shardings=sharding)
+  views = jax.jit(
+      functools.partial(augment_jax.pretrain_views, config_augment=config.augment, size=size),
+      in_shardings=sharding,
+      out_shardings=sharding,
+  )
   start = time.perf_counter()
   compiled = views.lower(images, seeds).compile()
   compile_sec = time.perf_counter() - start
@@ -157,7 +189,8 @@ def time_input_pipeline(config, augment_on_device=False):
   config.dataset = FLAGS.dataset
   config.augment_on_device = augment_on_device
   dataset = input_pipeline.create_pretrain_dataset(
-      config, local_batch_size=config.batch_size // jax.process_count())
+      config, local_batch_size=config.batch_size // jax.process_count()
+  )
   iterator = dataset.as_numpy_iterator()
   for _ in range(3):  # Warm-up: file listing, graph building, first fills.
     next(iterator)
@@ -170,10 +203,18 @@ def time_input_pipeline(config, augment_on_device=False):
 def torch_images_per_second(config) -> float:
   """benchmarks/torch_reference.py in a fresh process (PyTorch and TensorFlow clash)."""
   out = subprocess.run(
-      [sys.executable, os.path.join(REPO_ROOT, 'benchmarks', 'torch_reference.py'),
-       config.to_json_best_effort(), str(FLAGS.steps), str(FLAGS.warmup_steps),
-       str(FLAGS.torch_threads)],
-      check=True, capture_output=True, text=True).stdout
+      [
+          sys.executable,
+          os.path.join(REPO_ROOT, 'benchmarks', 'torch_reference.py'),
+          config.to_json_best_effort(),
+          str(FLAGS.steps),
+          str(FLAGS.warmup_steps),
+          str(FLAGS.torch_threads),
+      ],
+      check=True,
+      capture_output=True,
+      text=True,
+  ).stdout
   return float(out.strip().splitlines()[-1])
 
 
@@ -182,23 +223,28 @@ def main(argv):
   config = FLAGS.config
   if config.huge_page_malloc:  # As the command-line program does; before JAX starts its backend.
     huge_pages.reexec_with_huge_pages()
-  devices = jax.devices()[:FLAGS.num_devices or None]
+  devices = jax.devices()[: FLAGS.num_devices or None]
   peak = matmul_peak_flops(devices[0], FLAGS.peak_matmul_size) * len(devices)
   compile_sec, step_sec, flops = time_train_step(config, devices)
   images_per_sec = config.batch_size / step_sec
   results = {
       'machine': f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs',
       'device': f'{devices[0].device_kind} x{len(devices)}',
-      'model': config.model.name, 'width_multiplier': config.model.width_multiplier,
-      'conv_impl': resnet.conv_impl_for(config.model.conv_impl), 'dtype': config.dtype,
+      'model': config.model.name,
+      'width_multiplier': config.model.width_multiplier,
+      'conv_impl': resnet.conv_impl_for(config.model.conv_impl),
+      'dtype': config.dtype,
       'remat': config.remat,
       'image_size': config.image_size,
-      'batch_size': config.batch_size, 'compile_sec': round(compile_sec, 2),
-      'step_sec_median': step_sec, 'images_per_sec': round(images_per_sec, 1),
-      'step_gflops': round(flops / 1e9, 2), 'achieved_gflops_per_sec': round(
-          flops / step_sec / 1e9, 1),
+      'batch_size': config.batch_size,
+      'compile_sec': round(compile_sec, 2),
+      'step_sec_median': step_sec,
+      'images_per_sec': round(images_per_sec, 1),
+      'step_gflops': round(flops / 1e9, 2),
+      'achieved_gflops_per_sec': round(flops / step_sec / 1e9, 1),
       'matmul_peak_gflops_per_sec': round(peak / 1e9, 1),
-      'mfu': round(flops / step_sec / peak, 4)}
+      'mfu': round(flops / step_sec / peak, 4),
+  }
   if FLAGS.dataset:
     results['input_pipeline_images_per_sec'] = round(time_input_pipeline(config), 1)
   if FLAGS.device_augment:
@@ -207,7 +253,8 @@ def main(argv):
     results['device_augment_images_per_sec'] = round(augment_images_per_sec, 1)
     if FLAGS.dataset:
       results['input_pipeline_decode_only_images_per_sec'] = round(
-          time_input_pipeline(config, augment_on_device=True), 1)
+          time_input_pipeline(config, augment_on_device=True), 1
+      )
   if FLAGS.torch:
     torch_images_per_sec = torch_images_per_second(config)
     results['torch_images_per_sec'] = round(torch_images_per_sec, 1)

@@ -31,8 +31,7 @@ class BasicBlock(nn.Module):
     nn.init.zeros_(self.bn2.weight)
     self.proj = None
     if stride != 1 or cin != cout:
-      self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                nn.BatchNorm2d(cout))
+      self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
   def forward(self, x):
     y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
@@ -45,21 +44,30 @@ class Bottleneck(nn.Module):
     super().__init__()
     cout = 4 * filters
     self.branch = nn.Sequential(
-        nn.Conv2d(cin, filters, 1, bias=False), nn.BatchNorm2d(filters), nn.ReLU(),
-        nn.Conv2d(filters, filters, 3, stride, 1, bias=False), nn.BatchNorm2d(filters),
-        nn.ReLU(), nn.Conv2d(filters, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        nn.Conv2d(cin, filters, 1, bias=False),
+        nn.BatchNorm2d(filters),
+        nn.ReLU(),
+        nn.Conv2d(filters, filters, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(filters),
+        nn.ReLU(),
+        nn.Conv2d(filters, cout, 1, bias=False),
+        nn.BatchNorm2d(cout),
+    )
     nn.init.zeros_(self.branch[-1].weight)
     self.proj = None
     if stride != 1 or cin != cout:
-      self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                nn.BatchNorm2d(cout))
+      self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
   def forward(self, x):
     return F.relu(self.branch(x) + (x if self.proj is None else self.proj(x)))
 
 
-_STAGES = {'resnet18': ([2, 2, 2, 2], False), 'resnet34': ([3, 4, 6, 3], False),
-           'resnet50': ([3, 4, 6, 3], True), 'resnet101': ([3, 4, 23, 3], True)}
+_STAGES = {
+    'resnet18': ([2, 2, 2, 2], False),
+    'resnet34': ([3, 4, 6, 3], False),
+    'resnet50': ([3, 4, 6, 3], True),
+    'resnet101': ([3, 4, 23, 3], True),
+}
 
 
 class SimCLRNet(nn.Module):
@@ -72,8 +80,12 @@ class SimCLRNet(nn.Module):
     if image_size <= 32:
       layers = [nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
     else:
-      layers = [nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                nn.MaxPool2d(3, 2, 1)]
+      layers = [
+          nn.Conv2d(3, width, 7, 2, 3, bias=False),
+          nn.BatchNorm2d(width),
+          nn.ReLU(),
+          nn.MaxPool2d(3, 2, 1),
+      ]
     channels = width
     for stage, num_blocks in enumerate(stage_sizes):
       filters = width * 2**stage
@@ -120,8 +132,9 @@ def images_per_sec(config, steps=10, warmup_steps=2, threads=None) -> float:
   size, batch = config.image_size, config.batch_size
   net = SimCLRNet(config.model, size).train()
   params = [p for p in net.parameters() if p.requires_grad]
-  optimizer = torch.optim.SGD(params, lr=0.1, momentum=config.momentum,
-                              weight_decay=config.weight_decay)
+  optimizer = torch.optim.SGD(
+      params, lr=0.1, momentum=config.momentum, weight_decay=config.weight_decay
+  )
   views = torch.rand(2 * batch, 3, size, size)
   labels = torch.randint(0, 10, (2 * batch,))
   times = []
@@ -138,6 +151,11 @@ def images_per_sec(config, steps=10, warmup_steps=2, threads=None) -> float:
 
 
 if __name__ == '__main__':
-  print(images_per_sec(ml_collections.ConfigDict(json.loads(sys.argv[1])),
-                       steps=int(sys.argv[2]), warmup_steps=int(sys.argv[3]),
-                       threads=int(sys.argv[4]) if len(sys.argv) > 4 else None))
+  print(
+      images_per_sec(
+          ml_collections.ConfigDict(json.loads(sys.argv[1])),
+          steps=int(sys.argv[2]),
+          warmup_steps=int(sys.argv[3]),
+          threads=int(sys.argv[4]) if len(sys.argv) > 4 else None,
+      )
+  )

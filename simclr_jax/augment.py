@@ -30,8 +30,7 @@ def _random_apply(fn, image, seed, prob):
   coin_seed, fn_seed = _split(seed, 2)
   if prob >= 1:
     return fn(image, fn_seed)
-  return tf.cond(_coin(coin_seed, prob), lambda: fn(image, fn_seed),
-                 lambda: image)
+  return tf.cond(_coin(coin_seed, prob), lambda: fn(image, fn_seed), lambda: image)
 
 
 def sample_crop_window(image_shape, seed, area_range, aspect_ratio_range):
@@ -45,12 +44,14 @@ def sample_crop_window(image_shape, seed, area_range, aspect_ratio_range):
       aspect_ratio_range=tuple(aspect_ratio_range),
       area_range=tuple(area_range),
       max_attempts=100,
-      use_image_if_no_bounding_boxes=True)
+      use_image_if_no_bounding_boxes=True,
+  )
   return begin, size
 
 
-def random_resized_crop(image, seed, size, area_range=(0.08, 1.0),
-                        aspect_ratio_range=(3 / 4, 4 / 3)):
+def random_resized_crop(
+    image, seed, size, area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3)
+):
   """Random crop (area/aspect ranges as fractions) resized bicubic to size x size.
 
   The official `crop_and_resize` multiplies the aspect range by the width/height
@@ -58,18 +59,15 @@ def random_resized_crop(image, seed, size, area_range=(0.08, 1.0),
   is 1. min_object_covered=0.1 on the whole-image box rejects crops under 10% of
   the image, so the effective area range is [max(area_range[0], 0.1), area_range[1]].
   """
-  begin, crop_size = sample_crop_window(tf.shape(image), seed, area_range,
-                                        aspect_ratio_range)
+  begin, crop_size = sample_crop_window(tf.shape(image), seed, area_range, aspect_ratio_range)
   image = tf.slice(image, begin, crop_size)
-  image = tf.image.resize(image[None], [size, size],
-                          method=tf.image.ResizeMethod.BICUBIC)[0]
+  image = tf.image.resize(image[None], [size, size], method=tf.image.ResizeMethod.BICUBIC)[0]
   return tf.clip_by_value(image, 0.0, 1.0)
 
 
 def random_flip(image, seed, prob=0.5):
   """Flips the image left-right with probability `prob`."""
-  return _random_apply(lambda x, s: tf.image.flip_left_right(x), image, seed,
-                       prob)
+  return _random_apply(lambda x, s: tf.image.flip_left_right(x), image, seed, prob)
 
 
 def adjust_brightness(image, value, impl='simclrv2'):
@@ -100,10 +98,18 @@ def sample_color_jitter(seed, strength, impl='simclrv2'):
   h = min(0.2 * strength, 0.5)  # TF's limit; a +-0.5 shift spans the hue circle.
   perm_seed, *op_seeds = _split(seed, _NUM_JITTER_OPS + 1)
   # Factors are clamped at 0 as TF's random contrast/saturation require (only for s > 1.25).
-  ranges = (augment_jax.brightness_range(b, impl), (max(0.0, 1 - c), 1 + c),
-            (max(0.0, 1 - s), 1 + s), (-h, h))
-  params = tf.stack([tf.random.stateless_uniform([], op_seed, minval=low, maxval=high)
-                     for op_seed, (low, high) in zip(op_seeds, ranges)])
+  ranges = (
+      augment_jax.brightness_range(b, impl),
+      (max(0.0, 1 - c), 1 + c),
+      (max(0.0, 1 - s), 1 + s),
+      (-h, h),
+  )
+  params = tf.stack(
+      [
+          tf.random.stateless_uniform([], op_seed, minval=low, maxval=high)
+          for op_seed, (low, high) in zip(op_seeds, ranges)
+      ]
+  )
   return random_permutation(perm_seed, _NUM_JITTER_OPS), params
 
 
@@ -116,10 +122,12 @@ def color_jitter(image, seed, strength, impl='simclrv2'):
   if strength <= 0:
     return image  # Every op would be the identity; the official code skips them.
   order, params = sample_color_jitter(seed, strength, impl)
-  ops = (lambda x: adjust_brightness(x, params[0], impl),
-         lambda x: tf.image.adjust_contrast(x, params[1]),
-         lambda x: tf.image.adjust_saturation(x, params[2]),
-         lambda x: tf.image.adjust_hue(x, params[3]))
+  ops = (
+      lambda x: adjust_brightness(x, params[0], impl),
+      lambda x: tf.image.adjust_contrast(x, params[1]),
+      lambda x: tf.image.adjust_saturation(x, params[2]),
+      lambda x: tf.image.adjust_hue(x, params[3]),
+  )
   # Unrolled: a tf.while_loop builds a 4x smaller graph but runs ~30% slower
   # on small images, where per-op overhead dominates.
   for i in range(_NUM_JITTER_OPS):
@@ -133,14 +141,15 @@ def to_grayscale(image):
   return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])
 
 
-def random_color_distortion(image, seed, strength, jitter_prob=0.8,
-                            grayscale_prob=0.2, impl='simclrv2'):
+def random_color_distortion(
+    image, seed, strength, jitter_prob=0.8, grayscale_prob=0.2, impl='simclrv2'
+):
   """Colour jitter with p=jitter_prob, then independently grayscale with p=grayscale_prob."""
   jitter_seed, gray_seed = _split(seed, 2)
-  image = _random_apply(lambda x, s: color_jitter(x, s, strength, impl), image,
-                        jitter_seed, jitter_prob)
-  return _random_apply(lambda x, s: to_grayscale(x), image, gray_seed,
-                       grayscale_prob)
+  image = _random_apply(
+      lambda x, s: color_jitter(x, s, strength, impl), image, jitter_seed, jitter_prob
+  )
+  return _random_apply(lambda x, s: to_grayscale(x), image, gray_seed, grayscale_prob)
 
 
 def gaussian_blur(image, sigma, kernel_size):
@@ -164,8 +173,7 @@ def random_gaussian_blur(image, seed, prob=0.5, sigma_min=0.1, sigma_max=2.0):
   """With p=prob, blurs with sigma ~ U[sigma_min, sigma_max], kernel ~10% of the height."""
 
   def blur(x, s):
-    sigma = tf.random.stateless_uniform([], s, minval=sigma_min,
-                                        maxval=sigma_max)
+    sigma = tf.random.stateless_uniform([], s, minval=sigma_min, maxval=sigma_max)
     return gaussian_blur(x, sigma, tf.shape(x)[0] // 10)
 
   return _random_apply(blur, image, seed, prob)
@@ -185,17 +193,25 @@ def pretrain_view(image, seed, config_augment, size):
   """
   c = config_augment
   crop_seed, flip_seed, color_seed, blur_seed = _split(seed, 4)
-  image = random_resized_crop(image, crop_seed, size,
-                              (c.crop_area_min, c.crop_area_max),
-                              (c.aspect_ratio_min, c.aspect_ratio_max))
+  image = random_resized_crop(
+      image,
+      crop_seed,
+      size,
+      (c.crop_area_min, c.crop_area_max),
+      (c.aspect_ratio_min, c.aspect_ratio_max),
+  )
   image = random_flip(image, flip_seed, c.flip_prob)
   # A config.json saved before color_jitter_impl existed was trained with v2.
-  image = random_color_distortion(image, color_seed, c.color_strength,
-                                  c.color_jitter_prob, c.grayscale_prob,
-                                  c.get('color_jitter_impl', 'simclrv2'))
+  image = random_color_distortion(
+      image,
+      color_seed,
+      c.color_strength,
+      c.color_jitter_prob,
+      c.grayscale_prob,
+      c.get('color_jitter_impl', 'simclrv2'),
+  )
   if c.blur_prob > 0:
-    image = random_gaussian_blur(image, blur_seed, c.blur_prob,
-                                 c.blur_sigma_min, c.blur_sigma_max)
+    image = random_gaussian_blur(image, blur_seed, c.blur_prob, c.blur_sigma_min, c.blur_sigma_max)
   image = tf.clip_by_value(image, 0.0, 1.0)
   return tf.ensure_shape(image, [size, size, 3])
 
@@ -204,8 +220,13 @@ def crop_flip_view(image, seed, config_augment, size):
   """Fine-tuning view (reference): random resized crop and horizontal flip only."""
   c = config_augment
   crop_seed, flip_seed = _split(seed, 2)
-  image = random_resized_crop(image, crop_seed, size, (c.crop_area_min, c.crop_area_max),
-                              (c.aspect_ratio_min, c.aspect_ratio_max))
+  image = random_resized_crop(
+      image,
+      crop_seed,
+      size,
+      (c.crop_area_min, c.crop_area_max),
+      (c.aspect_ratio_min, c.aspect_ratio_max),
+  )
   image = tf.clip_by_value(random_flip(image, flip_seed, c.flip_prob), 0.0, 1.0)
   return tf.ensure_shape(image, [size, size, 3])
 
@@ -218,9 +239,10 @@ def eval_view(image, size, center_crop_fraction=0.875):
   """
   if size > 32:
     shape = tf.shape(image)
-    side = tf.cast(tf.cast(tf.minimum(shape[0], shape[1]), tf.float32) * center_crop_fraction,
-                   tf.int32)
+    side = tf.cast(
+        tf.cast(tf.minimum(shape[0], shape[1]), tf.float32) * center_crop_fraction, tf.int32
+    )
     top, left = (shape[0] - side) // 2, (shape[1] - side) // 2
-    image = image[top:top + side, left:left + side]
+    image = image[top : top + side, left : left + side]
   image = tf.image.resize(image[None], [size, size], method=tf.image.ResizeMethod.BICUBIC)[0]
   return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), [size, size, 3])

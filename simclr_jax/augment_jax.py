@@ -23,8 +23,9 @@ _MIN_OBJECT_COVERED = 0.1  # Its min_object_covered on the whole-image box.
 _GRAYSCALE_WEIGHTS = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale's.
 # Which of a pixel's (highest, middle, lowest) channel values are its R, G and B, by the
 # sextant of its hue: 0-5, and 6, where TF's HSV-to-RGB kernel gives all lowest values.
-_SEXTANT_CHANNELS = np.array([[0, 1, 2], [1, 0, 2], [2, 0, 1], [2, 1, 0], [1, 2, 0],
-                              [0, 2, 1], [2, 2, 2]])
+_SEXTANT_CHANNELS = np.array(
+    [[0, 1, 2], [1, 0, 2], [2, 0, 1], [2, 1, 0], [1, 2, 0], [0, 2, 1], [2, 2, 2]]
+)
 
 
 def to_float(images):
@@ -96,14 +97,26 @@ def sample_crop_window(key, height, width, area_range, aspect_ratio_range):
   h = jnp.where(too_big, h - 1, h)
   w = round_int(h * ratio)
   area = (w * h).astype(jnp.float32)
-  ok = ((area >= min_area) & (area <= max_area) & (w <= width) & (h <= height) & (w > 0) &
-        (h > 0) & (area >= 1) & (area / f32(width * height) >= f32(_MIN_OBJECT_COVERED)))
+  ok = (
+      (area >= min_area)
+      & (area <= max_area)
+      & (w <= width)
+      & (h <= height)
+      & (w > 0)
+      & (h > 0)
+      & (area >= 1)
+      & (area / f32(width * height) >= f32(_MIN_OBJECT_COVERED))
+  )
   top = uniform_int(u_top, jnp.maximum(height - h, 1))
   left = uniform_int(u_left, jnp.maximum(width - w, 1))
   first = jnp.argmax(ok)
   found = ok[first]
-  return (jnp.where(found, top[first], 0), jnp.where(found, left[first], 0),
-          jnp.where(found, h[first], height), jnp.where(found, w[first], width))
+  return (
+      jnp.where(found, top[first], 0),
+      jnp.where(found, left[first], 0),
+      jnp.where(found, h[first], height),
+      jnp.where(found, w[first], width),
+  )
 
 
 def _keys_cubic(x, a=-0.5):
@@ -152,8 +165,9 @@ def crop_and_resize(image, window, size):
   return _matmul(cols, _matmul(rows, image, 'oy,yxc->oxc'), 'px,oxc->opc')
 
 
-def random_resized_crop(image, key, size, area_range=(0.08, 1.0),
-                        aspect_ratio_range=(3 / 4, 4 / 3)):
+def random_resized_crop(
+    image, key, size, area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3)
+):
   """augment.random_resized_crop: a TF-distributed window, bicubic to size x size, clipped."""
   height, width, _ = image.shape
   window = sample_crop_window(key, height, width, area_range, aspect_ratio_range)
@@ -189,8 +203,11 @@ def adjust_saturation(image, factor):
   spread = value - jnp.minimum(r, jnp.minimum(g, b))
   saturation = jnp.where(value > 0, spread / jnp.where(value > 0, value, 1), 0.0)
   norm = 1 / (6 * jnp.where(spread > 0, spread, 1))  # Grey pixels get hue 0 below.
-  hue = jnp.where(r == value, norm * (g - b),
-                  jnp.where(g == value, norm * (b - r) + 2 / 6, norm * (r - g) + 4 / 6))
+  hue = jnp.where(
+      r == value,
+      norm * (g - b),
+      jnp.where(g == value, norm * (b - r) + 2 / 6, norm * (r - g) + 4 / 6),
+  )
   hue = jnp.where(spread <= 0, 0.0, hue)
   hue = jnp.where(hue < 0, hue + 1, hue)
   saturation = jnp.clip(saturation * factor, 0.0, 1.0)
@@ -208,10 +225,16 @@ def adjust_hue(image, delta):
   r_below_g = r < g
   high = jnp.where(r_below_g, jnp.where(b > g, b, g), jnp.where(b > r, b, r))
   low = jnp.where(r_below_g, jnp.where(b < r, b, r), jnp.where(b < g, b, g))
-  mid = jnp.where(r_below_g, jnp.where(b < r, r, jnp.where(b > g, g, b)),
-                  jnp.where(b < g, g, jnp.where(b > r, r, b)))
-  sextant = jnp.where(r_below_g, jnp.where(b < r, 1, jnp.where(b > g, 3, 2)),
-                      jnp.where(b < g, 0, jnp.where(b > r, 4, 5)))
+  mid = jnp.where(
+      r_below_g,
+      jnp.where(b < r, r, jnp.where(b > g, g, b)),
+      jnp.where(b < g, g, jnp.where(b > r, r, b)),
+  )
+  sextant = jnp.where(
+      r_below_g,
+      jnp.where(b < r, 1, jnp.where(b > g, 3, 2)),
+      jnp.where(b < g, 0, jnp.where(b > r, 4, 5)),
+  )
   ratio = (mid - low) / jnp.where(high > low, high - low, 1)
   hue = sextant + jnp.where(sextant % 2 == 0, ratio, 1 - ratio)
   hue = jnp.where(high == low, 0.0, hue) + delta * 6
@@ -245,10 +268,13 @@ def sample_color_jitter(key, strength, impl='simclrv2'):
   b = c = s = 0.8 * strength
   h = min(0.2 * strength, 0.5)
   perm_key, *op_keys = jax.random.split(key, _NUM_JITTER_OPS + 1)
-  ranges = (brightness_range(b, impl), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s),
-            (-h, h))
-  params = jnp.stack([jax.random.uniform(op_key, minval=low, maxval=high)
-                      for op_key, (low, high) in zip(op_keys, ranges)])
+  ranges = (brightness_range(b, impl), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s), (-h, h))
+  params = jnp.stack(
+      [
+          jax.random.uniform(op_key, minval=low, maxval=high)
+          for op_key, (low, high) in zip(op_keys, ranges)
+      ]
+  )
   return jnp.argsort(jax.random.uniform(perm_key, [_NUM_JITTER_OPS])), params
 
 
@@ -257,10 +283,12 @@ def color_jitter(image, key, strength, impl='simclrv2'):
   if strength <= 0:
     return image  # Every op would be the identity, skipped as in augment.
   order, params = sample_color_jitter(key, strength, impl)
-  ops = (lambda x: adjust_brightness(x, params[0], impl),
-         lambda x: adjust_contrast(x, params[1]),
-         lambda x: adjust_saturation(x, params[2]),
-         lambda x: adjust_hue(x, params[3]))
+  ops = (
+      lambda x: adjust_brightness(x, params[0], impl),
+      lambda x: adjust_contrast(x, params[1]),
+      lambda x: adjust_saturation(x, params[2]),
+      lambda x: adjust_hue(x, params[3]),
+  )
 
   def apply(i, x):
     return jnp.clip(lax.switch(order[i], ops, x), 0.0, 1.0)
@@ -276,12 +304,14 @@ def to_grayscale(image):
   return jnp.repeat(gray[..., None], 3, axis=-1)
 
 
-def random_color_distortion(image, key, strength, jitter_prob=0.8, grayscale_prob=0.2,
-                            impl='simclrv2'):
+def random_color_distortion(
+    image, key, strength, jitter_prob=0.8, grayscale_prob=0.2, impl='simclrv2'
+):
   """Colour jitter with p=jitter_prob, then independently grayscale with p=grayscale_prob."""
   jitter_key, gray_key = jax.random.split(key)
-  image = _random_apply(lambda x, k: color_jitter(x, k, strength, impl), image, jitter_key,
-                        jitter_prob)
+  image = _random_apply(
+      lambda x, k: color_jitter(x, k, strength, impl), image, jitter_key, jitter_prob
+  )
   return _random_apply(lambda x, _: to_grayscale(x), image, gray_key, grayscale_prob)
 
 
@@ -289,8 +319,7 @@ def _blur_matrix(kernel, size):
   """[size, size] banded matrix: zero-padded 'SAME' convolution with the odd `kernel`."""
   radius = kernel.shape[0] // 2
   offset = jnp.arange(size)[None, :] - jnp.arange(size)[:, None]
-  return jnp.where(jnp.abs(offset) <= radius, kernel[jnp.clip(offset + radius, 0, 2 * radius)],
-                   0.0)
+  return jnp.where(jnp.abs(offset) <= radius, kernel[jnp.clip(offset + radius, 0, 2 * radius)], 0.0)
 
 
 def gaussian_blur(image, sigma, kernel_size):
@@ -329,14 +358,24 @@ def pretrain_view(image, key, config_augment, size):
   """
   c = config_augment
   crop_key, flip_key, color_key, blur_key = jax.random.split(key, 4)
-  image = random_resized_crop(image, crop_key, size, (c.crop_area_min, c.crop_area_max),
-                              (c.aspect_ratio_min, c.aspect_ratio_max))
+  image = random_resized_crop(
+      image,
+      crop_key,
+      size,
+      (c.crop_area_min, c.crop_area_max),
+      (c.aspect_ratio_min, c.aspect_ratio_max),
+  )
   image = random_flip(image, flip_key, c.flip_prob)
   # A config.json saved before color_jitter_impl existed was trained with v2.
-  image = random_color_distortion(image, color_key, c.color_strength, c.color_jitter_prob,
-                                  c.grayscale_prob, c.get('color_jitter_impl', 'simclrv2'))
-  image = random_gaussian_blur(image, blur_key, c.blur_prob, c.blur_sigma_min,
-                               c.blur_sigma_max)
+  image = random_color_distortion(
+      image,
+      color_key,
+      c.color_strength,
+      c.color_jitter_prob,
+      c.grayscale_prob,
+      c.get('color_jitter_impl', 'simclrv2'),
+  )
+  image = random_gaussian_blur(image, blur_key, c.blur_prob, c.blur_sigma_min, c.blur_sigma_max)
   return jnp.clip(image, 0.0, 1.0)
 
 
@@ -362,7 +401,6 @@ def pretrain_views(images, keys, config_augment, size):
   """
 
   def two_views(image, key):
-    return jax.vmap(lambda k: pretrain_view(image, k, config_augment, size))(
-        jax.random.split(key))
+    return jax.vmap(lambda k: pretrain_view(image, k, config_augment, size))(jax.random.split(key))
 
   return jax.vmap(two_views)(to_float(images), _as_keys(keys))

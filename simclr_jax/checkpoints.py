@@ -18,6 +18,7 @@ from absl import logging
 from etils import epath
 import jax
 import orbax.checkpoint as ocp
+
 # Private, but the only place to make a failed restore wait for its other reads
 # (_reads_completed); without it, at worst the noise it removes comes back.
 from orbax.checkpoint._src import asyncio_utils
@@ -32,12 +33,16 @@ _ITEM = 'default'
 # Status codes (XLA's and TensorStore's messages start with theirs) of failures of the
 # machine or the storage service rather than of the files: raised, never taken as damage
 # (moving a good checkpoint aside would set the run back).
-_NOT_DAMAGE = re.compile(r'\s*(RESOURCE_EXHAUSTED|UNAVAILABLE|DEADLINE_EXCEEDED|'
-                         r'PERMISSION_DENIED|UNAUTHENTICATED|CANCELLED|ABORTED):')
+_NOT_DAMAGE = re.compile(
+    r'\s*(RESOURCE_EXHAUSTED|UNAVAILABLE|DEADLINE_EXCEEDED|'
+    r'PERMISSION_DENIED|UNAUTHENTICATED|CANCELLED|ABORTED):'
+)
 # The fix for a run saved before config.model.shortcut existed: it has the torchvision
 # layout, today's default is the reference's (resuming and evaluating say it alike).
-OLD_LAYOUT_HINT = (' Runs saved before config.model.shortcut existed have the torchvision '
-                   'layout: add --config.model.shortcut=torchvision.')
+OLD_LAYOUT_HINT = (
+    ' Runs saved before config.model.shortcut existed have the torchvision '
+    'layout: add --config.model.shortcut=torchvision.'
+)
 # Makes the names of the multi-process agreements unique within a run.
 _agreements = itertools.count()
 
@@ -46,14 +51,16 @@ def create_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
   """The manager of WORKDIR/checkpoints, keeping the last config.keep_checkpoints."""
   return ocp.CheckpointManager(
       writers.workdir_path(workdir, 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+  )
 
 
 def read_only_manager(workdir: str) -> ocp.CheckpointManager:
   """A manager of WORKDIR/checkpoints that writes, deletes and moves nothing."""
   return ocp.CheckpointManager(
       writers.workdir_path(workdir, 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+  )
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
@@ -79,12 +86,19 @@ def config_differences(saved_path: str, config) -> list[str]:
     with tf.io.gfile.GFile(saved_path) as f:
       saved = _flat_config(json.load(f))
   except json.JSONDecodeError as e:
-    logging.warning('%s is not valid JSON (%s), so this config cannot be compared with the '
-                    "saved run's; the run rewrites it.", saved_path, e)
+    logging.warning(
+        '%s is not valid JSON (%s), so this config cannot be compared with the '
+        "saved run's; the run rewrites it.",
+        saved_path,
+        e,
+    )
     return []
   now = _flat_config(json.loads(config.to_json_best_effort()))
-  return [f'{k}: saved {saved.get(k)!r}, now {now.get(k)!r}'
-          for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)]
+  return [
+      f'{k}: saved {saved.get(k)!r}, now {now.get(k)!r}'
+      for k in sorted(saved.keys() | now.keys())
+      if saved.get(k) != now.get(k)
+  ]
 
 
 class UnreadableCheckpointError(Exception):
@@ -139,7 +153,7 @@ def _one_line(error: BaseException, limit: int = 400) -> str:
   cause = list(_exception_chain(error))[-1]
   lines = str(cause).strip().splitlines()
   text = f'{type(cause).__name__}: {lines[0] if lines else ""}'
-  return text if len(text) <= limit else text[:limit - 3] + '...'
+  return text if len(text) <= limit else text[: limit - 3] + '...'
 
 
 def _is_damage(error: BaseException) -> bool:
@@ -168,8 +182,10 @@ def read_metadata(directory, step: int):
   if not tf.io.gfile.isdir(str(item)):
     held = sorted(tf.io.gfile.listdir(str(folder))) if tf.io.gfile.isdir(str(folder)) else []
     raise UnreadableCheckpointError(
-        'the step folder is empty' if not held else
-        f'the step folder has no {_ITEM}/ folder (it holds {", ".join(held)})')
+        'the step folder is empty'
+        if not held
+        else f'the step folder has no {_ITEM}/ folder (it holds {", ".join(held)})'
+    )
   index = item / '_METADATA'
   if tf.io.gfile.exists(str(index)):
     try:  # Orbax's own error for this names no file.
@@ -177,7 +193,8 @@ def read_metadata(directory, step: int):
         json.load(f)
     except json.JSONDecodeError as e:
       raise UnreadableCheckpointError(
-          f'its {_ITEM}/_METADATA is not valid JSON, as when cut short ({_one_line(e)})') from e
+          f'its {_ITEM}/_METADATA is not valid JSON, as when cut short ({_one_line(e)})'
+      ) from e
   try:
     with _reads_completed():
       return ocp.StandardCheckpointHandler().metadata(item)
@@ -204,28 +221,39 @@ def _check_resumable(manager, step: int, saved, abstract_state, config):
   Returns:
     The differences between `config` and the run's config.json (config_differences).
   """
+
   def describe(leaves_with_path, part):
-    leaves = [(jax.tree_util.keystr(p), tuple(x.shape)) for p, x in leaves_with_path
-              if jax.tree_util.keystr(p[:1]) == f"['{part}']"]
+    leaves = [
+        (jax.tree_util.keystr(p), tuple(x.shape))
+        for p, x in leaves_with_path
+        if jax.tree_util.keystr(p[:1]) == f"['{part}']"
+    ]
     return dict(leaves) if part != 'opt_state' else sorted(shape for _, shape in leaves)
+
   ours = jax.tree_util.tree_leaves_with_path(
-      {'params': abstract_state.params, 'batch_stats': abstract_state.batch_stats,
-       'opt_state': abstract_state.opt_state})
+      {
+          'params': abstract_state.params,
+          'batch_stats': abstract_state.batch_stats,
+          'opt_state': abstract_state.opt_state,
+      }
+  )
   theirs = jax.tree_util.tree_leaves_with_path(saved)
-  mismatched = [part for part in ('params', 'batch_stats', 'opt_state')
-                if describe(ours, part) != describe(theirs, part)]
+  mismatched = [
+      part
+      for part in ('params', 'batch_stats', 'opt_state')
+      if describe(ours, part) != describe(theirs, part)
+  ]
   workdir = os.path.dirname(str(manager.directory))
   differences = config_differences(os.path.join(workdir, 'config.json'), config)
   if mismatched:
-    detail = ('; '.join(differences[:6]) if differences
-              else 'no config.json to compare with')
-    hint = (OLD_LAYOUT_HINT if "model.shortcut: saved None, now 'reference'" in differences
-            else '')
+    detail = '; '.join(differences[:6]) if differences else 'no config.json to compare with'
+    hint = OLD_LAYOUT_HINT if "model.shortcut: saved None, now 'reference'" in differences else ''
     raise ValueError(
         f'{workdir} holds a checkpoint (step {step}) made with an incompatible config: its '
         f'{" and ".join(mismatched)} do not fit this model/optimiser. Config differences: '
         f'{detail}. Nothing was overwritten; use a new --workdir, or the saved values to '
-        f'resume this run.{hint}')
+        f'resume this run.{hint}'
+    )
   return differences
 
 
@@ -267,11 +295,13 @@ def _move_aside(directory, step: int) -> str:
     except Exception as e:  # pylint: disable=broad-exception-caught
       outcome = f'error: could not rename it to {target} ({_one_line(e)})'
   outcome = distributed.all_gather_text(
-      f'simclr_jax_checkpoint_{step}_moved_{next(_agreements)}', outcome)[0]
+      f'simclr_jax_checkpoint_{step}_moved_{next(_agreements)}', outcome
+  )[0]
   if outcome.startswith('error: '):
     raise RuntimeError(
         f'Checkpoint step {step} in {directory} is unreadable, but moving it aside failed: '
-        f'{outcome[len("error: "):]}. Move or delete {source} by hand and rerun the command.')
+        f'{outcome[len("error: "):]}. Move or delete {source} by hand and rerun the command.'
+    )
   return outcome
 
 
@@ -297,15 +327,21 @@ def _read_or_move_aside(manager, step: int, read, moved: list[str]):
     raise RuntimeError(
         f'Reading checkpoint step {step} in {manager.directory} failed, though not because of '
         f'its files: {outcome[len("error: "):]}. Nothing was moved; fix the cause (memory, '
-        'access to the storage) and rerun the command.') from error
+        'access to the storage) and rerun the command.'
+    ) from error
   if outcome == 'readable':
     return result
-  reason = outcome[len('damaged: '):]
+  reason = outcome[len('damaged: ') :]
   target = _move_aside(manager.directory, step)
   manager.reload()
-  logging.warning('Checkpoint step %d in %s is unreadable: %s. Moved it aside to %s (kept '
-                  'for inspection; delete it when done).', step, manager.directory, reason,
-                  target)
+  logging.warning(
+      'Checkpoint step %d in %s is unreadable: %s. Moved it aside to %s (kept '
+      'for inspection; delete it when done).',
+      step,
+      manager.directory,
+      reason,
+      target,
+  )
   moved.append(f'step {step} to {target} ({reason.split(" (")[0]})')  # Details logged.
   return None
 
@@ -338,27 +374,39 @@ def restore_or_init_state(manager, init_fn, mesh, config):
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     return run_once(init_fn, out_shardings=sharding)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                          jax.eval_shape(init_fn))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), jax.eval_shape(init_fn)
+  )
   moved = []
   for step in steps:
+
     def metadata(step=step):
       return read_metadata(manager.directory, step)
+
     saved = _read_or_move_aside(manager, step, metadata, moved)
     if saved is None:
       continue
     differences = _check_resumable(manager, step, saved, abstract, config)
+
     def restore(step=step):
       return _restore(manager, step, ocp.args.StandardRestore(abstract))
+
     state = _read_or_move_aside(manager, step, restore, moved)
     if state is None:
       continue
     if differences:
-      logging.warning('Resuming %s with config values that differ from the saved run: %s',
-                      os.path.dirname(str(manager.directory)), '; '.join(differences))
+      logging.warning(
+          'Resuming %s with config values that differ from the saved run: %s',
+          os.path.dirname(str(manager.directory)),
+          '; '.join(differences),
+      )
     if moved:
-      logging.warning('Resuming from step %d, the newest readable checkpoint in %s: the steps '
-                      'after it are trained again.', step, manager.directory)
+      logging.warning(
+          'Resuming from step %d, the newest readable checkpoint in %s: the steps '
+          'after it are trained again.',
+          step,
+          manager.directory,
+      )
     else:
       logging.info('Resuming from checkpoint at step %d in %s.', step, manager.directory)
     return state
@@ -367,7 +415,8 @@ def restore_or_init_state(manager, init_fn, mesh, config):
       f'deleted: {"; ".join(moved)}, with the details in the warnings above. Rerun the same '
       'command to start this run again from step 0 (the moved folders stay for inspection), '
       'or first copy intact checkpoints of this run back into that folder to resume from '
-      'them.')
+      'them.'
+  )
 
 
 def restore_read_only(manager, step: int, step_flag: str = '--config.pretrained_step'):
@@ -390,10 +439,14 @@ def restore_read_only(manager, step: int, step_flag: str = '--config.pretrained_
         readable.append(other)
       except UnreadableCheckpointError:
         pass
-  others = (f'Checkpoints there whose metadata reads: {", ".join(map(str, readable))}; pass '
-            f'one as {step_flag}={readable[0]}, or' if readable else
-            'No other checkpoint there has readable metadata;')
+  others = (
+      f'Checkpoints there whose metadata reads: {", ".join(map(str, readable))}; pass '
+      f'one as {step_flag}={readable[0]}, or'
+      if readable
+      else 'No other checkpoint there has readable metadata;'
+  )
   raise ValueError(
       f'Checkpoint step {step} in {manager.directory} is unreadable: {reason}. Nothing was '
       f'moved. {others} rerun the pretraining command on its workdir: it moves unreadable '
-      'checkpoints aside and trains again from the newest readable one.')
+      'checkpoints aside and trains again from the newest readable one.'
+  )

@@ -24,11 +24,14 @@ def explained(error) -> str | None:
   else:
     what = None
   if what:
-    return (f'not enough disk space: {what}. The checkpoints and metrics written so far are '
-            'intact; free some space (or lower config.keep_checkpoints) and rerun the same '
-            'command to resume.')
+    return (
+        f'not enough disk space: {what}. The checkpoints and metrics written so far are '
+        'intact; free some space (or lower config.keep_checkpoints) and rerun the same '
+        'command to resume.'
+    )
   # Here, not at the top: the programs import this module before JAX and TensorFlow load.
   from simclr_jax import workdir_lock  # pylint: disable=g-import-not-at-top
+
   if isinstance(error, (ValueError, FloatingPointError, workdir_lock.WorkdirLocked)):
     return str(error)
   return None

@@ -15,5 +15,4 @@ def load_config_file(path: str):
 
 def load_sibling_config(config_file: str, name: str):
   """`get_config()` of configs/<name>.py next to `config_file` (pass __file__)."""
-  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(config_file)),
-                                       f'{name}.py'))
+  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), f'{name}.py'))

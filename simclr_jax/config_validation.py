@@ -20,175 +20,252 @@ COLOR_JITTER_IMPLS = ('simclrv2', 'simclrv1')
 
 def trains_classifier(config) -> bool:
   """Whether config runs the fine-tuning program (protocols finetune and linear_sgd)."""
-  return (config.mode != 'pretrain' and
-          evaluators.protocol(config) in evaluators.TRAINING_PROTOCOLS)
+  return config.mode != 'pretrain' and evaluators.protocol(config) in evaluators.TRAINING_PROTOCOLS
 
 
 def validate_config(config, *, num_devices: int, num_processes: int = 1):
   """Raises ValueError naming the first bad value in `config` and what is allowed."""
   _require(config.mode in MODES, f'config.mode={config.mode!r} is not known; use one of {MODES}.')
   encoders.family(config.model).validate(config.model)
-  _require(config.model.width_multiplier > 0,
-           f'config.model.width_multiplier={config.model.width_multiplier} must be > 0 '
-           '(1.0 is the standard width; 0.25 gives a 16-channel stem).')
-  _require(config.dtype in models.DTYPES,
-           f'config.dtype={config.dtype!r} is not known; use one of {", ".join(models.DTYPES)}.')
-  _require(isinstance(config.remat, bool),
-           f'config.remat={config.remat!r} must be true or false.')
-  _require(config.model.head_layers >= 1,
-           f'config.model.head_layers={config.model.head_layers} must be >= 1 (SimCLRv2: 3).')
-  _require(config.model.head_output_dim >= 1,
-           f'config.model.head_output_dim={config.model.head_output_dim} must be >= 1 (128).')
-  _require(isinstance(config.image_size, int) and config.image_size >= 8,
-           f'config.image_size={config.image_size!r} must be an integer >= 8 '
-           '(32 for CIFAR, 224 for ImageNet).')
-  _require(isinstance(config.batch_size, int) and config.batch_size >= 2,
-           f'config.batch_size={config.batch_size!r} must be an integer >= 2.')
-  _require(config.batch_size % num_devices == 0,
-           f'config.batch_size={config.batch_size} is not divisible by the {num_devices} '
-           'devices; use a multiple of the device count (e.g. '
-           f'{max(1, config.batch_size // num_devices) * num_devices}).')
-  _require(config.probe_learning_rate_scale >= 0,
-           f'config.probe_learning_rate_scale={config.probe_learning_rate_scale} must be >= 0.')
-  _require(config.optimizer in optim.OPTIMIZERS,
-           f'config.optimizer={config.optimizer!r} is not known; use one of {optim.OPTIMIZERS}.')
+  _require(
+      config.model.width_multiplier > 0,
+      f'config.model.width_multiplier={config.model.width_multiplier} must be > 0 '
+      '(1.0 is the standard width; 0.25 gives a 16-channel stem).',
+  )
+  _require(
+      config.dtype in models.DTYPES,
+      f'config.dtype={config.dtype!r} is not known; use one of {", ".join(models.DTYPES)}.',
+  )
+  _require(isinstance(config.remat, bool), f'config.remat={config.remat!r} must be true or false.')
+  _require(
+      config.model.head_layers >= 1,
+      f'config.model.head_layers={config.model.head_layers} must be >= 1 (SimCLRv2: 3).',
+  )
+  _require(
+      config.model.head_output_dim >= 1,
+      f'config.model.head_output_dim={config.model.head_output_dim} must be >= 1 (128).',
+  )
+  _require(
+      isinstance(config.image_size, int) and config.image_size >= 8,
+      f'config.image_size={config.image_size!r} must be an integer >= 8 '
+      '(32 for CIFAR, 224 for ImageNet).',
+  )
+  _require(
+      isinstance(config.batch_size, int) and config.batch_size >= 2,
+      f'config.batch_size={config.batch_size!r} must be an integer >= 2.',
+  )
+  _require(
+      config.batch_size % num_devices == 0,
+      f'config.batch_size={config.batch_size} is not divisible by the {num_devices} '
+      'devices; use a multiple of the device count (e.g. '
+      f'{max(1, config.batch_size // num_devices) * num_devices}).',
+  )
+  _require(
+      config.probe_learning_rate_scale >= 0,
+      f'config.probe_learning_rate_scale={config.probe_learning_rate_scale} must be >= 0.',
+  )
+  _require(
+      config.optimizer in optim.OPTIMIZERS,
+      f'config.optimizer={config.optimizer!r} is not known; use one of {optim.OPTIMIZERS}.',
+  )
   _validate_schedule(config, 'config.')
-  _require(config.num_train_steps > 0 or config.num_epochs > 0,
-           f'config.num_epochs={config.num_epochs} must be > 0 '
-           '(or set config.num_train_steps > 0).')
-  _require(config.eval_every_steps >= 0,
-           f'config.eval_every_steps={config.eval_every_steps} must be >= 0 (0 = no monitors).')
-  _require(isinstance(config.skip_bad_images, bool),
-           f'config.skip_bad_images={config.skip_bad_images!r} must be true or false.')
-  _require(isinstance(config.huge_page_malloc, bool),
-           f'config.huge_page_malloc={config.huge_page_malloc!r} must be true or false.')
-  _require(isinstance(config.augment_on_device, bool),
-           f'config.augment_on_device={config.augment_on_device!r} must be true or false.')
-  for name in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-               'shuffle_buffer_size', 'prefetch_batches'):
+  _require(
+      config.num_train_steps > 0 or config.num_epochs > 0,
+      f'config.num_epochs={config.num_epochs} must be > 0 ' '(or set config.num_train_steps > 0).',
+  )
+  _require(
+      config.eval_every_steps >= 0,
+      f'config.eval_every_steps={config.eval_every_steps} must be >= 0 (0 = no monitors).',
+  )
+  _require(
+      isinstance(config.skip_bad_images, bool),
+      f'config.skip_bad_images={config.skip_bad_images!r} must be true or false.',
+  )
+  _require(
+      isinstance(config.huge_page_malloc, bool),
+      f'config.huge_page_malloc={config.huge_page_malloc!r} must be true or false.',
+  )
+  _require(
+      isinstance(config.augment_on_device, bool),
+      f'config.augment_on_device={config.augment_on_device!r} must be true or false.',
+  )
+  for name in (
+      'log_every_steps',
+      'checkpoint_every_steps',
+      'keep_checkpoints',
+      'shuffle_buffer_size',
+      'prefetch_batches',
+  ):
     _require(config[name] >= 1, f'config.{name}={config[name]} must be >= 1.')
-  _require(config.progress_every_secs > 0,
-           f'config.progress_every_secs={config.progress_every_secs} must be > 0.')
+  _require(
+      config.progress_every_secs > 0,
+      f'config.progress_every_secs={config.progress_every_secs} must be > 0.',
+  )
 
   aug = config.augment
   for name in ('flip_prob', 'color_jitter_prob', 'grayscale_prob', 'blur_prob'):
     _require(0 <= aug[name] <= 1, f'config.augment.{name}={aug[name]} must be in [0, 1].')
-  _require(0 < aug.crop_area_min <= aug.crop_area_max <= 1,
-           f'config.augment.crop_area_min={aug.crop_area_min} and crop_area_max='
-           f'{aug.crop_area_max} must satisfy 0 < min <= max <= 1 (reference: 0.08, 1.0).')
-  _require(0 < aug.aspect_ratio_min <= aug.aspect_ratio_max,
-           f'config.augment.aspect_ratio_min={aug.aspect_ratio_min} and aspect_ratio_max='
-           f'{aug.aspect_ratio_max} must satisfy 0 < min <= max (reference: 3/4, 4/3).')
-  _require(aug.color_jitter_impl in COLOR_JITTER_IMPLS,
-           f'config.augment.color_jitter_impl={aug.color_jitter_impl!r} is not known; use one '
-           f'of {COLOR_JITTER_IMPLS} (simclrv2: multiplicative brightness; simclrv1: additive).')
-  _require(aug.color_strength >= 0,
-           f'config.augment.color_strength={aug.color_strength} must be >= 0 '
-           '(0.5 for CIFAR, 1.0 for ImageNet).')
-  _require(0 < aug.blur_sigma_min <= aug.blur_sigma_max,
-           f'config.augment.blur_sigma_min={aug.blur_sigma_min} and blur_sigma_max='
-           f'{aug.blur_sigma_max} must satisfy 0 < min <= max (reference: 0.1, 2.0).')
+  _require(
+      0 < aug.crop_area_min <= aug.crop_area_max <= 1,
+      f'config.augment.crop_area_min={aug.crop_area_min} and crop_area_max='
+      f'{aug.crop_area_max} must satisfy 0 < min <= max <= 1 (reference: 0.08, 1.0).',
+  )
+  _require(
+      0 < aug.aspect_ratio_min <= aug.aspect_ratio_max,
+      f'config.augment.aspect_ratio_min={aug.aspect_ratio_min} and aspect_ratio_max='
+      f'{aug.aspect_ratio_max} must satisfy 0 < min <= max (reference: 3/4, 4/3).',
+  )
+  _require(
+      aug.color_jitter_impl in COLOR_JITTER_IMPLS,
+      f'config.augment.color_jitter_impl={aug.color_jitter_impl!r} is not known; use one '
+      f'of {COLOR_JITTER_IMPLS} (simclrv2: multiplicative brightness; simclrv1: additive).',
+  )
+  _require(
+      aug.color_strength >= 0,
+      f'config.augment.color_strength={aug.color_strength} must be >= 0 '
+      '(0.5 for CIFAR, 1.0 for ImageNet).',
+  )
+  _require(
+      0 < aug.blur_sigma_min <= aug.blur_sigma_max,
+      f'config.augment.blur_sigma_min={aug.blur_sigma_min} and blur_sigma_max='
+      f'{aug.blur_sigma_max} must satisfy 0 < min <= max (reference: 0.1, 2.0).',
+  )
   if config.mode == 'pretrain':
-    _require(config.method in methods.METHODS,
-             f'config.method={config.method!r} is not known; use one of '
-             f'{", ".join(methods.METHODS)}.')
+    _require(
+        config.method in methods.METHODS,
+        f'config.method={config.method!r} is not known; use one of '
+        f'{", ".join(methods.METHODS)}.',
+    )
     methods.get(config).validate(num_devices)
     _validate_data_shards(config, config.batch_size, 'config.batch_size', num_processes)
     if config.eval_every_steps:
       for name in evaluators.monitors(config):
-        _require(name in evaluators.EVALUATORS,
-                 f'config.eval.monitors names {name!r}, which is not an evaluator; use '
-                 f'names among {", ".join(evaluators.EVALUATORS)}, comma-separated.')
+        _require(
+            name in evaluators.EVALUATORS,
+            f'config.eval.monitors names {name!r}, which is not an evaluator; use '
+            f'names among {", ".join(evaluators.EVALUATORS)}, comma-separated.',
+        )
         evaluators.get(name).validate(config)
   else:
     _validate_eval_config(config, num_devices)
   if trains_classifier(config):
     _validate_finetune_config(config, num_devices)
-    _validate_data_shards(config, config.finetune.batch_size, 'config.finetune.batch_size',
-                          num_processes)
+    _validate_data_shards(
+        config, config.finetune.batch_size, 'config.finetune.batch_size', num_processes
+    )
 
 
 def _require_device_multiple(batch_size, name, num_devices):
-  _require(isinstance(batch_size, int) and batch_size > 0 and batch_size % num_devices == 0,
-           f'{name}={batch_size!r} must be a positive multiple of the {num_devices} devices.')
+  _require(
+      isinstance(batch_size, int) and batch_size > 0 and batch_size % num_devices == 0,
+      f'{name}={batch_size!r} must be a positive multiple of the {num_devices} devices.',
+  )
 
 
 def _validate_data_shards(config, batch_size, batch_name, num_processes):
   """config.data_shards: 0, or a multiple of the process count that divides the batch."""
   shards = config.data_shards
-  _require(isinstance(shards, int) and shards >= 0,
-           f'config.data_shards={shards!r} must be an integer >= 0 (0: one shard per process).')
+  _require(
+      isinstance(shards, int) and shards >= 0,
+      f'config.data_shards={shards!r} must be an integer >= 0 (0: one shard per process).',
+  )
   if shards:
     suggestion = -(-shards // num_processes) * num_processes
-    _require(shards % num_processes == 0,
-             f'config.data_shards={shards} is not a multiple of the {num_processes} processes; '
-             f'use a multiple of the process count (e.g. {suggestion}), or 0 for one shard per '
-             'process.')
-    _require(batch_size % shards == 0,
-             f'{batch_name}={batch_size} is not divisible by config.data_shards={shards}: each '
-             f'shard gives batch / data_shards examples to every batch; use a batch that is a '
-             'multiple of data_shards, or fewer shards.')
+    _require(
+        shards % num_processes == 0,
+        f'config.data_shards={shards} is not a multiple of the {num_processes} processes; '
+        f'use a multiple of the process count (e.g. {suggestion}), or 0 for one shard per '
+        'process.',
+    )
+    _require(
+        batch_size % shards == 0,
+        f'{batch_name}={batch_size} is not divisible by config.data_shards={shards}: each '
+        f'shard gives batch / data_shards examples to every batch; use a batch that is a '
+        'multiple of data_shards, or fewer shards.',
+    )
 
 
 def _validate_schedule(section, prefix):
   """Learning rate, its scaling, weight decay and warm-up of pretraining or fine-tuning."""
-  _require(section.lr_scaling in optim.LR_SCALINGS,
-           f'{prefix}lr_scaling={section.lr_scaling!r} is not known; '
-           f'use one of {optim.LR_SCALINGS}.')
-  _require(section.learning_rate > 0,
-           f'{prefix}learning_rate={section.learning_rate} must be > 0.')
-  _require(section.weight_decay >= 0,
-           f'{prefix}weight_decay={section.weight_decay} must be >= 0.')
-  _require(section.warmup_epochs >= 0,
-           f'{prefix}warmup_epochs={section.warmup_epochs} must be >= 0.')
+  _require(
+      section.lr_scaling in optim.LR_SCALINGS,
+      f'{prefix}lr_scaling={section.lr_scaling!r} is not known; '
+      f'use one of {optim.LR_SCALINGS}.',
+  )
+  _require(section.learning_rate > 0, f'{prefix}learning_rate={section.learning_rate} must be > 0.')
+  _require(section.weight_decay >= 0, f'{prefix}weight_decay={section.weight_decay} must be >= 0.')
+  _require(
+      section.warmup_epochs >= 0, f'{prefix}warmup_epochs={section.warmup_epochs} must be >= 0.'
+  )
 
 
 def _validate_eval_config(config, num_devices):
   ev = config.eval
-  _require(ev.encoder in EVAL_ENCODERS,
-           f'config.eval.encoder={ev.encoder!r} is not known; use one of {EVAL_ENCODERS}.')
-  _require(ev.encoder != 'pretrained' or config.pretrained_workdir,
-           'config.pretrained_workdir is empty; set it to the workdir of a pretraining run '
-           '(or evaluate a baseline with --config.eval.encoder=random or pixels).')
+  _require(
+      ev.encoder in EVAL_ENCODERS,
+      f'config.eval.encoder={ev.encoder!r} is not known; use one of {EVAL_ENCODERS}.',
+  )
+  _require(
+      ev.encoder != 'pretrained' or config.pretrained_workdir,
+      'config.pretrained_workdir is empty; set it to the workdir of a pretraining run '
+      '(or evaluate a baseline with --config.eval.encoder=random or pixels).',
+  )
   _require_device_multiple(ev.batch_size, 'config.eval.batch_size', num_devices)
-  _require(ev.max_examples >= 0,
-           f'config.eval.max_examples={ev.max_examples} must be >= 0 (0 = all).')
-  _require(ev.linear_protocol in LINEAR_PROTOCOLS,
-           f'config.eval.linear_protocol={ev.linear_protocol!r} is not known; use one of '
-           f'{LINEAR_PROTOCOLS}.')
-  _require(config.mode != 'evaluate' or ev.linear_protocol == 'lbfgs',
-           f'config.eval.linear_protocol={ev.linear_protocol!r} only applies to the older '
-           '--config.mode=linear_eval; with --config.mode=evaluate set the protocol as '
-           '--config.eval.protocol=linear_sgd (or linear: L-BFGS).')
+  _require(
+      ev.max_examples >= 0, f'config.eval.max_examples={ev.max_examples} must be >= 0 (0 = all).'
+  )
+  _require(
+      ev.linear_protocol in LINEAR_PROTOCOLS,
+      f'config.eval.linear_protocol={ev.linear_protocol!r} is not known; use one of '
+      f'{LINEAR_PROTOCOLS}.',
+  )
+  _require(
+      config.mode != 'evaluate' or ev.linear_protocol == 'lbfgs',
+      f'config.eval.linear_protocol={ev.linear_protocol!r} only applies to the older '
+      '--config.mode=linear_eval; with --config.mode=evaluate set the protocol as '
+      '--config.eval.protocol=linear_sgd (or linear: L-BFGS).',
+  )
   protocol = evaluators.protocol(config)
   known = (*evaluators.EVALUATORS, *evaluators.TRAINING_PROTOCOLS)
-  _require(protocol in known, f'config.eval.protocol={protocol!r} is not known; use one of '
-           f'{", ".join(known)}.')
+  _require(
+      protocol in known,
+      f'config.eval.protocol={protocol!r} is not known; use one of ' f'{", ".join(known)}.',
+  )
   if protocol in evaluators.EVALUATORS:
     evaluators.get(protocol).validate(config)
 
 
 def _validate_finetune_config(config, num_devices):
   ft = config.finetune
-  _require(config.eval.encoder != 'pixels',
-           f'config.eval.encoder=pixels has nothing to train in {config.mode} with SGD; use '
-           '--config.eval.encoder=random for the from-scratch baseline, or the lbfgs linear '
-           'protocol for raw pixels.')
-  _require(0 < ft.label_fraction <= 1,
-           f'config.finetune.label_fraction={ft.label_fraction} must be in (0, 1] '
-           '(SimCLR: 0.01, 0.1 or 1.0).')
+  _require(
+      config.eval.encoder != 'pixels',
+      f'config.eval.encoder=pixels has nothing to train in {config.mode} with SGD; use '
+      '--config.eval.encoder=random for the from-scratch baseline, or the lbfgs linear '
+      'protocol for raw pixels.',
+  )
+  _require(
+      0 < ft.label_fraction <= 1,
+      f'config.finetune.label_fraction={ft.label_fraction} must be in (0, 1] '
+      '(SimCLR: 0.01, 0.1 or 1.0).',
+  )
   last_part = models.num_encoder_parts(config.model) - 1
-  _require(-1 <= ft.fine_tune_after_block <= last_part,
-           f'config.finetune.fine_tune_after_block={ft.fine_tune_after_block} must be -1 '
-           f'(fine-tune everything) or 0-{last_part} (freeze the encoder parts up to this one; '
-           'ResNet: 0 is the stem, k stage k).')
-  _require(0 <= ft.keep_head_layers < config.model.head_layers,
-           f'config.finetune.keep_head_layers={ft.keep_head_layers} must be in '
-           f'[0, config.model.head_layers - 1 = {config.model.head_layers - 1}] (SimCLRv2: 1).')
+  _require(
+      -1 <= ft.fine_tune_after_block <= last_part,
+      f'config.finetune.fine_tune_after_block={ft.fine_tune_after_block} must be -1 '
+      f'(fine-tune everything) or 0-{last_part} (freeze the encoder parts up to this one; '
+      'ResNet: 0 is the stem, k stage k).',
+  )
+  _require(
+      0 <= ft.keep_head_layers < config.model.head_layers,
+      f'config.finetune.keep_head_layers={ft.keep_head_layers} must be in '
+      f'[0, config.model.head_layers - 1 = {config.model.head_layers - 1}] (SimCLRv2: 1).',
+  )
   _require(ft.epochs > 0, f'config.finetune.epochs={ft.epochs} must be > 0.')
   _require_device_multiple(ft.batch_size, 'config.finetune.batch_size', num_devices)
   _validate_schedule(ft, 'config.finetune.')
-  _require(ft.optimizer in optim.FINETUNE_OPTIMIZERS,
-           f'config.finetune.optimizer={ft.optimizer!r} is not known; use one of '
-           f'{optim.FINETUNE_OPTIMIZERS} (momentum: linear evaluation; lars: fine-tuning).')
+  _require(
+      ft.optimizer in optim.FINETUNE_OPTIMIZERS,
+      f'config.finetune.optimizer={ft.optimizer!r} is not known; use one of '
+      f'{optim.FINETUNE_OPTIMIZERS} (momentum: linear evaluation; lars: fine-tuning).',
+  )
   _require(0 <= ft.momentum < 1, f'config.finetune.momentum={ft.momentum} must be in [0, 1).')

@@ -29,8 +29,12 @@ def detected_cluster() -> str | None:
   return None
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, local_device_ids: Sequence[int] | None = None):
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    local_device_ids: Sequence[int] | None = None,
+):
   """Joins the processes of a multi-host run and logs where this process stands.
 
   With coordinator_address, num_processes and process_id (all three or none), calls
@@ -40,27 +44,40 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   default (`jax_cpu_collectives_implementation`). Processes other than 0 then log warnings and
   errors only: process 0 speaks for the run.
   """
-  explicit = {'coordinator_address': coordinator_address, 'num_processes': num_processes,
-              'process_id': process_id}
+  explicit = {
+      'coordinator_address': coordinator_address,
+      'num_processes': num_processes,
+      'process_id': process_id,
+  }
   missing = [name for name, value in explicit.items() if value is None]
   if missing and len(missing) < len(explicit):
-    raise ValueError(f'--{" and --".join(missing)} missing: give --coordinator_address, '
-                     '--num_processes and --process_id together (or none of them, to run '
-                     'one process or let SLURM or a Cloud TPU VM configure the processes).')
+    raise ValueError(
+        f'--{" and --".join(missing)} missing: give --coordinator_address, '
+        '--num_processes and --process_id together (or none of them, to run '
+        'one process or let SLURM or a Cloud TPU VM configure the processes).'
+    )
   if local_device_ids and missing:
-    raise ValueError('--local_device_ids needs --coordinator_address, --num_processes and '
-                     '--process_id.')
+    raise ValueError(
+        '--local_device_ids needs --coordinator_address, --num_processes and ' '--process_id.'
+    )
   if not missing:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               local_device_ids=local_device_ids or None)
+    jax.distributed.initialize(
+        coordinator_address, num_processes, process_id, local_device_ids=local_device_ids or None
+    )
     source = f'coordinator {coordinator_address}'
   elif cluster := detected_cluster():
     jax.distributed.initialize()
     source = f'{cluster} detected'
   else:
     source = 'single process'
-  logging.info('Process %d of %d (%s): %d local devices of %d.', jax.process_index(),
-               jax.process_count(), source, jax.local_device_count(), jax.device_count())
+  logging.info(
+      'Process %d of %d (%s): %d local devices of %d.',
+      jax.process_index(),
+      jax.process_count(),
+      source,
+      jax.local_device_count(),
+      jax.device_count(),
+  )
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)
 
@@ -86,5 +103,7 @@ def all_gather_text(name: str, text: str, timeout_s: int = 1800) -> list[str]:
     return [text]
   client = jax_distributed.global_state.client
   client.key_value_set(f'{name}/{jax.process_index()}', text)
-  return [client.blocking_key_value_get(f'{name}/{i}', timeout_s * 1000)
-          for i in range(jax.process_count())]
+  return [
+      client.blocking_key_value_get(f'{name}/{i}', timeout_s * 1000)
+      for i in range(jax.process_count())
+  ]

@@ -22,20 +22,23 @@ from simclr_jax.sharding import create_mesh
 def evaluate(config, workdir: str) -> dict:
   """Runs the protocol config names; prints and writes WORKDIR/eval_results.json."""
   start = time.perf_counter()
-  config_validation.validate_config(config, num_devices=jax.device_count(),
-                                    num_processes=jax.process_count())
+  config_validation.validate_config(
+      config, num_devices=jax.device_count(), num_processes=jax.process_count()
+  )
   protocol = evaluators.protocol(config)
   train_info = features.labelled_train_info(config)
   mesh = create_mesh()
   num_classes = train_info.num_classes
-  model = models.create_model(config.model, image_size=config.image_size,
-                              num_classes=num_classes)
+  model = models.create_model(config.model, image_size=config.image_size, num_classes=num_classes)
   variables, step = features.encoder_variables(config, model, mesh)
   tf.io.gfile.makedirs(workdir)
   train, evaluation = features.embed_splits(config, model, variables, mesh)
 
-  results = {**results_lib.results_header(config, protocol, step),
-             'num_train_examples': len(train[1]), 'num_eval_examples': len(evaluation[1]),
-             'feature_dim': int(train[0].shape[1]),
-             **evaluators.score(protocol, config, train, evaluation, num_classes)}
+  results = {
+      **results_lib.results_header(config, protocol, step),
+      'num_train_examples': len(train[1]),
+      'num_eval_examples': len(evaluation[1]),
+      'feature_dim': int(train[0].shape[1]),
+      **evaluators.score(protocol, config, train, evaluation, num_classes),
+  }
   return results_lib.report_results(results, workdir, start)

@@ -54,14 +54,18 @@ def protocol_settings(config) -> tuple[str, ml_collections.ConfigDict]:
 
 def with_pretrained(variables, pretrained):
   """`variables` with the encoder (and kept head layers) taken from `pretrained`."""
+
   def take(init, saved):
     if isinstance(init, dict):
       return {k: take(v, saved[k]) for k, v in init.items()}
     return saved
+
   out = {}
   for collection, tree in variables.items():
-    out[collection] = {k: take(v, pretrained[collection][k]) if k in ('encoder', 'head') else v
-                       for k, v in tree.items()}
+    out[collection] = {
+        k: take(v, pretrained[collection][k]) if k in ('encoder', 'head') else v
+        for k, v in tree.items()
+    }
   return out
 
 
@@ -71,43 +75,61 @@ def init_finetune_state(model, tx, rng, image_size: int, pretrained=None) -> tra
   variables = models.init_variables(model, init_rng, image_size)
   if pretrained is not None:
     variables = with_pretrained(variables, pretrained)
-  return train_state.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                          batch_stats=variables['batch_stats'],
-                          opt_state=tx.init(variables['params']), rng=state_rng)
+  return train_state.TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=variables['params'],
+      batch_stats=variables['batch_stats'],
+      opt_state=tx.init(variables['params']),
+      rng=state_rng,
+  )
 
 
 def finetune_step(state, batch, *, model, tx, schedule):
   """One SGD step of softmax cross-entropy on a global batch of labelled views."""
+
   def loss_fn(params):
-    logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
-                                  batch['image'], train=True, mutable=['batch_stats'])
+    logits, updates = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats},
+        batch['image'],
+        train=True,
+        mutable=['batch_stats'],
+    )
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
     return loss, (accuracy, updates['batch_stats'])
 
-  (loss, (accuracy, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
+  (loss, (accuracy, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            batch_stats=batch_stats, opt_state=opt_state)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+  )
   metrics = {'loss': loss, 'accuracy': accuracy, 'learning_rate': schedule(state.step)}
   return train_state.only_if_finite(loss, grads, new_state, state, metrics)
 
 
 def make_finetune_step(model, tx, schedule, mesh):
   step_fn = functools.partial(finetune_step, model=model, tx=tx, schedule=schedule)
-  return jax.jit(step_fn, in_shardings=(replicated(mesh), batch_sharded(mesh)),
-                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
+  return jax.jit(
+      step_fn,
+      in_shardings=(replicated(mesh), batch_sharded(mesh)),
+      out_shardings=(replicated(mesh), replicated(mesh)),
+      donate_argnums=(0,),
+  )
 
 
 def _pretrained_variables(config, num_classes):
   """The pretraining run's variables (None for the random-encoder baseline); and its step."""
   if config.eval.encoder == 'random':
     return None, None
-  simclr_model = models.create_model(config.model, image_size=config.image_size,
-                                     num_classes=num_classes)
-  return features.restore_encoder_variables(config, simclr_model, config.pretrained_workdir,
-                                            config.pretrained_step)
+  simclr_model = models.create_model(
+      config.model, image_size=config.image_size, num_classes=num_classes
+  )
+  return features.restore_encoder_variables(
+      config, simclr_model, config.pretrained_workdir, config.pretrained_step
+  )
 
 
 def finetune(config, workdir: str):
@@ -116,64 +138,106 @@ def finetune(config, workdir: str):
   Returns the results, or None when a signal stopped training (a rerun resumes).
   """
   start = time.perf_counter()
-  config_validation.validate_config(config, num_devices=jax.device_count(),
-                                    num_processes=jax.process_count())
+  config_validation.validate_config(
+      config, num_devices=jax.device_count(), num_processes=jax.process_count()
+  )
   protocol, settings = protocol_settings(config)
   info = features.labelled_train_info(config)
   subset = label_fractions.class_balanced_subset(
-      datasets.get(config).labels(config.train_split), settings.label_fraction,
-      settings.subset_seed)
+      datasets.get(config).labels(config.train_split), settings.label_fraction, settings.subset_seed
+  )
   pretrained, pretrained_step = _pretrained_variables(config, info.num_classes)
 
   tf.io.gfile.makedirs(workdir)
   mesh = create_mesh()
   model = models.create_classifier(
-      config.model, image_size=config.image_size, num_classes=info.num_classes,
+      config.model,
+      image_size=config.image_size,
+      num_classes=info.num_classes,
       fine_tune_after_block=settings.fine_tune_after_block,
-      keep_head_layers=settings.keep_head_layers)
+      keep_head_layers=settings.keep_head_layers,
+  )
   total_steps = max(1, math.ceil(settings.epochs * len(subset) / settings.batch_size))
   schedule = optim.warmup_cosine_schedule(
-      optim.scaled_learning_rate(settings.learning_rate, settings.batch_size,
-                                 settings.lr_scaling),
-      optim.warmup_steps(settings.warmup_epochs, len(subset), settings.batch_size), total_steps)
-  tx = optim.create_finetune_optimizer(settings, schedule,
-                                       models.encoder_part_of(config.model))
-  init_fn = functools.partial(init_finetune_state, model, tx, jax.random.PRNGKey(config.seed),
-                              config.image_size, pretrained)
+      optim.scaled_learning_rate(settings.learning_rate, settings.batch_size, settings.lr_scaling),
+      optim.warmup_steps(settings.warmup_epochs, len(subset), settings.batch_size),
+      total_steps,
+  )
+  tx = optim.create_finetune_optimizer(settings, schedule, models.encoder_part_of(config.model))
+  init_fn = functools.partial(
+      init_finetune_state, model, tx, jax.random.PRNGKey(config.seed), config.image_size, pretrained
+  )
 
   manager = checkpoints.create_checkpoint_manager(workdir, config)
   state = checkpoints.restore_or_init_state(manager, init_fn, mesh, config)
   start_step = int(state.step)
   run_config.save_config(config, workdir)
-  logging.info('%s: %d of %d labelled examples, %s encoder, frozen through part %d, '
-               'steps %d -> %d.', protocol, len(subset), info.num_examples, config.eval.encoder,
-               settings.fine_tune_after_block, start_step, total_steps)
+  logging.info(
+      '%s: %d of %d labelled examples, %s encoder, frozen through part %d, ' 'steps %d -> %d.',
+      protocol,
+      len(subset),
+      info.num_examples,
+      config.eval.encoder,
+      settings.fine_tune_after_block,
+      start_step,
+      total_steps,
+  )
   dataset = input_pipeline.create_finetune_dataset(
-      config, local_batch_size=settings.batch_size // jax.process_count(), subset=subset,
-      start_step=start_step)
-  batches = input_pipeline.device_batches(dataset, batch_sharded(mesh),
-                                          prefetch=config.prefetch_batches, config=config,
-                                          split=config.train_split)
+      config,
+      local_batch_size=settings.batch_size // jax.process_count(),
+      subset=subset,
+      start_step=start_step,
+  )
+  batches = input_pipeline.device_batches(
+      dataset,
+      batch_sharded(mesh),
+      prefetch=config.prefetch_batches,
+      config=config,
+      split=config.train_split,
+  )
   state = training_loop.run(
-      config, workdir, state, make_finetune_step(model, tx, schedule, mesh), batches,
-      manager=manager, batch_size=settings.batch_size, start_step=start_step,
-      total_steps=total_steps)
+      config,
+      workdir,
+      state,
+      make_finetune_step(model, tx, schedule, mesh),
+      batches,
+      manager=manager,
+      batch_size=settings.batch_size,
+      start_step=start_step,
+      total_steps=total_steps,
+  )
   if int(state.step) < total_steps:
     return None  # Stopped early by a signal; the same command resumes and then evaluates.
 
-  logits_fn = jax.jit(lambda variables, images: model.apply(variables, images, train=False),
-                      in_shardings=(replicated(mesh), batch_sharded(mesh)),
-                      out_shardings=batch_sharded(mesh))
+  logits_fn = jax.jit(
+      lambda variables, images: model.apply(variables, images, train=False),
+      in_shardings=(replicated(mesh), batch_sharded(mesh)),
+      out_shardings=batch_sharded(mesh),
+  )
   eval_dataset, _ = input_pipeline.create_eval_dataset(
-      config, config.eval.split, local_batch_size=config.eval.batch_size // jax.process_count(),
-      max_examples=config.eval.max_examples)
+      config,
+      config.eval.split,
+      local_batch_size=config.eval.batch_size // jax.process_count(),
+      max_examples=config.eval.max_examples,
+  )
   logits, labels = features.extract_features(
-      logits_fn, {'params': state.params, 'batch_stats': state.batch_stats}, eval_dataset, mesh,
-      config=config, split=config.eval.split, description=f'{config.eval.split} predictions')
-  results = {**results_lib.results_header(config, protocol, pretrained_step),
-             'label_fraction': settings.label_fraction, 'num_labelled_examples': len(subset),
-             'num_eval_examples': len(labels),
-             'fine_tune_after_block': settings.fine_tune_after_block,
-             'keep_head_layers': settings.keep_head_layers, 'epochs': settings.epochs,
-             'steps': total_steps, **evaluators.accuracies(logits, labels, info.num_classes)}
+      logits_fn,
+      {'params': state.params, 'batch_stats': state.batch_stats},
+      eval_dataset,
+      mesh,
+      config=config,
+      split=config.eval.split,
+      description=f'{config.eval.split} predictions',
+  )
+  results = {
+      **results_lib.results_header(config, protocol, pretrained_step),
+      'label_fraction': settings.label_fraction,
+      'num_labelled_examples': len(subset),
+      'num_eval_examples': len(labels),
+      'fine_tune_after_block': settings.fine_tune_after_block,
+      'keep_head_layers': settings.keep_head_layers,
+      'epochs': settings.epochs,
+      'steps': total_steps,
+      **evaluators.accuracies(logits, labels, info.num_classes),
+  }
   return results_lib.report_results(results, workdir, start)

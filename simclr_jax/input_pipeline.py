@@ -26,6 +26,7 @@ import tensorflow as tf
 from simclr_jax import augment
 from simclr_jax import datasets
 from simclr_jax.datasets import image_folder
+
 # Distinct streams so the shuffle and augmentation seeds are independent.
 _SHUFFLE_STREAM = 1
 _AUGMENT_STREAM = 2
@@ -49,14 +50,22 @@ def _check_classes(config, classes):
   pretrain = config.mode == 'pretrain'
   if len(classes) != 1 or (pretrain and config.eval_every_steps <= 0):
     return
-  user = (f'the kNN monitor (config.eval_every_steps={config.eval_every_steps})' if pretrain
-          else f'config.mode={config.mode!r}')
-  off = (", or set --config.eval_every_steps=0 to pretrain without labels (the online probe's "
-         'probe_accuracy is then a trivial 1)' if pretrain else '')
+  user = (
+      f'the kNN monitor (config.eval_every_steps={config.eval_every_steps})'
+      if pretrain
+      else f'config.mode={config.mode!r}'
+  )
+  off = (
+      ", or set --config.eval_every_steps=0 to pretrain without labels (the online probe's "
+      'probe_accuracy is then a trivial 1)'
+      if pretrain
+      else ''
+  )
   raise ValueError(
       f'config.dataset={config.dataset!r}: split {config.train_split!r} has one class folder '
       f'({classes[0]!r}), and one class gives {user} no labels to evaluate against. Put the '
-      f'images in one sub-folder per class (root/{config.train_split}/<class>/<image>){off}.')
+      f'images in one sub-folder per class (root/{config.train_split}/<class>/<image>){off}.'
+  )
 
 
 def get_dataset_info(config, split) -> datasets.DatasetInfo:
@@ -86,8 +95,9 @@ def _process_or_default(process_index, process_count):
   if process_count is None:
     process_count = jax.process_count()
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} is not in '
-                     f'[0, process_count={process_count}).')
+    raise ValueError(
+        f'process_index={process_index} is not in ' f'[0, process_count={process_count}).'
+    )
   return process_index, process_count
 
 
@@ -113,20 +123,28 @@ def _shuffled_stream(source, n_local, block, config_seed, start_index):
     def permute(b, elements):
       seed = tf.random.experimental.stateless_fold_in(epoch_seed, b)
       size = tf.shape(elements[0], out_type=tf.int64)[0]
-      perm = tf.random.experimental.index_shuffle(
-          tf.range(size), seed, tf.maximum(size - 1, 0))
+      perm = tf.random.experimental.index_shuffle(tf.range(size), seed, tf.maximum(size - 1, 0))
       return tuple(tf.gather(x, perm) for x in elements)
 
     blocks = tf.data.Dataset.zip(
-        tf.data.Dataset.counter(block0),
-        source.skip(block0 * block).batch(block))
+        tf.data.Dataset.counter(block0), source.skip(block0 * block).batch(block)
+    )
     return blocks.map(permute).unbatch().skip(skip)
 
   return tf.data.Dataset.counter(start_epoch).flat_map(epoch)
 
 
-def _training_dataset(config, make_example, *, local_batch_size, start_step, process_index,
-                      process_count, subset=None, image_dtype=tf.float32):
+def _training_dataset(
+    config,
+    make_example,
+    *,
+    local_batch_size,
+    start_step,
+    process_index,
+    process_count,
+    subset=None,
+    image_dtype=tf.float32,
+):
   """Infinite, batched per-host stream of make_example(image, label, seed) of the train split.
 
   `image` is decoded to `image_dtype` (float32 in [0, 1], or uint8).
@@ -146,22 +164,35 @@ def _training_dataset(config, make_example, *, local_batch_size, start_step, pro
   if num_shards % process_count or local_batch_size % shards_per_process:
     raise ValueError(
         f'config.data_shards={config.data_shards} must be a multiple of the {process_count} '
-        f'processes and divide the global batch of {local_batch_size * process_count}.')
+        f'processes and divide the global batch of {local_batch_size * process_count}.'
+    )
   first = process_index * shards_per_process
-  streams = [_shard_batches(config, make_example, shard, num_shards,
-                            local_batch_size // shards_per_process, start_step, subset,
-                            image_dtype)
-             for shard in range(first, first + shards_per_process)]
+  streams = [
+      _shard_batches(
+          config,
+          make_example,
+          shard,
+          num_shards,
+          local_batch_size // shards_per_process,
+          start_step,
+          subset,
+          image_dtype,
+      )
+      for shard in range(first, first + shards_per_process)
+  ]
   ds = streams[0]
   if len(streams) > 1:
     ds = tf.data.Dataset.zip(tuple(streams)).map(
         tf.autograph.experimental.do_not_convert(
-            lambda *batches: tf.nest.map_structure(lambda *x: tf.concat(x, 0), *batches)))
+            lambda *batches: tf.nest.map_structure(lambda *x: tf.concat(x, 0), *batches)
+        )
+    )
   return ds.prefetch(tf.data.AUTOTUNE).with_options(datasets.read_options())
 
 
-def _shard_batches(config, make_example, shard, num_shards, batch_size, start_step, subset,
-                   image_dtype):
+def _shard_batches(
+    config, make_example, shard, num_shards, batch_size, start_step, subset, image_dtype
+):
   """Batches of make_example(...) of shard `shard` of `num_shards` of the train split."""
   split = config.train_split
   source = datasets.get(config)
@@ -169,7 +200,8 @@ def _shard_batches(config, make_example, shard, num_shards, batch_size, start_st
   if data is None:
     raise ValueError(
         f'Split {split!r} of config.dataset={config.dataset!r} has fewer examples than the '
-        f'{num_shards} data shards (config.data_shards, or one per process).')
+        f'{num_shards} data shards (config.data_shards, or one per process).'
+    )
 
   start_index = int(start_step) * int(batch_size)
   stream = _shuffled_stream(data.pairs, data.num_examples, data.block, config.seed, start_index)
@@ -188,9 +220,9 @@ def _shard_batches(config, make_example, shard, num_shards, batch_size, start_st
   return ds.batch(batch_size, drop_remainder=True)
 
 
-def create_pretrain_dataset(config, *, local_batch_size: int,
-                            start_step: int = 0, process_index=None,
-                            process_count=None) -> tf.data.Dataset:
+def create_pretrain_dataset(
+    config, *, local_batch_size: int, start_step: int = 0, process_index=None, process_count=None
+) -> tf.data.Dataset:
   """Infinite per-host dataset of {'views': [B, 2, S, S, 3], 'label': [B]}.
 
   With config.augment_on_device, of decoded images and seeds instead (see
@@ -210,19 +242,32 @@ def create_pretrain_dataset(config, *, local_batch_size: int,
     the dataset has no labels).
   """
   if config.augment_on_device:
-    return _decoded_training_dataset(config, local_batch_size=local_batch_size,
-                                     start_step=start_step, process_index=process_index,
-                                     process_count=process_count)
+    return _decoded_training_dataset(
+        config,
+        local_batch_size=local_batch_size,
+        start_step=start_step,
+        process_index=process_index,
+        process_count=process_count,
+    )
 
   def two_views(image, label, seed):
     seed_a, seed_b = tf.unstack(tf.random.experimental.stateless_split(seed, 2), num=2)
-    views = tf.stack([augment.pretrain_view(image, s, config.augment, config.image_size)
-                      for s in (seed_a, seed_b)])
+    views = tf.stack(
+        [
+            augment.pretrain_view(image, s, config.augment, config.image_size)
+            for s in (seed_a, seed_b)
+        ]
+    )
     return {'views': views, 'label': label}
 
-  return _training_dataset(config, two_views,
-                           local_batch_size=local_batch_size, start_step=start_step,
-                           process_index=process_index, process_count=process_count)
+  return _training_dataset(
+      config,
+      two_views,
+      local_batch_size=local_batch_size,
+      start_step=start_step,
+      process_index=process_index,
+      process_count=process_count,
+  )
 
 
 def _fixed_image_shape(config, split):
@@ -236,7 +281,8 @@ def _fixed_image_shape(config, split):
     raise ValueError(
         f'config.augment_on_device=True needs images of one size, but {config.dataset!r} has '
         f'images of shape {shape}. Set --config.augment_on_device=false to augment them in '
-        'tf.data.')
+        'tf.data.'
+    )
   return shape
 
 
@@ -249,10 +295,12 @@ def _decoded_training_dataset(config, **kwargs):
   """
   split = config.train_split
   shape = _fixed_image_shape(config, split)
-  message = (f'config.augment_on_device=True needs images of one size, but {config.dataset}/'
-             f'{split} has one that is not {shape[0]}x{shape[1]} like its first. Resize the '
-             'images to one size, or set --config.augment_on_device=false to augment them '
-             'in tf.data')
+  message = (
+      f'config.augment_on_device=True needs images of one size, but {config.dataset}/'
+      f'{split} has one that is not {shape[0]}x{shape[1]} like its first. Resize the '
+      'images to one size, or set --config.augment_on_device=false to augment them '
+      'in tf.data'
+  )
 
   def image_and_seed(image, label, seed):
     check = tf.debugging.assert_equal(tf.shape(image), shape, message=message)
@@ -263,23 +311,37 @@ def _decoded_training_dataset(config, **kwargs):
   return _training_dataset(config, image_and_seed, image_dtype=tf.uint8, **kwargs)
 
 
-def create_finetune_dataset(config, *, local_batch_size: int, subset=None,
-                            start_step: int = 0, process_index=None,
-                            process_count=None) -> tf.data.Dataset:
+def create_finetune_dataset(
+    config,
+    *,
+    local_batch_size: int,
+    subset=None,
+    start_step: int = 0,
+    process_index=None,
+    process_count=None,
+) -> tf.data.Dataset:
   """Infinite per-host dataset of {'image': [B, S, S, 3], 'label': [B]} for fine-tuning.
 
   One crop-and-flip view per example (the reference's fine-tuning augmentation) of the
   examples of config.train_split listed in `subset` (default: all); deterministic and
   resumable like the pretraining stream.
   """
-  def crop_and_flip(image, label, seed):
-    return {'image': augment.crop_flip_view(image, seed, config.augment, config.image_size),
-            'label': label}
 
-  return _training_dataset(config, crop_and_flip,
-                           local_batch_size=local_batch_size, start_step=start_step,
-                           process_index=process_index, process_count=process_count,
-                           subset=subset)
+  def crop_and_flip(image, label, seed):
+    return {
+        'image': augment.crop_flip_view(image, seed, config.augment, config.image_size),
+        'label': label,
+    }
+
+  return _training_dataset(
+      config,
+      crop_and_flip,
+      local_batch_size=local_batch_size,
+      start_step=start_step,
+      process_index=process_index,
+      process_count=process_count,
+      subset=subset,
+  )
 
 
 def _eval_pairs(config, split, max_examples):
@@ -289,8 +351,15 @@ def _eval_pairs(config, split, max_examples):
   return source, pairs, count
 
 
-def create_eval_dataset(config, split, *, local_batch_size: int, max_examples: int = 0,
-                        process_index=None, process_count=None):
+def create_eval_dataset(
+    config,
+    split,
+    *,
+    local_batch_size: int,
+    max_examples: int = 0,
+    process_index=None,
+    process_count=None,
+):
   """Finite per-host dataset of {'image', 'label', 'mask'} for evaluation, in a fixed order.
 
   Every example of `split` (or the first `max_examples` of a fixed seeded permutation, when >
@@ -313,10 +382,13 @@ def create_eval_dataset(config, split, *, local_batch_size: int, max_examples: i
     return {'image': image, 'label': label, 'mask': tf.constant(True)}
 
   ds = pairs.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros([config.image_size, config.image_size, 3], tf.float32),
-      'label': tf.constant(-1, tf.int32), 'mask': tf.constant(False)}).repeat(
-          num_batches * local_batch_size - local_count)
+  padding = tf.data.Dataset.from_tensors(
+      {
+          'image': tf.zeros([config.image_size, config.image_size, 3], tf.float32),
+          'label': tf.constant(-1, tf.int32),
+          'mask': tf.constant(False),
+      }
+  ).repeat(num_batches * local_batch_size - local_count)
   ds = ds.concatenate(padding).batch(local_batch_size).prefetch(tf.data.AUTOTUNE)
   return ds.with_options(datasets.read_options()), num_examples
 
@@ -354,8 +426,7 @@ def eval_images(config, split, indices, max_examples: int = 0) -> np.ndarray:
     image = augment.eval_view(source.decode(pair[0]), config.image_size)
     return {'index': index, 'image': image}
 
-  found = _numpy_examples(pairs, make_example,
-                          lambda e: source.decode_error_message(split, e))
+  found = _numpy_examples(pairs, make_example, lambda e: source.decode_error_message(split, e))
   if len(found['index']) != len(wanted):
     raise IndexError(f'{split} has no example at {sorted(set(wanted) - set(found["index"]))}.')
   return found['image'][np.searchsorted(found['index'], indices)]
@@ -376,40 +447,52 @@ def augmentation_examples(config, split, num_images: int, num_views: int):
     encoded, label = pair
     image = source.decode(encoded)
     view_seeds = tf.random.experimental.stateless_split(
-        tf.random.experimental.stateless_fold_in(seed, index), num_views)
+        tf.random.experimental.stateless_fold_in(seed, index), num_views
+    )
     # map_fn traces the augmentation once, however many views (unrolled, each one costs ~1 s).
     views = tf.map_fn(
         lambda s: augment.pretrain_view(image, s, config.augment, config.image_size),
-        view_seeds, fn_output_signature=tf.float32)
-    return {'image': augment.eval_view(image, config.image_size), 'views': views,
-            'label': label}
+        view_seeds,
+        fn_output_signature=tf.float32,
+    )
+    return {'image': augment.eval_view(image, config.image_size), 'views': views, 'label': label}
 
-  examples = _numpy_examples(pairs.enumerate(), make_example,
-                             lambda e: source.decode_error_message(split, e))
+  examples = _numpy_examples(
+      pairs.enumerate(), make_example, lambda e: source.decode_error_message(split, e)
+  )
   return examples['image'], examples['views'], examples['label']
 
 
 def folder_images(folder: str, image_size: int):
   """(sorted paths, evaluation views [N, S, S, 3]) of the images directly in `folder`."""
   if not os.path.isdir(folder):
-    raise ValueError(f'{folder} is not a folder; give a folder of images '
-                     f'({", ".join(image_folder.IMAGE_EXTENSIONS)}).')
-  paths = sorted(e.path for e in os.scandir(folder)
-                 if e.name.lower().endswith(image_folder.IMAGE_EXTENSIONS)
-                 and not e.name.startswith('.'))
+    raise ValueError(
+        f'{folder} is not a folder; give a folder of images '
+        f'({", ".join(image_folder.IMAGE_EXTENSIONS)}).'
+    )
+  paths = sorted(
+      e.path
+      for e in os.scandir(folder)
+      if e.name.lower().endswith(image_folder.IMAGE_EXTENSIONS) and not e.name.startswith('.')
+  )
   if not paths:
     raise ValueError(f'No images ({", ".join(image_folder.IMAGE_EXTENSIONS)}) in {folder}.')
   source = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string))
 
   def unreadable(error):
     bad = image_folder.find_unreadable_images(paths) or [('?', datasets.error_reason(error))]
-    return (f'{len(bad)} image(s) in {folder} cannot be decoded: {image_folder.listed(bad)}. '
-            'Remove or replace them.')
+    return (
+        f'{len(bad)} image(s) in {folder} cannot be decoded: {image_folder.listed(bad)}. '
+        'Remove or replace them.'
+    )
 
   examples = _numpy_examples(
-      source, lambda path: {'image': augment.eval_view(
-          datasets.decode_bytes(tf.io.read_file(path)), image_size)},
-      unreadable)
+      source,
+      lambda path: {
+          'image': augment.eval_view(datasets.decode_bytes(tf.io.read_file(path)), image_size)
+      },
+      unreadable,
+  )
   return paths, examples['image']
 
 
@@ -427,10 +510,9 @@ def device_batches(dataset, sharding, prefetch=2, *, config=None, split=None):
   def enqueue(n):
     try:
       for batch in itertools.islice(iterator, n):
-        queue.append({
-            k: jax.make_array_from_process_local_data(sharding, v)
-            for k, v in batch.items()
-        })
+        queue.append(
+            {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+        )
     except tf.errors.InvalidArgumentError as e:
       if config is None:
         raise

@@ -27,8 +27,10 @@ def _chunk_scores(queries, bank, bank_labels, *, num_classes, k, temperature):
 
 def _check_k(k, bank):
   if not 1 <= k <= len(bank):
-    raise ValueError(f'kNN k={k} must be in [1, number of training examples = '
-                     f'{len(bank)}]; lower config.eval.knn_k.')
+    raise ValueError(
+        f'kNN k={k} must be in [1, number of training examples = '
+        f'{len(bank)}]; lower config.eval.knn_k.'
+    )
 
 
 def _map_chunks(fn, queries, chunk_size):
@@ -39,15 +41,23 @@ def _map_chunks(fn, queries, chunk_size):
   queries = np.asarray(queries, np.float32)
   outputs = []
   for start in range(0, len(queries), chunk_size):
-    chunk = queries[start:start + chunk_size]
+    chunk = queries[start : start + chunk_size]
     padded = np.zeros((chunk_size,) + chunk.shape[1:], np.float32)
-    padded[:len(chunk)] = chunk
+    padded[: len(chunk)] = chunk
     outputs.append(jax.tree.map(lambda x, n=len(chunk): np.asarray(x)[:n], fn(padded)))
   return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
 
 
-def knn_scores(train_features, train_labels, query_features, num_classes: int, *, k: int = 200,
-               temperature: float = 0.1, chunk_size: int = 1024) -> np.ndarray:
+def knn_scores(
+    train_features,
+    train_labels,
+    query_features,
+    num_classes: int,
+    *,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> np.ndarray:
   """Class scores [n_query, num_classes]: each of the k most cosine-similar training
   examples votes for its class with weight exp(similarity / temperature)."""
   _check_k(k, train_features)
@@ -56,13 +66,17 @@ def knn_scores(train_features, train_labels, query_features, num_classes: int, *
   bank = _normalize(jnp.asarray(train_features, jnp.float32))
   bank_labels = jnp.asarray(train_labels, jnp.int32)
   return _map_chunks(
-      lambda chunk: _chunk_scores(chunk, bank, bank_labels, num_classes=num_classes, k=k,
-                                  temperature=temperature),
-      query_features, chunk_size)
+      lambda chunk: _chunk_scores(
+          chunk, bank, bank_labels, num_classes=num_classes, k=k, temperature=temperature
+      ),
+      query_features,
+      chunk_size,
+  )
 
 
-def nearest_neighbours(bank_features, query_features, k: int, *,
-                       chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbours(
+    bank_features, query_features, k: int, *, chunk_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
   """(cosine similarities, indices), each [n_query, k]: the k rows of `bank_features` most
   similar to each query, most similar first."""
   _check_k(k, bank_features)

@@ -20,11 +20,13 @@ def class_balanced_subset(labels, fraction: float, seed: int) -> np.ndarray:
   if fraction == 1:
     return np.arange(len(labels))
   if labels.size and labels.min() < 0:
-    raise ValueError('The dataset has unlabelled examples (label -1); label fractions need '
-                     'labels for every example.')
+    raise ValueError(
+        'The dataset has unlabelled examples (label -1); label fractions need '
+        'labels for every example.'
+    )
   keep = []
   for label in np.unique(labels):
     members = np.flatnonzero(labels == label)
     ranked = np.random.default_rng([seed, _SUBSET_STREAM, int(label)]).permutation(members)
-    keep.append(ranked[:max(1, int(round(fraction * len(members))))])
+    keep.append(ranked[: max(1, int(round(fraction * len(members))))])
   return np.sort(np.concatenate(keep))

@@ -17,7 +17,7 @@ import optax
 # 0.5 nats per example for a unit-norm weight matrix, a strong shrinkage, while l2 = 1e-6 is
 # below the weight of one example (1 / n) for training sets up to 10^6 examples, i.e. nearly
 # unregularised. Finer grids cost one more fit per value.
-DEFAULT_L2_GRID = tuple(10.0 ** e for e in range(-6, 1))
+DEFAULT_L2_GRID = tuple(10.0**e for e in range(-6, 1))
 
 # Floor on a feature's standard deviation: a constant feature standardises to 0 instead of
 # dividing by (rounding) noise.
@@ -60,8 +60,10 @@ def _fit(features, labels, l2, max_iterations, tolerance, *, num_classes):
   """Standardisation and L-BFGS minimisation of `_objective`, in one while_loop."""
   mean, scale = _standardisation(features)
   x = (features - mean) * scale
-  params = (jnp.zeros((x.shape[1], num_classes), jnp.float32),
-            jnp.zeros((num_classes,), jnp.float32))
+  params = (
+      jnp.zeros((x.shape[1], num_classes), jnp.float32),
+      jnp.zeros((num_classes,), jnp.float32),
+  )
   value_fn = lambda p: _objective(p, x, labels, l2)
   value_and_grad = optax.value_and_grad_from_state(value_fn)
   solver = optax.lbfgs()
@@ -73,8 +75,7 @@ def _fit(features, labels, l2, max_iterations, tolerance, *, num_classes):
   def body(carry):
     params, state, iteration, _ = carry
     value, grad = value_and_grad(params, state=state)
-    updates, state = solver.update(grad, state, params, value=value, grad=grad,
-                                   value_fn=value_fn)
+    updates, state = solver.update(grad, state, params, value=value, grad=grad, value_fn=value_fn)
     # The line search keeps the gradient at the new params; the next iteration reuses it.
     grad_norm = optax.tree.norm(optax.tree.get(state, 'grad'))
     return optax.apply_updates(params, updates), state, iteration + 1, grad_norm
@@ -91,22 +92,32 @@ def _check_features_and_labels(features, labels, num_classes):
   if features.ndim != 2 or features.shape[0] == 0:
     raise ValueError(f'features must be a non-empty [n, d] array; got shape {features.shape}.')
   if labels.shape != features.shape[:1]:
-    raise ValueError(f'labels must have shape [{features.shape[0]}] to match features; got '
-                     f'{labels.shape}.')
+    raise ValueError(
+        f'labels must have shape [{features.shape[0]}] to match features; got ' f'{labels.shape}.'
+    )
   if not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f'labels must be integers; got dtype {labels.dtype}.')
   if num_classes < 2:
     raise ValueError(f'num_classes must be >= 2; got {num_classes}.')
   if labels.min() < 0 or labels.max() >= num_classes:
-    raise ValueError(f'labels must lie in [0, {num_classes}); got values in '
-                     f'[{labels.min()}, {labels.max()}].')
+    raise ValueError(
+        f'labels must lie in [0, {num_classes}); got values in '
+        f'[{labels.min()}, {labels.max()}].'
+    )
   if not np.all(np.isfinite(features)):
     raise ValueError('features contain NaN or infinite values.')
   return features, labels.astype(np.int32)
 
 
-def fit(features, labels, num_classes: int, l2: float, *, max_iterations: int = 1000,
-        tolerance: float = 1e-6) -> LinearClassifier:
+def fit(
+    features,
+    labels,
+    num_classes: int,
+    l2: float,
+    *,
+    max_iterations: int = 1000,
+    tolerance: float = 1e-6,
+) -> LinearClassifier:
   """Standardises features [n, d] and fits a linear classifier to them and int labels [n].
 
   Minimises mean softmax cross-entropy + 0.5 * l2 * ||weights||^2 (bias not regularised) with
@@ -118,16 +129,23 @@ def fit(features, labels, num_classes: int, l2: float, *, max_iterations: int = 
     raise ValueError(f'l2 must be finite and >= 0; got {l2}.')
   if max_iterations < 0:
     raise ValueError(f'max_iterations must be >= 0; got {max_iterations}.')
-  return _fit(jnp.asarray(features), jnp.asarray(labels), jnp.float32(l2),
-              jnp.int32(max_iterations), jnp.float32(tolerance), num_classes=int(num_classes))
+  return _fit(
+      jnp.asarray(features),
+      jnp.asarray(labels),
+      jnp.float32(l2),
+      jnp.int32(max_iterations),
+      jnp.float32(tolerance),
+      num_classes=int(num_classes),
+  )
 
 
 def topk_accuracy(logits: jax.Array, labels: jax.Array, k: int) -> float:
   """Fraction of rows whose label is among the k largest logits (ties go to the lower index)."""
   logits, labels = np.asarray(logits), np.asarray(labels)
   if logits.ndim != 2 or labels.shape != logits.shape[:1]:
-    raise ValueError(f'logits must be [n, c] and labels [n]; got {logits.shape} and '
-                     f'{labels.shape}.')
+    raise ValueError(
+        f'logits must be [n, c] and labels [n]; got {logits.shape} and ' f'{labels.shape}.'
+    )
   if not 1 <= k <= logits.shape[1]:
     raise ValueError(f'k must lie in [1, {logits.shape[1]}]; got {k}.')
   if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
@@ -138,8 +156,9 @@ def topk_accuracy(logits: jax.Array, labels: jax.Array, k: int) -> float:
   return float(np.mean(rank < k))
 
 
-def stratified_holdout(labels, num_classes: int, holdout_fraction: float,
-                       seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_holdout(
+    labels, num_classes: int, holdout_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Sorted (fit, holdout) index arrays; holdout_fraction of each class, rounded half up."""
   labels = np.asarray(labels)
   rng = np.random.default_rng(seed)
@@ -148,8 +167,10 @@ def stratified_holdout(labels, num_classes: int, holdout_fraction: float,
     members = rng.permutation(np.flatnonzero(labels == c))
     num_holdout = int(np.floor(holdout_fraction * len(members) + 0.5))
     if num_holdout >= len(members):
-      raise ValueError(f'class {c} has {len(members)} examples, leaving none to fit on after '
-                       f'holding out {holdout_fraction:.0%}.')
+      raise ValueError(
+          f'class {c} has {len(members)} examples, leaving none to fit on after '
+          f'holding out {holdout_fraction:.0%}.'
+      )
     holdout_parts.append(members[:num_holdout])
     fit_parts.append(members[num_holdout:])
   holdout = np.sort(np.concatenate(holdout_parts))
@@ -158,9 +179,16 @@ def stratified_holdout(labels, num_classes: int, holdout_fraction: float,
   return np.sort(np.concatenate(fit_parts)), holdout
 
 
-def select_l2_and_fit(features, labels, num_classes: int, *, l2_grid: Sequence[float],
-                      holdout_fraction: float = 0.1, seed: int = 0,
-                      max_iterations: int = 1000) -> tuple[LinearClassifier, dict]:
+def select_l2_and_fit(
+    features,
+    labels,
+    num_classes: int,
+    *,
+    l2_grid: Sequence[float],
+    holdout_fraction: float = 0.1,
+    seed: int = 0,
+    max_iterations: int = 1000,
+) -> tuple[LinearClassifier, dict]:
   """Chooses l2 by held-out top-1 accuracy on a split of these (training) features, then refits.
 
   Every l2 in `l2_grid` is fitted on a class-stratified (1 - holdout_fraction) part; the one with
@@ -179,12 +207,16 @@ def select_l2_and_fit(features, labels, num_classes: int, *, l2_grid: Sequence[f
 
   accuracies = {}
   for l2 in grid:
-    classifier = fit(features[fit_idx], labels[fit_idx], num_classes, l2,
-                     max_iterations=max_iterations)
-    accuracies[l2] = topk_accuracy(logits(classifier, features[holdout_idx]),
-                                   labels[holdout_idx], 1)
+    classifier = fit(
+        features[fit_idx], labels[fit_idx], num_classes, l2, max_iterations=max_iterations
+    )
+    accuracies[l2] = topk_accuracy(
+        logits(classifier, features[holdout_idx]), labels[holdout_idx], 1
+    )
   # max keeps the first of equal maxima, so scanning from the largest l2 breaks ties toward it.
   best = max(reversed(grid), key=lambda l2: accuracies[l2])
   classifier = fit(features, labels, num_classes, best, max_iterations=max_iterations)
-  return classifier, {'l2': best,
-                      'holdout_accuracy': {str(l2): acc for l2, acc in accuracies.items()}}
+  return classifier, {
+      'l2': best,
+      'holdout_accuracy': {str(l2): acc for l2, acc in accuracies.items()},
+  }

@@ -17,6 +17,7 @@ _LARGE_NUM = 1e9
 
 class ContrastiveOutput(NamedTuple):
   """The reference's loss and metrics (google-research/simclr, objective.py and metrics.py)."""
+
   loss: jax.Array  # mean(loss_a) + mean(loss_b): twice the mean NT-Xent over the 2N anchors.
   # Fraction of view-a anchors whose most similar view-b column is their positive.
   accuracy: jax.Array
@@ -63,8 +64,10 @@ def _local_rows(z_a, z_b, z_a_all, z_b_all, temperature, row_offset, chunk_size)
   if not chunk_size or chunk_size >= n_local:
     return _anchor_rows(z_a, z_b, z_a_all, z_b_all, temperature, row_offset)
   if n_local % chunk_size:
-    raise ValueError(f'contrastive_chunk_size={chunk_size} must divide the {n_local} anchors '
-                     'per device and view.')
+    raise ValueError(
+        f'contrastive_chunk_size={chunk_size} must divide the {n_local} anchors '
+        'per device and view.'
+    )
   num_chunks = n_local // chunk_size
 
   @jax.checkpoint
@@ -75,17 +78,25 @@ def _local_rows(z_a, z_b, z_a_all, z_b_all, temperature, row_offset, chunk_size)
   def accumulate(carry, chunk):
     return tuple(c + s for c, s in zip(carry, chunk_sums(chunk))), None
 
-  chunks = (z_a.reshape(num_chunks, chunk_size, -1), z_b.reshape(num_chunks, chunk_size, -1),
-            row_offset + chunk_size * jnp.arange(num_chunks))
+  chunks = (
+      z_a.reshape(num_chunks, chunk_size, -1),
+      z_b.reshape(num_chunks, chunk_size, -1),
+      row_offset + chunk_size * jnp.arange(num_chunks),
+  )
   # The first chunk starts the sums, so the carry has their exact type (sharded: varying).
   first = chunk_sums(jax.tree.map(lambda x: x[0], chunks))
   sums, _ = jax.lax.scan(accumulate, first, jax.tree.map(lambda x: x[1:], chunks))
   return sums
 
 
-def nt_xent(z_a: jax.Array, z_b: jax.Array, temperature: float,
-            mesh: Mesh | None = None, axis_name: str = 'data',
-            chunk_size: int = 0) -> ContrastiveOutput:
+def nt_xent(
+    z_a: jax.Array,
+    z_b: jax.Array,
+    temperature: float,
+    mesh: Mesh | None = None,
+    axis_name: str = 'data',
+    chunk_size: int = 0,
+) -> ContrastiveOutput:
   """NT-Xent of the two views z_a, z_b ([N, D] each; row i of both is image i).
 
   With a `mesh`, the batch axis of z_a and z_b is sharded over `axis_name` and every device
@@ -102,6 +113,7 @@ def nt_xent(z_a: jax.Array, z_b: jax.Array, temperature: float,
   if mesh is None or mesh.shape[axis_name] == 1:
     sums = _local_rows(z_a, z_b, z_a, z_b, temperature, 0, chunk_size)
   else:
+
     def sharded_sums(z_a, z_b):
       z_a_all = jax.lax.all_gather(z_a, axis_name, tiled=True)
       z_b_all = jax.lax.all_gather(z_b, axis_name, tiled=True)
@@ -109,9 +121,9 @@ def nt_xent(z_a: jax.Array, z_b: jax.Array, temperature: float,
       sums = _local_rows(z_a, z_b, z_a_all, z_b_all, temperature, offset, chunk_size)
       return tuple(jax.lax.psum(s, axis_name) for s in sums)
 
-    sums = jax.shard_map(sharded_sums, mesh=mesh, in_specs=(P(axis_name), P(axis_name)),
-                         out_specs=P())(z_a, z_b)
+    sums = jax.shard_map(
+        sharded_sums, mesh=mesh, in_specs=(P(axis_name), P(axis_name)), out_specs=P()
+    )(z_a, z_b)
   loss, correct, entropy = sums
   # The reference's reduce_mean(loss_a + loss_b): the sum over all 2N anchors divided by N.
-  return ContrastiveOutput(loss=loss / n, accuracy=correct.astype(dtype) / n,
-                           entropy=entropy / n)
+  return ContrastiveOutput(loss=loss / n, accuracy=correct.astype(dtype) / n, entropy=entropy / n)

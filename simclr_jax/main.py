@@ -41,20 +41,33 @@ from simclr_jax import cli_errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the saved config.')
-config_flags.DEFINE_config_file('config', None, 'Path to a ml_collections config file.',
-                                lock_config=True)
-flags.DEFINE_bool('show_config', False,
-                  'Print the config (every key, overridable as --config.KEY=VALUE) and exit.')
-flags.DEFINE_bool('verbose', False,
-                  'Show the traceback of known errors (bad config, missing data, workdir in '
-                  'use, disk full), not only the sentence that explains them.')
-flags.DEFINE_string('coordinator_address', None,
-                    'Multi-process runs: HOST:PORT of process 0, where the processes meet '
-                    '(not needed under SLURM or on Cloud TPU VMs).')
+config_flags.DEFINE_config_file(
+    'config', None, 'Path to a ml_collections config file.', lock_config=True
+)
+flags.DEFINE_bool(
+    'show_config',
+    False,
+    'Print the config (every key, overridable as --config.KEY=VALUE) and exit.',
+)
+flags.DEFINE_bool(
+    'verbose',
+    False,
+    'Show the traceback of known errors (bad config, missing data, workdir in '
+    'use, disk full), not only the sentence that explains them.',
+)
+flags.DEFINE_string(
+    'coordinator_address',
+    None,
+    'Multi-process runs: HOST:PORT of process 0, where the processes meet '
+    '(not needed under SLURM or on Cloud TPU VMs).',
+)
 flags.DEFINE_integer('num_processes', None, 'Multi-process runs: the number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-process runs: this process, in [0, N).')
-flags.DEFINE_list('local_device_ids', None,
-                  'Multi-process runs: the local devices this process uses (default: all).')
+flags.DEFINE_list(
+    'local_device_ids',
+    None,
+    'Multi-process runs: the local devices this process uses (default: all).',
+)
 
 
 _HELP_FLAGS = ('-h', '-?', '--help', '-help', '--helpshort', '--helpfull')
@@ -70,12 +83,17 @@ def _parse_flags(argv):
     argv = FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     cli_errors.fail(_flag_error(e))
-  missing = [name for name in ('config', 'workdir')
-             if FLAGS[name].value is None and not (name == 'workdir' and FLAGS.show_config)]
+  missing = [
+      name
+      for name in ('config', 'workdir')
+      if FLAGS[name].value is None and not (name == 'workdir' and FLAGS.show_config)
+  ]
   if missing:
-    cli_errors.fail(f'{" and ".join("--" + m for m in missing)} missing: e.g. '
-          'python -m simclr_jax.main --config=configs/cifar10_cpu.py --workdir=/tmp/run '
-          '(--help lists the flags).')
+    cli_errors.fail(
+        f'{" and ".join("--" + m for m in missing)} missing: e.g. '
+        'python -m simclr_jax.main --config=configs/cifar10_cpu.py --workdir=/tmp/run '
+        '(--help lists the flags).'
+    )
   return argv
 
 
@@ -84,27 +102,35 @@ def _flag_error(error) -> str:
   cause = error.args[0] if error.args else error
   if isinstance(cause, KeyError) and cause.args:  # An unknown --config.KEY.
     key, *hint = str(cause.args[0]).splitlines()
-    return (f'the config has no key {key}. {" ".join(hint)} --show_config lists the keys.'
-            ).replace('  ', ' ')
+    return (f'the config has no key {key}. {" ".join(hint)} --show_config lists the keys.').replace(
+        '  ', ' '
+    )
   return f'{error} (--help lists the flags).'
 
 
 def main(argv):
   if len(argv) > 1:
-    cli_errors.fail(f'unexpected arguments {argv[1:]}: flags are written --name=value '
-          '(--help lists them).')
+    cli_errors.fail(
+        f'unexpected arguments {argv[1:]}: flags are written --name=value ' '(--help lists them).'
+    )
   if FLAGS.show_config:
     print(FLAGS.config)
     return
   if FLAGS.config.huge_page_malloc:
     from simclr_jax import huge_pages
+
     huge_pages.reexec_with_huge_pages()
   from simclr_jax import distributed
   from simclr_jax import workdir_lock
   from simclr_jax import writers
+
   with cli_errors.as_sentences(FLAGS.verbose):
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                           [int(i) for i in FLAGS.local_device_ids or ()])
+    distributed.initialize(
+        FLAGS.coordinator_address,
+        FLAGS.num_processes,
+        FLAGS.process_id,
+        [int(i) for i in FLAGS.local_device_ids or ()],
+    )
     writers.quiet_orbax_logs()
     logging.info('Config:\n%s', FLAGS.config)
     with workdir_lock.hold(FLAGS.workdir):
@@ -114,10 +140,13 @@ def main(argv):
 def with_absolute_paths(config):
   """`config` with its local paths made absolute, so that the config.json a run saves works
   from any directory (the report, the notebook); URLs (gs://) and TFDS names stay as they are."""
+
   def absolute(path):
-    local = path and '://' not in path and (path.startswith(('.', '~', os.sep))
-                                            or os.path.isdir(path))
+    local = (
+        path and '://' not in path and (path.startswith(('.', '~', os.sep)) or os.path.isdir(path))
+    )
     return os.path.abspath(os.path.expanduser(path)) if local else path
+
   for key in ('dataset', 'tfds_data_dir', 'pretrained_workdir'):
     config[key] = absolute(config[key])
   return config
@@ -127,17 +156,21 @@ def run(config, workdir: str):
   """Runs the program config.mode names: pretraining, or the evaluation protocol's."""
   from simclr_jax import config_validation
   from simclr_jax import evaluators
+
   config = with_absolute_paths(config)
   if evaluators.legacy_mode_notice(config):
     logging.warning(evaluators.legacy_mode_notice(config))
   if config.mode == 'pretrain':
     from simclr_jax import train
+
     train.train_and_evaluate(config, workdir)
   elif config_validation.trains_classifier(config):
     from simclr_jax import finetune
+
     finetune.finetune(config, workdir)
   else:
     from simclr_jax import evaluate
+
     evaluate.evaluate(config, workdir)
 
 

@@ -30,12 +30,14 @@ def total_train_steps(config, num_examples: int) -> int:
 
 def warmup_cosine_schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
   """Linear warm-up from 0 to `peak` over `warmup_steps`, then cosine decay to 0 at total_steps."""
+
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
     warmup = peak * step / max(warmup_steps, 1)
     progress = jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
     cosine = peak * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
     return jnp.where(step < warmup_steps, warmup, cosine)
+
   return schedule
 
 
@@ -51,7 +53,8 @@ def learning_rate_schedule(config, num_examples: int, total_steps: int) -> optax
   """Pretraining schedule: warm-up over `config.warmup_epochs`, then cosine to 0."""
   peak = scaled_learning_rate(config.learning_rate, config.batch_size, config.lr_scaling)
   return warmup_cosine_schedule(
-      peak, warmup_steps(config.warmup_epochs, num_examples, config.batch_size), total_steps)
+      peak, warmup_steps(config.warmup_epochs, num_examples, config.batch_size), total_steps
+  )
 
 
 def _names(path):
@@ -65,18 +68,25 @@ def decay_mask(params, supervised_head: str = 'probe'):
   BatchNorm parameters, biases and the supervised head (the online probe in pretraining) are
   excluded from weight decay and from the LARS trust ratio, as in the reference.
   """
+
   def is_decayed(path, _):
     names = _names(path)
     return names[-1] == 'kernel' and supervised_head not in names
+
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
 def _lars(section, schedule: optax.Schedule, mask) -> optax.GradientTransformation:
   """LARS with `section`'s weight decay, trust coefficient and momentum; `mask` picks the
   parameters that get both decay and trust ratio (the reference excludes the same set)."""
-  return optax.lars(schedule, weight_decay=section.weight_decay, weight_decay_mask=mask,
-                    trust_coefficient=section.lars_trust_coefficient, trust_ratio_mask=mask,
-                    momentum=section.momentum)
+  return optax.lars(
+      schedule,
+      weight_decay=section.weight_decay,
+      weight_decay_mask=mask,
+      trust_coefficient=section.lars_trust_coefficient,
+      trust_ratio_mask=mask,
+      momentum=section.momentum,
+  )
 
 
 def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
@@ -85,39 +95,48 @@ def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransfor
   if config.optimizer == 'lars':
     tx = _lars(config, schedule, decay_mask)
   elif config.optimizer == 'sgd':
-    tx = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
-                     optax.sgd(schedule, momentum=config.momentum))
+    tx = optax.chain(
+        optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+        optax.sgd(schedule, momentum=config.momentum),
+    )
   elif config.optimizer == 'adamw':
-    tx = optax.adamw(schedule, b1=config.momentum, weight_decay=config.weight_decay,
-                     mask=decay_mask)
+    tx = optax.adamw(
+        schedule, b1=config.momentum, weight_decay=config.weight_decay, mask=decay_mask
+    )
   else:
     raise ValueError(
-        f'config.optimizer={config.optimizer!r} is not known; use one of {OPTIMIZERS}.')
+        f'config.optimizer={config.optimizer!r} is not known; use one of {OPTIMIZERS}.'
+    )
   return scale_probe_updates(tx, config.probe_learning_rate_scale)
 
 
 def scale_probe_updates(tx: optax.GradientTransformation, scale: float):
   """`tx` with the updates of params['probe'] multiplied by `scale`: its learning rate times
   `scale`. The optimiser state is tx's own, so checkpoints do not depend on `scale`."""
+
   def update(updates, state, params=None):
     updates, state = tx.update(updates, state, params)
     if 'probe' in updates:
       updates = {**updates, 'probe': jax.tree.map(lambda u: scale * u, updates['probe'])}
     return updates, state
+
   return optax.GradientTransformation(tx.init, update)
 
 
 def frozen_mask(params, fine_tune_after_block: int, part_of):
   """True for the encoder parameters that fine-tuning freezes: those of parts 0 (the input
   side) to fine_tune_after_block, as `part_of(names under the encoder)` tells."""
+
   def is_frozen(path, _):
     names = _names(path)
     return names[0] == 'encoder' and part_of(names[1:]) <= fine_tune_after_block
+
   return jax.tree_util.tree_map_with_path(is_frozen, params)
 
 
-def create_finetune_optimizer(ft_config, schedule: optax.Schedule,
-                              part_of) -> optax.GradientTransformation:
+def create_finetune_optimizer(
+    ft_config, schedule: optax.Schedule, part_of
+) -> optax.GradientTransformation:
   """The reference's fine-tuning optimisers; frozen parameters (frozen_mask) stay fixed.
 
   'momentum': Nesterov momentum SGD with weight decay on every kernel, the classifier's
@@ -125,16 +144,22 @@ def create_finetune_optimizer(ft_config, schedule: optax.Schedule,
   'head_supervised') excluded from decay and trust ratio (its 1%/10% fine-tuning).
   """
   if ft_config.optimizer == 'lars':
-    tx = _lars(ft_config, schedule,
-                functools.partial(decay_mask, supervised_head='classifier'))
+    tx = _lars(ft_config, schedule, functools.partial(decay_mask, supervised_head='classifier'))
   elif ft_config.optimizer == 'momentum':
-    tx = optax.chain(optax.add_decayed_weights(ft_config.weight_decay, mask=decay_mask),
-                     optax.sgd(schedule, momentum=ft_config.momentum, nesterov=True))
+    tx = optax.chain(
+        optax.add_decayed_weights(ft_config.weight_decay, mask=decay_mask),
+        optax.sgd(schedule, momentum=ft_config.momentum, nesterov=True),
+    )
   else:
-    raise ValueError(f'config.finetune.optimizer={ft_config.optimizer!r} is not known; use one '
-                     f'of {FINETUNE_OPTIMIZERS}.')
+    raise ValueError(
+        f'config.finetune.optimizer={ft_config.optimizer!r} is not known; use one '
+        f'of {FINETUNE_OPTIMIZERS}.'
+    )
 
   def labels(params):
-    return jax.tree.map(lambda frozen: 'frozen' if frozen else 'trained',
-                        frozen_mask(params, ft_config.fine_tune_after_block, part_of))
+    return jax.tree.map(
+        lambda frozen: 'frozen' if frozen else 'trained',
+        frozen_mask(params, ft_config.fine_tune_after_block, part_of),
+    )
+
   return optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()}, labels)

@@ -37,14 +37,16 @@ def augmentation_grid(images, views, pad: int = 2) -> np.ndarray:
   images, views = np.asarray(images, np.float32), np.asarray(views, np.float32)
   n, v, side = views.shape[0], views.shape[1], views.shape[2]
   if images.shape != (n, side, side, 3) or views.shape[3:] != (side, 3):
-    raise ValueError(f'images must be [N, S, S, 3] and views [N, V, S, S, 3]; got '
-                     f'{images.shape} and {views.shape}.')
+    raise ValueError(
+        f'images must be [N, S, S, 3] and views [N, V, S, S, 3]; got '
+        f'{images.shape} and {views.shape}.'
+    )
   cells = np.concatenate([images[:, None], views], axis=1)  # [N, 1 + V, S, S, 3]
   step = side + pad
   grid = np.ones((n * step + pad, (1 + v) * step + pad, 3), np.float32)
   for i in range(n):
     for j in range(1 + v):
-      grid[pad + i * step:(i + 1) * step, pad + j * step:(j + 1) * step] = cells[i, j]
+      grid[pad + i * step : (i + 1) * step, pad + j * step : (j + 1) * step] = cells[i, j]
   return np.clip(grid, 0.0, 1.0)
 
 
@@ -65,8 +67,9 @@ def augmentation_plot(images, views) -> mpl_figure.Figure:
   (1 + 2P) x N cells of CELL_INCHES at DPI.
   """
   n, v = np.shape(views)[:2]
-  fig = mpl_figure.Figure(figsize=(CELL_INCHES * (1 + v), CELL_INCHES * n), dpi=DPI,
-                          layout='constrained')
+  fig = mpl_figure.Figure(
+      figsize=(CELL_INCHES * (1 + v), CELL_INCHES * n), dpi=DPI, layout='constrained'
+  )
   axes = _image_axes(fig, n, 1 + v)
   for i in range(n):
     axes[i, 0].imshow(np.clip(images[i], 0, 1))
@@ -89,8 +92,13 @@ def tsne_embedding(features, *, perplexity: float = 30.0, seed: int = 0) -> np.n
   if len(x) < 4:
     raise ValueError(f't-SNE needs at least 4 points; got {len(x)}.')
   x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-  tsne = manifold.TSNE(n_components=2, perplexity=min(perplexity, (len(x) - 1) / 3),
-                       init='pca', learning_rate='auto', random_state=seed)
+  tsne = manifold.TSNE(
+      n_components=2,
+      perplexity=min(perplexity, (len(x) - 1) / 3),
+      init='pca',
+      learning_rate='auto',
+      random_state=seed,
+  )
   return tsne.fit_transform(x).astype(np.float32)
 
 
@@ -103,8 +111,9 @@ def class_colours(num_classes: int):
   return matplotlib.colormaps['hsv'](np.linspace(0, 1, num_classes, endpoint=False))
 
 
-def tsne_plot(points, labels, class_names, title: str = 't-SNE of the representation h'
-              ) -> mpl_figure.Figure:
+def tsne_plot(
+    points, labels, class_names, title: str = 't-SNE of the representation h'
+) -> mpl_figure.Figure:
   """Scatter of 2-D points [N, 2] coloured by class, with a legend (TSNE_INCHES at DPI)."""
   points, labels = np.asarray(points), np.asarray(labels)
   colours = class_colours(len(class_names))
@@ -113,8 +122,15 @@ def tsne_plot(points, labels, class_names, title: str = 't-SNE of the representa
   for c, name in enumerate(class_names):
     members = labels == c
     if members.any():
-      ax.scatter(points[members, 0], points[members, 1], s=12, color=colours[c], label=name,
-                 alpha=0.8, linewidths=0)
+      ax.scatter(
+          points[members, 0],
+          points[members, 1],
+          s=12,
+          color=colours[c],
+          label=name,
+          alpha=0.8,
+          linewidths=0,
+      )
   ax.set_xticks([])
   ax.set_yticks([])
   ax.set_title(f'{title} ({len(points)} examples)')
@@ -123,9 +139,15 @@ def tsne_plot(points, labels, class_names, title: str = 't-SNE of the representa
   return fig
 
 
-def neighbours_plot(query_images, neighbour_images, neighbour_labels, class_names,
-                    query_labels=None, similarities=None, query_titles=None
-                    ) -> mpl_figure.Figure:
+def neighbours_plot(
+    query_images,
+    neighbour_images,
+    neighbour_labels,
+    class_names,
+    query_labels=None,
+    similarities=None,
+    query_titles=None,
+) -> mpl_figure.Figure:
   """Each query (first column) and its k nearest training images, most similar first.
 
   Args:
@@ -142,8 +164,9 @@ def neighbours_plot(query_images, neighbour_images, neighbour_labels, class_name
     A figure of (1 + k) x Q cells of CELL_INCHES at DPI.
   """
   q, k = np.shape(neighbour_labels)
-  fig = mpl_figure.Figure(figsize=(CELL_INCHES * (1 + k), CELL_INCHES * q), dpi=DPI,
-                          layout='constrained')
+  fig = mpl_figure.Figure(
+      figsize=(CELL_INCHES * (1 + k), CELL_INCHES * q), dpi=DPI, layout='constrained'
+  )
   axes = _image_axes(fig, q, 1 + k)
   for i in range(q):
     axes[i, 0].imshow(np.clip(query_images[i], 0, 1))
@@ -162,8 +185,18 @@ def neighbours_plot(query_images, neighbour_images, neighbour_labels, class_name
       ax.set_title(title, fontsize=7)
       if query_labels is not None and label != query_labels[i]:
         # A rectangle on top of the image: spines would sit under the image's edge pixels.
-        ax.add_patch(patches.Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False,
-                                       edgecolor=WRONG_COLOUR, linewidth=4, clip_on=False))
+        ax.add_patch(
+            patches.Rectangle(
+                (0, 0),
+                1,
+                1,
+                transform=ax.transAxes,
+                fill=False,
+                edgecolor=WRONG_COLOUR,
+                linewidth=4,
+                clip_on=False,
+            )
+        )
   return fig
 
 
@@ -175,8 +208,9 @@ def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
   for name, x in (('labels', labels), ('predictions', predictions)):
     if x.size and (x.min() < 0 or x.max() >= num_classes):
       raise ValueError(f'{name} must lie in [0, {num_classes}).')
-  return np.bincount(labels * num_classes + predictions,
-                     minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+  return np.bincount(
+      labels * num_classes + predictions, minlength=num_classes * num_classes
+  ).reshape(num_classes, num_classes)
 
 
 def confusion_plot(matrix, class_names, title: str = 'Linear probe') -> mpl_figure.Figure:
@@ -200,8 +234,15 @@ def confusion_plot(matrix, class_names, title: str = 'Linear probe') -> mpl_figu
       for j in range(num_classes):
         if matrix[i, j]:
           dark = matrix[i, j] / rows[i, 0] > 0.5
-          ax.text(j, i, str(matrix[i, j]), ha='center', va='center', fontsize=7,
-                  color='white' if dark else 'black')
+          ax.text(
+              j,
+              i,
+              str(matrix[i, j]),
+              ha='center',
+              va='center',
+              fontsize=7,
+              color='white' if dark else 'black',
+          )
   ax.set_xlabel('predicted class')
   ax.set_ylabel('true class')
   ax.set_title(f'{title}: top-1 {100 * accuracy:.1f}% on {matrix.sum()} examples')

@@ -29,8 +29,15 @@ class Progress:
   and include everything the run does between steps (evaluations, checkpoints).
   """
 
-  def __init__(self, *, start_step: int, total_steps: int, batch_size: int, every_secs: float,
-               cpu_config_hint: str = ''):
+  def __init__(
+      self,
+      *,
+      start_step: int,
+      total_steps: int,
+      batch_size: int,
+      every_secs: float,
+      cpu_config_hint: str = '',
+  ):
     self._start_step, self._total_steps = start_step, total_steps
     self._batch_size, self._every_secs = batch_size, every_secs
     self._cpu_config_hint = cpu_config_hint
@@ -41,17 +48,24 @@ class Progress:
     self.last_step = start_step
 
   def starting(self, workdir: str):
-    logging.info('Training steps %d -> %d. Metrics go to %s/metrics.jsonl and TensorBoard '
-                 '(tensorboard --logdir %s). Compiling the train step first (a minute or more '
-                 'for big models).', self._start_step + 1, self._total_steps, workdir, workdir)
+    logging.info(
+        'Training steps %d -> %d. Metrics go to %s/metrics.jsonl and TensorBoard '
+        '(tensorboard --logdir %s). Compiling the train step first (a minute or more '
+        'for big models).',
+        self._start_step + 1,
+        self._total_steps,
+        workdir,
+        workdir,
+    )
 
   def step_done(self, step: int):
     now = time.perf_counter()
     self.last_step = step
     if self._first_done is None:
       self._first_done = self._last_line = (step, now)
-      logging.info('Step %d done %.1f s after start (compilation included).', step,
-                   now - self._started)
+      logging.info(
+          'Step %d done %.1f s after start (compilation included).', step, now - self._started
+      )
       return
     if now - self._last_line[1] < self._every_secs and step < self._total_steps:
       return
@@ -59,10 +73,16 @@ class Progress:
     seconds_per_step = (now - self._first_done[1]) / (step - self._first_done[0])
     remaining = (self._total_steps - step) * seconds_per_step
     eta = datetime.datetime.now() + datetime.timedelta(seconds=remaining)
-    logging.info('Step %d/%d (%.1f%%): %.3g s/step, %.0f images/s; %s to go (ETA %s).', step,
-                 self._total_steps, 100 * step / self._total_steps, seconds_per_step,
-                 self._batch_size / seconds_per_step, format_duration(remaining),
-                 eta.strftime('%a %H:%M'))
+    logging.info(
+        'Step %d/%d (%.1f%%): %.3g s/step, %.0f images/s; %s to go (ETA %s).',
+        step,
+        self._total_steps,
+        100 * step / self._total_steps,
+        seconds_per_step,
+        self._batch_size / seconds_per_step,
+        format_duration(remaining),
+        eta.strftime('%a %H:%M'),
+    )
     self._warn_if_absurd(seconds_per_step)
 
   def _warn_if_absurd(self, seconds_per_step: float):
@@ -70,10 +90,14 @@ class Progress:
     if self._warned or jax.default_backend() != 'cpu' or total < _ABSURD_CPU_SECONDS:
       return
     self._warned = True
-    logging.warning('At %.3g s a step on this CPU, the %d steps of this config take about %s. '
-                    'It is sized for GPUs or TPUs.%s', seconds_per_step,
-                    self._total_steps - self._start_step, format_duration(total),
-                    self._cpu_config_hint)
+    logging.warning(
+        'At %.3g s a step on this CPU, the %d steps of this config take about %s. '
+        'It is sized for GPUs or TPUs.%s',
+        seconds_per_step,
+        self._total_steps - self._start_step,
+        format_duration(total),
+        self._cpu_config_hint,
+    )
 
   def elapsed(self) -> float:
     return time.perf_counter() - self._started

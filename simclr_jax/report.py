@@ -64,6 +64,7 @@ FIGURES = {
 @dataclasses.dataclass
 class Run:
   """A pretraining run restored for inspection (single host)."""
+
   workdir: str
   config: ml_collections.ConfigDict  # The saved config, with the report's settings applied.
   step: int  # Of the restored checkpoint.
@@ -89,17 +90,24 @@ class Run:
     images = np.asarray(images, np.float32)
     features = []
     for start in range(0, len(images), self.config.eval.batch_size):
-      chunk = images[start:start + self.config.eval.batch_size]
+      chunk = images[start : start + self.config.eval.batch_size]
       # The batch is split over the devices: pad it to a multiple of their number.
-      padded = np.zeros((-(-len(chunk) // jax.device_count()) * jax.device_count(),)
-                        + chunk.shape[1:], np.float32)
-      padded[:len(chunk)] = chunk
-      features.append(np.asarray(self._feature_fn(self.variables, padded))[:len(chunk)])
+      padded = np.zeros(
+          (-(-len(chunk) // jax.device_count()) * jax.device_count(),) + chunk.shape[1:], np.float32
+      )
+      padded[: len(chunk)] = chunk
+      features.append(np.asarray(self._feature_fn(self.variables, padded))[: len(chunk)])
     return np.concatenate(features)
 
 
-def load_run(workdir: str, *, step: int = -1, dataset: str = '', max_examples: int = 0,
-             max_iterations: int = 0) -> Run:
+def load_run(
+    workdir: str,
+    *,
+    step: int = -1,
+    dataset: str = '',
+    max_examples: int = 0,
+    max_iterations: int = 0,
+) -> Run:
   """Restores the encoder of a pretraining workdir with the model its config.json describes.
 
   Args:
@@ -121,7 +129,8 @@ def load_run(workdir: str, *, step: int = -1, dataset: str = '', max_examples: i
         f'No checkpoint in {workdir}/checkpoints: --workdir must be the workdir of a '
         'pretraining run (python -m simclr_jax.main --config=... --workdir=WORKDIR saves '
         'WORKDIR/checkpoints/<step>/ every checkpoint_every_steps steps and at the end). '
-        'Check the path, or wait for the run to save its first checkpoint.')
+        'Check the path, or wait for the run to save its first checkpoint.'
+    )
   config = run_config.load_config(workdir)
   config.mode = 'report'  # Names this program in the messages of shared checks.
   config.pretrained_workdir, config.pretrained_step = workdir, step
@@ -134,25 +143,40 @@ def load_run(workdir: str, *, step: int = -1, dataset: str = '', max_examples: i
   try:
     info = features.labelled_train_info(config)
   except ValueError as e:
-    raise ValueError(f'{e} (The report reads config.dataset from {workdir}/config.json; pass '
-                     '--dataset=... if the data is elsewhere now.)') from None
+    raise ValueError(
+        f'{e} (The report reads config.dataset from {workdir}/config.json; pass '
+        '--dataset=... if the data is elsewhere now.)'
+    ) from None
   # kNN cannot use more neighbours than there are embedded training examples.
-  config.eval.knn_k = min(config.eval.knn_k, max_examples or info.num_examples,
-                          info.num_examples)
+  config.eval.knn_k = min(config.eval.knn_k, max_examples or info.num_examples, info.num_examples)
   mesh = create_mesh()
-  model = models.create_model(config.model, image_size=config.image_size,
-                              num_classes=info.num_classes)
+  model = models.create_model(
+      config.model, image_size=config.image_size, num_classes=info.num_classes
+  )
   variables, step = features.encoder_variables(config, model, mesh)
-  logging.info('Restored %s at step %d (%s, width %s).', workdir, step, config.model.name,
-               config.model.width_multiplier)
-  return Run(workdir=workdir, config=config, step=step, model=model, variables=variables,
-             mesh=mesh, class_names=datasets.get(config).class_names())
+  logging.info(
+      'Restored %s at step %d (%s, width %s).',
+      workdir,
+      step,
+      config.model.name,
+      config.model.width_multiplier,
+  )
+  return Run(
+      workdir=workdir,
+      config=config,
+      step=step,
+      model=model,
+      variables=variables,
+      mesh=mesh,
+      class_names=datasets.get(config).class_names(),
+  )
 
 
 def augmentations_figure(run: Run, num_images: int = 8, num_pairs: int = 2):
   """Train images (first column) with `num_pairs` pairs of their pretraining views."""
   images, views, _ = input_pipeline.augmentation_examples(
-      run.config, run.config.train_split, num_images, 2 * num_pairs)
+      run.config, run.config.train_split, num_images, 2 * num_pairs
+  )
   return plots.augmentation_plot(images, views)
 
 
@@ -171,16 +195,22 @@ def tsne_figure(run: Run, features, labels, max_points: int = 2000):
   keep = spread_indices(len(labels), max_points, run.config.seed)
   logging.info('t-SNE of %d examples.', len(keep))
   points = plots.tsne_embedding(features[keep], seed=run.config.seed)
-  return plots.tsne_plot(points, np.asarray(labels)[keep], run.class_names,
-                         title=f't-SNE of h on {run.config.eval.split}')
+  return plots.tsne_plot(
+      points,
+      np.asarray(labels)[keep],
+      run.class_names,
+      title=f't-SNE of h on {run.config.eval.split}',
+  )
 
 
 def _neighbours(run: Run, train_data, query_features, k: int):
   """(similarities, indices, images [Q, k, S, S, 3]) of each query's k nearest train images."""
-  similarities, indices = knn.nearest_neighbours(train_data[0], query_features,
-                                                 min(k, len(train_data[1])))
-  images = input_pipeline.eval_images(run.config, run.config.train_split, indices,
-                                      run.config.eval.max_examples)
+  similarities, indices = knn.nearest_neighbours(
+      train_data[0], query_features, min(k, len(train_data[1]))
+  )
+  images = input_pipeline.eval_images(
+      run.config, run.config.train_split, indices, run.config.eval.max_examples
+  )
   return similarities, indices, images.reshape(indices.shape + images.shape[1:])
 
 
@@ -188,28 +218,39 @@ def neighbours_figure(run: Run, train_data, eval_data, *, num_queries: int = 8, 
   """`num_queries` eval images and their k nearest train images (cosine similarity of h)."""
   queries = spread_indices(len(eval_data[1]), num_queries, run.config.seed)
   similarities, indices, images = _neighbours(run, train_data, eval_data[0][queries], k)
-  query_images = input_pipeline.eval_images(run.config, run.config.eval.split, queries,
-                                            run.config.eval.max_examples)
-  return plots.neighbours_plot(query_images, images, train_data[1][indices], run.class_names,
-                               query_labels=eval_data[1][queries], similarities=similarities)
+  query_images = input_pipeline.eval_images(
+      run.config, run.config.eval.split, queries, run.config.eval.max_examples
+  )
+  return plots.neighbours_plot(
+      query_images,
+      images,
+      train_data[1][indices],
+      run.class_names,
+      query_labels=eval_data[1][queries],
+      similarities=similarities,
+  )
 
 
 def folder_neighbours_figure(run: Run, train_data, folder: str, *, k: int = 8):
   """The images of `folder` (any, unlabelled) and their k nearest train images."""
   paths, query_images = input_pipeline.folder_images(folder, run.config.image_size)
-  similarities, indices, images = _neighbours(run, train_data,
-                                              run.embed_images(query_images), k)
-  return plots.neighbours_plot(query_images, images, train_data[1][indices], run.class_names,
-                               similarities=similarities,
-                               query_titles=[os.path.basename(p)[:16] for p in paths])
+  similarities, indices, images = _neighbours(run, train_data, run.embed_images(query_images), k)
+  return plots.neighbours_plot(
+      query_images,
+      images,
+      train_data[1][indices],
+      run.class_names,
+      similarities=similarities,
+      query_titles=[os.path.basename(p)[:16] for p in paths],
+  )
 
 
 def probe_results(run: Run, train_data, eval_data):
   """({'linear': ..., 'knn': ...} accuracies on the eval split, linear confusion matrix)."""
-  scores, linear_info = linear.linear_probe_scores(run.config, train_data, eval_data[0],
-                                                   run.num_classes)
-  linear_results = {**linear_info,
-                    **evaluators.accuracies(scores, eval_data[1], run.num_classes)}
+  scores, linear_info = linear.linear_probe_scores(
+      run.config, train_data, eval_data[0], run.num_classes
+  )
+  linear_results = {**linear_info, **evaluators.accuracies(scores, eval_data[1], run.num_classes)}
   knn_results = evaluators.score('knn', run.config, train_data, eval_data, run.num_classes)
   matrix = plots.confusion_matrix(eval_data[1], scores.argmax(axis=-1), run.num_classes)
   return {'linear': linear_results, 'knn': knn_results}, matrix
@@ -285,18 +326,29 @@ def _save(fig, path: str):
   logging.info('Wrote %s.', path)
 
 
-def write_report(workdir: str, output_dir: str = '', *, step: int = -1, dataset: str = '',
-                 max_examples: int = 0, max_iterations: int = 0, num_images: int = 8,
-                 num_pairs: int = 2, num_queries: int = 8, k: int = 8,
-                 tsne_examples: int = 2000) -> dict:
+def write_report(
+    workdir: str,
+    output_dir: str = '',
+    *,
+    step: int = -1,
+    dataset: str = '',
+    max_examples: int = 0,
+    max_iterations: int = 0,
+    num_images: int = 8,
+    num_pairs: int = 2,
+    num_queries: int = 8,
+    k: int = 8,
+    tsne_examples: int = 2000,
+) -> dict:
   """Writes the figures, report.md and report.json into output_dir (default WORKDIR/report).
 
   See `load_run` for step, dataset, max_examples and max_iterations. Returns the summary that
   report.json holds (accuracies, counts, checkpoint step, wall time).
   """
   start = time.perf_counter()
-  run = load_run(workdir, step=step, dataset=dataset, max_examples=max_examples,
-                 max_iterations=max_iterations)
+  run = load_run(
+      workdir, step=step, dataset=dataset, max_examples=max_examples, max_iterations=max_iterations
+  )
   output_dir = output_dir or os.path.join(run.workdir, 'report')
   tf.io.gfile.makedirs(output_dir)
   out = lambda name: os.path.join(output_dir, name)
@@ -305,15 +357,21 @@ def write_report(workdir: str, output_dir: str = '', *, step: int = -1, dataset:
   results, matrix = probe_results(run, train_data, eval_data)
   _save(plots.confusion_plot(matrix, run.class_names), out('confusion.png'))
   _save(tsne_figure(run, *eval_data, max_points=tsne_examples), out('tsne.png'))
-  _save(neighbours_figure(run, train_data, eval_data, num_queries=num_queries, k=k),
-        out('neighbors.png'))
+  _save(
+      neighbours_figure(run, train_data, eval_data, num_queries=num_queries, k=k),
+      out('neighbors.png'),
+  )
 
   summary = {
-      **results_lib.results_header(run.config, 'report', run.step), 'output_dir': output_dir,
-      'num_train_examples': len(train_data[1]), 'num_eval_examples': len(eval_data[1]),
+      **results_lib.results_header(run.config, 'report', run.step),
+      'output_dir': output_dir,
+      'num_train_examples': len(train_data[1]),
+      'num_eval_examples': len(eval_data[1]),
       'feature_dim': int(train_data[0].shape[1]),
       'tsne_examples': min(tsne_examples, len(eval_data[1])),
-      'k': min(k, len(train_data[1])), **results}
+      'k': min(k, len(train_data[1])),
+      **results,
+  }
   with tf.io.gfile.GFile(writers.workdir_path(run.workdir, 'config.json')) as f:
     saved_config = f.read()
   with tf.io.gfile.GFile(out('report.md'), 'w') as f:
@@ -321,35 +379,52 @@ def write_report(workdir: str, output_dir: str = '', *, step: int = -1, dataset:
   summary['wall_time_sec'] = time.perf_counter() - start
   with tf.io.gfile.GFile(out('report.json'), 'w') as f:
     f.write(json.dumps(summary, indent=2))
-  logging.info('Report in %s (%.0f s): linear top-1 %.2f%%, kNN top-1 %.2f%%.', output_dir,
-               summary['wall_time_sec'], 100 * results['linear']['top1'],
-               100 * results['knn']['top1'])
+  logging.info(
+      'Report in %s (%.0f s): linear top-1 %.2f%%, kNN top-1 %.2f%%.',
+      output_dir,
+      summary['wall_time_sec'],
+      100 * results['linear']['top1'],
+      100 * results['knn']['top1'],
+  )
   return summary
 
 
 def define_flags(flag_values=flags.FLAGS):
   """The command's flags (defined on demand: simclr_jax.main has a --workdir of its own)."""
   define = dict(flag_values=flag_values)
-  flags.DEFINE_string('workdir', None, 'Pretraining workdir: checkpoints/ and config.json.',
-                      required=True, **define)
-  flags.DEFINE_string('output_dir', '', 'Where the report goes (default WORKDIR/report).',
-                      **define)
+  flags.DEFINE_string(
+      'workdir', None, 'Pretraining workdir: checkpoints/ and config.json.', required=True, **define
+  )
+  flags.DEFINE_string('output_dir', '', 'Where the report goes (default WORKDIR/report).', **define)
   flags.DEFINE_integer('step', -1, 'Checkpoint step (-1: the latest).', **define)
-  flags.DEFINE_string('dataset', '', 'Dataset to read if not config.dataset of the run.',
-                      **define)
-  flags.DEFINE_integer('max_examples', 0, 'If > 0, examples embedded per split (a fixed '
-                       'seeded subset); 0: all.', **define)
-  flags.DEFINE_integer('max_iterations', 0, 'If > 0, L-BFGS iterations of the linear probe '
-                       '(default: config.eval.max_iterations of the run).', **define)
+  flags.DEFINE_string('dataset', '', 'Dataset to read if not config.dataset of the run.', **define)
+  flags.DEFINE_integer(
+      'max_examples',
+      0,
+      'If > 0, examples embedded per split (a fixed ' 'seeded subset); 0: all.',
+      **define,
+  )
+  flags.DEFINE_integer(
+      'max_iterations',
+      0,
+      'If > 0, L-BFGS iterations of the linear probe '
+      '(default: config.eval.max_iterations of the run).',
+      **define,
+  )
   flags.DEFINE_integer('num_images', 8, 'Images in augmentations.png.', **define)
-  flags.DEFINE_integer('num_pairs', 2, 'Pairs of views per image in augmentations.png.',
-                       **define)
+  flags.DEFINE_integer('num_pairs', 2, 'Pairs of views per image in augmentations.png.', **define)
   flags.DEFINE_integer('num_queries', 8, 'Test images in neighbors.png.', **define)
   flags.DEFINE_integer('k', 8, 'Neighbours per query in neighbors.png.', **define)
-  flags.DEFINE_integer('tsne_examples', 2000, 'Test examples in tsne.png (a seeded subset).',
-                       **define)
-  flags.DEFINE_bool('verbose', False, 'Show the traceback of known errors (no checkpoint, '
-                    'missing data), not only the sentence that explains them.', **define)
+  flags.DEFINE_integer(
+      'tsne_examples', 2000, 'Test examples in tsne.png (a seeded subset).', **define
+  )
+  flags.DEFINE_bool(
+      'verbose',
+      False,
+      'Show the traceback of known errors (no checkpoint, '
+      'missing data), not only the sentence that explains them.',
+      **define,
+  )
 
 
 def main(argv, flag_values=flags.FLAGS):
@@ -360,11 +435,22 @@ def main(argv, flag_values=flags.FLAGS):
   f = flag_values
   with cli_errors.as_sentences(f.verbose):
     summary = write_report(
-        f.workdir, f.output_dir, step=f.step, dataset=f.dataset, max_examples=f.max_examples,
-        max_iterations=f.max_iterations, num_images=f.num_images, num_pairs=f.num_pairs,
-        num_queries=f.num_queries, k=f.k, tsne_examples=f.tsne_examples)
-  print(f'Wrote {summary["output_dir"]}/report.md: linear top-1 '
-        f'{100 * summary["linear"]["top1"]:.2f}%, kNN top-1 {100 * summary["knn"]["top1"]:.2f}%.')
+        f.workdir,
+        f.output_dir,
+        step=f.step,
+        dataset=f.dataset,
+        max_examples=f.max_examples,
+        max_iterations=f.max_iterations,
+        num_images=f.num_images,
+        num_pairs=f.num_pairs,
+        num_queries=f.num_queries,
+        k=f.k,
+        tsne_examples=f.tsne_examples,
+    )
+  print(
+      f'Wrote {summary["output_dir"]}/report.md: linear top-1 '
+      f'{100 * summary["linear"]["top1"]:.2f}%, kNN top-1 {100 * summary["knn"]["top1"]:.2f}%.'
+  )
 
 
 if __name__ == '__main__':

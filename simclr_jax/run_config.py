@@ -17,8 +17,9 @@ def save_config(config, workdir: str):
   resuming.
   """
   if jax.process_index() == 0:
-    writers.write_atomically(os.path.join(workdir, 'config.json'),
-                             config.to_json_best_effort(indent=2) + '\n')
+    writers.write_atomically(
+        os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2) + '\n'
+    )
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -29,7 +30,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         f'No config.json in {workdir}: the model is rebuilt from the config its run saved '
         'there. Pretraining writes it when it starts (python -m simclr_jax.main --config=... '
         f'--workdir={workdir}); if the checkpoints were copied here without it, copy the '
-        "run's config.json along.")
+        "run's config.json along."
+    )
   try:
     with tf.io.gfile.GFile(path) as f:
       return ml_collections.ConfigDict(json.load(f))
@@ -37,4 +39,5 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise ValueError(
         f'{path} is not valid JSON ({e}); the model is rebuilt from it. Restore it from a '
         f'copy, or rerun the pretraining command on {workdir}: it rewrites config.json when '
-        'it starts (with the same config file and flags, it resumes).') from None
+        'it starts (with the same config file and flags, it resumes).'
+    ) from None

@@ -34,6 +34,9 @@ def run_once(fn, *args, out_shardings=None):
   XLA's backend optimisations barely matter for a function run once, but its random-number
   code (one threefry per parameter) takes them about 5x longer to compile on CPU.
   """
-  compiled = jax.jit(fn, out_shardings=out_shardings).lower(*args).compile(
-      {'xla_backend_optimization_level': 0})
+  compiled = (
+      jax.jit(fn, out_shardings=out_shardings)
+      .lower(*args)
+      .compile({'xla_backend_optimization_level': 0})
+  )
   return compiled(*args)

@@ -46,8 +46,9 @@ class StopRequest:
       # watcher thread acts on it.
       self._previous[signum] = signal.signal(signum, lambda *_: None)
     self._previous_wakeup_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-    self._watcher = threading.Thread(target=self._watch, args=(reader, set(signums)),
-                                     name='stop_request', daemon=True)
+    self._watcher = threading.Thread(
+        target=self._watch, args=(reader, set(signums)), name='stop_request', daemon=True
+    )
     self._watcher.start()
     return self
 
@@ -71,14 +72,19 @@ class StopRequest:
   def _on_signal(self, signum):
     if self._requested.is_set():
       if signum == signal.SIGINT:
-        sys.stderr.write('Second Ctrl-C: quitting now, without a new checkpoint; the '
-                         'checkpoints already saved in the workdir are kept.\n')
+        sys.stderr.write(
+            'Second Ctrl-C: quitting now, without a new checkpoint; the '
+            'checkpoints already saved in the workdir are kept.\n'
+        )
         sys.stderr.flush()
         os._exit(_INTERRUPTED_STATUS)  # pylint: disable=protected-access
       return
     self.signal_name = signum.name
-    logging.warning('%s received: saving a checkpoint after the step in progress, then '
-                    'stopping. Press Ctrl-C again to quit at once without it.', signum.name)
+    logging.warning(
+        '%s received: saving a checkpoint after the step in progress, then '
+        'stopping. Press Ctrl-C again to quit at once without it.',
+        signum.name,
+    )
     self._requested.set()
     if jax.process_count() > 1:
       os.kill(os.getpid(), signal.SIGTERM)  # To jax.distributed, which tells every process.

@@ -33,23 +33,26 @@ _SUMMARY_VIEWS = 4
 def augmentation_images(config) -> dict:
   """{'augmentations': [1, H, W, 3]}: a few train images and their pretraining views."""
   images, views, _ = input_pipeline.augmentation_examples(
-      config, config.train_split, num_images=_SUMMARY_IMAGES, num_views=_SUMMARY_VIEWS)
+      config, config.train_split, num_images=_SUMMARY_IMAGES, num_views=_SUMMARY_VIEWS
+  )
   return {'augmentations': plots.augmentation_grid(images, views)[None]}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> train_state.TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_state.TrainState:
   """Pretrains config.method as `config` says, writing checkpoints and metrics into `workdir`.
 
   Running it again on the same workdir resumes from the latest checkpoint.
   """
   # Everything that can be wrong with the inputs is checked before anything is compiled.
-  config_validation.validate_config(config, num_devices=jax.device_count(),
-                                    num_processes=jax.process_count())
+  config_validation.validate_config(
+      config, num_devices=jax.device_count(), num_processes=jax.process_count()
+  )
   info = input_pipeline.get_dataset_info(config, config.train_split)
   if info.num_examples < config.batch_size:
-    raise ValueError(f'{config.dataset}/{config.train_split} has {info.num_examples} examples, '
-                     f'fewer than config.batch_size={config.batch_size}; lower the batch size.')
+    raise ValueError(
+        f'{config.dataset}/{config.train_split} has {info.num_examples} examples, '
+        f'fewer than config.batch_size={config.batch_size}; lower the batch size.'
+    )
 
   # One class (a folder of unlabelled images) gives the probe and kNN monitor nothing to learn.
   num_classes = info.num_classes if info.num_classes > 1 else 0
@@ -67,21 +70,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   start_step = int(state.step)
   run_config.save_config(config, workdir)
   num_params = sum(x.size for x in jax.tree.leaves(state.params['encoder']))
-  logging.info('%s: %.2fM encoder parameters, %d devices, %d examples, steps %d -> %d.',
-               config.model.name, num_params / 1e6, jax.device_count(), info.num_examples,
-               start_step, total_steps)
+  logging.info(
+      '%s: %.2fM encoder parameters, %d devices, %d examples, steps %d -> %d.',
+      config.model.name,
+      num_params / 1e6,
+      jax.device_count(),
+      info.num_examples,
+      start_step,
+      total_steps,
+  )
 
   local_batch_size = config.batch_size // jax.process_count()
   dataset = input_pipeline.create_pretrain_dataset(
-      config, local_batch_size=local_batch_size, start_step=start_step)
-  batches = input_pipeline.device_batches(dataset, batch_sharded(mesh),
-                                          prefetch=config.prefetch_batches, config=config,
-                                          split=config.train_split)
+      config, local_batch_size=local_batch_size, start_step=start_step
+  )
+  batches = input_pipeline.device_batches(
+      dataset,
+      batch_sharded(mesh),
+      prefetch=config.prefetch_batches,
+      config=config,
+      split=config.train_split,
+  )
   step_fn = method.make_train_step(model, tx, schedule, mesh)
 
-  monitor = (evaluator_monitor.Monitor(config, model, mesh, num_classes)
-             if config.eval_every_steps > 0 and num_classes and evaluators.monitors(config)
-             else None)
+  monitor = (
+      evaluator_monitor.Monitor(config, model, mesh, num_classes)
+      if config.eval_every_steps > 0 and num_classes and evaluators.monitors(config)
+      else None
+  )
 
   def knn_metrics(step, state):
     if monitor and step % config.eval_every_steps == 0:
@@ -89,12 +105,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     return {}
 
   # What the encoder is fed, shown once in TensorBoard when a run starts (not on resume).
-  images = (augmentation_images(config) if start_step == 0 and jax.process_index() == 0
-            else None)
-  return training_loop.run(config, workdir, state, step_fn, batches, manager=manager,
-                           batch_size=config.batch_size, start_step=start_step,
-                           total_steps=total_steps, extra_metrics=knn_metrics, images=images,
-                           next_command=f'python -m simclr_jax.report --workdir={workdir} '
-                           '(linear and kNN accuracy of the encoder, with figures).',
-                           cpu_config_hint=' On a CPU, configs/cifar10_cpu.py trains '
-                           'CIFAR-10 in about 20 minutes.')
+  images = augmentation_images(config) if start_step == 0 and jax.process_index() == 0 else None
+  return training_loop.run(
+      config,
+      workdir,
+      state,
+      step_fn,
+      batches,
+      manager=manager,
+      batch_size=config.batch_size,
+      start_step=start_step,
+      total_steps=total_steps,
+      extra_metrics=knn_metrics,
+      images=images,
+      next_command=f'python -m simclr_jax.report --workdir={workdir} '
+      '(linear and kNN accuracy of the encoder, with figures).',
+      cpu_config_hint=' On a CPU, configs/cifar10_cpu.py trains ' 'CIFAR-10 in about 20 minutes.',
+  )

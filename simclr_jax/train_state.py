@@ -12,6 +12,7 @@ from simclr_jax import models
 @flax.struct.dataclass
 class TrainState:
   """Everything that changes during training; saved and restored as one pytree."""
+
   step: jax.Array
   params: Any
   batch_stats: Any
@@ -24,9 +25,13 @@ def init_train_state(model, tx, rng, image_size: int) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
   variables = models.init_variables(model, init_rng, image_size)
   params = variables['params']
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables['batch_stats'], opt_state=tx.init(params),
-                    rng=state_rng)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=variables['batch_stats'],
+      opt_state=tx.init(params),
+      rng=state_rng,
+  )
 
 
 def only_if_finite(loss, grads, new_state, state, metrics):

@@ -19,13 +19,17 @@ def _check_finite(steps, metrics, manager):
   if bad:
     manager.wait_until_finished()
     last = manager.latest_step()
-    resume = (f'The last good checkpoint is step {last} in {manager.directory}; rerun the '
-              'command and it resumes from there.' if last is not None else
-              'No checkpoint was saved yet; rerun the command to start again from step 0.')
+    resume = (
+        f'The last good checkpoint is step {last} in {manager.directory}; rerun the '
+        'command and it resumes from there.'
+        if last is not None
+        else 'No checkpoint was saved yet; rerun the command to start again from step 0.'
+    )
     raise FloatingPointError(
         f'The loss or the gradients became NaN or infinite at step {bad[0]}; training stopped '
         f'and the non-finite update was not applied or saved. Lower config.learning_rate (or '
-        f'raise config.warmup_epochs). {resume}')
+        f'raise config.warmup_epochs). {resume}'
+    )
 
 
 def _compiled_on_every_process(step_fn, state, batch, start_step: int):
@@ -39,9 +43,22 @@ def _compiled_on_every_process(step_fn, state, batch, start_step: int):
   return compiled
 
 
-def run(config, workdir, state, step_fn, batches, *, manager, batch_size: int,
-                      start_step: int, total_steps: int, extra_metrics=None, images=None,
-                      next_command: str = '', cpu_config_hint: str = ''):
+def run(
+    config,
+    workdir,
+    state,
+    step_fn,
+    batches,
+    *,
+    manager,
+    batch_size: int,
+    start_step: int,
+    total_steps: int,
+    extra_metrics=None,
+    images=None,
+    next_command: str = '',
+    cpu_config_hint: str = '',
+):
   """Runs `step_fn` to total_steps, logging and checkpointing as config says; returns state.
 
   Metrics are averaged over the steps between writes (every config.log_every_steps) and
@@ -59,8 +76,12 @@ def run(config, workdir, state, step_fn, batches, *, manager, batch_size: int,
   if images:
     writer.write_images(start_step, images)
   progress = progress_lib.Progress(
-      start_step=start_step, total_steps=total_steps, batch_size=batch_size,
-      every_secs=config.progress_every_secs, cpu_config_hint=cpu_config_hint)
+      start_step=start_step,
+      total_steps=total_steps,
+      batch_size=batch_size,
+      every_secs=config.progress_every_secs,
+      cpu_config_hint=cpu_config_hint,
+  )
   progress.starting(workdir)
   window = []  # Device metrics of the steps since the last write.
   last_scalars = {}
@@ -88,8 +109,7 @@ def run(config, workdir, state, step_fn, batches, *, manager, batch_size: int,
         _check_finite(range(step - len(window) + 1, step + 1), fetched, manager)
       scalars = {}
       if log_now:
-        scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]
-                   if k != 'finite'}
+        scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != 'finite'}
         elapsed = time.perf_counter() - timer_start
         if step > timer_step:
           scalars['steps_per_sec'] = (step - timer_step) / elapsed
@@ -104,8 +124,9 @@ def run(config, workdir, state, step_fn, batches, *, manager, batch_size: int,
         timer_step, timer_start = step, time.perf_counter()
       if save_now:
         manager.wait_until_finished()  # The previous save, and the deletion of old ones.
-        writers.require_free_space(str(manager.directory), checkpoint_bytes,
-                                   f'the checkpoint of step {step}')
+        writers.require_free_space(
+            str(manager.directory), checkpoint_bytes, f'the checkpoint of step {step}'
+        )
         manager.save(step, args=ocp.args.StandardSave(state), force=stopping)
       if stopping:
         stopped_at = step
@@ -113,8 +134,10 @@ def run(config, workdir, state, step_fn, batches, *, manager, batch_size: int,
   manager.wait_until_finished()
   writer.flush()
   if stopped_at is not None:
-    message = (f'{stop.signal_name or "Preemption notice"}: saved a checkpoint at step '
-               f'{stopped_at} in {manager.directory}; run the same command to resume.')
+    message = (
+        f'{stop.signal_name or "Preemption notice"}: saved a checkpoint at step '
+        f'{stopped_at} in {manager.directory}; run the same command to resume.'
+    )
     logging.warning(message)
     print(message, flush=True)
   elif jax.process_index() == 0:
@@ -125,12 +148,15 @@ def run(config, workdir, state, step_fn, batches, *, manager, batch_size: int,
 def _summary(start_step, progress, scalars, manager, next_command) -> str:
   """The lines printed when a run completes: what ran, how it ended, where it is, what next."""
   steps = progress.last_step - start_step
-  shown = ', '.join(f'{k} {v:.4g}' for k, v in scalars.items()
-                    if k not in ('learning_rate', 'steps_per_sec'))
-  lines = [f'Done: {steps} steps (to step {progress.last_step}) in '
-           f'{progress_lib.format_duration(progress.elapsed())}.',
-           f'Last metrics: {shown}.',
-           f'Checkpoint: {manager.directory}/{manager.latest_step()}.']
+  shown = ', '.join(
+      f'{k} {v:.4g}' for k, v in scalars.items() if k not in ('learning_rate', 'steps_per_sec')
+  )
+  lines = [
+      f'Done: {steps} steps (to step {progress.last_step}) in '
+      f'{progress_lib.format_duration(progress.elapsed())}.',
+      f'Last metrics: {shown}.',
+      f'Checkpoint: {manager.directory}/{manager.latest_step()}.',
+  ]
   if next_command:
     lines.append(f'Next: {next_command}')
   return '\n'.join(lines)

@@ -37,8 +37,10 @@ class WorkdirLocked(RuntimeError):
 
 
 def _describe(holder: dict) -> str:
-  return (f"pid {holder.get('pid')} on host {holder.get('host')!r}, started "
-          f"{holder.get('started')} ({' '.join(holder.get('command', []))})")
+  return (
+      f"pid {holder.get('pid')} on host {holder.get('host')!r}, started "
+      f"{holder.get('started')} ({' '.join(holder.get('command', []))})"
+  )
 
 
 class _Lock:
@@ -48,9 +50,12 @@ class _Lock:
     self.path = writers.workdir_path(workdir, LOCK_NAME)
     self._local = '://' not in self.path
     self._fd = None
-    self._record = {'host': socket.gethostname(), 'pid': os.getpid(),
-                    'started': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
-                    'command': sys.argv}
+    self._record = {
+        'host': socket.gethostname(),
+        'pid': os.getpid(),
+        'started': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+        'command': sys.argv,
+    }
     self._stop = threading.Event()
     self._heartbeat = threading.Thread(target=self._beat, name='workdir_lock', daemon=True)
 
@@ -62,8 +67,11 @@ class _Lock:
       holder = self._read()
       if holder:
         self._check_dead(holder)
-        logging.warning('Taking over %s from a run that ended without releasing it (%s).',
-                        self.path, _describe(holder))
+        logging.warning(
+            'Taking over %s from a run that ended without releasing it (%s).',
+            self.path,
+            _describe(holder),
+        )
       self._write()
     except BaseException:
       self._close()
@@ -115,14 +123,18 @@ class _Lock:
   def _held_message(self, holder: dict | None, alive: bool, age: float = 0.0) -> str:
     who = _describe(holder) if holder else 'another process'
     if alive:
-      return (f'{os.path.dirname(self.path)} is in use by another run ({who}); two runs in '
-              'one workdir would overwrite each other\'s checkpoints and metrics. Wait for it '
-              'to finish or stop it (Ctrl-C or kill saves a checkpoint), or use another '
-              '--workdir.')
-    return (f'{os.path.dirname(self.path)} is held by a run on another machine ({who}), '
-            f'alive {age:.0f} s ago by its heartbeat in {self.path}. If that run is dead, '
-            f'delete {self.path} and rerun (the lock is also taken over {STALE_SECS // 60} '
-            'minutes after its last heartbeat); otherwise use another --workdir.')
+      return (
+          f'{os.path.dirname(self.path)} is in use by another run ({who}); two runs in '
+          "one workdir would overwrite each other's checkpoints and metrics. Wait for it "
+          'to finish or stop it (Ctrl-C or kill saves a checkpoint), or use another '
+          '--workdir.'
+      )
+    return (
+        f'{os.path.dirname(self.path)} is held by a run on another machine ({who}), '
+        f'alive {age:.0f} s ago by its heartbeat in {self.path}. If that run is dead, '
+        f'delete {self.path} and rerun (the lock is also taken over {STALE_SECS // 60} '
+        'minutes after its last heartbeat); otherwise use another --workdir.'
+    )
 
   def _read(self) -> dict | None:
     try:

@@ -43,8 +43,12 @@ def require_free_space(directory: str, nbytes: int, what: str):
   needed = int(1.1 * nbytes) + (1 << 20)  # Metadata and file-system blocks on top.
   free = shutil.disk_usage(directory).free
   if free < needed:
-    raise OSError(errno.ENOSPC, f'{what} needs about {needed / 2**20:,.1f} MB in {directory}, '
-                  f'which has {free / 2**20:,.1f} MB free', directory)
+    raise OSError(
+        errno.ENOSPC,
+        f'{what} needs about {needed / 2**20:,.1f} MB in {directory}, '
+        f'which has {free / 2**20:,.1f} MB free',
+        directory,
+    )
 
 
 class JsonlWriter(metric_writers.MetricWriter):
@@ -104,11 +108,17 @@ def drop_records_after(path: str, step: int):
   steps = [_step_of(line) for line in lines]
   torn = steps.count(None)
   if torn:
-    logging.warning('Dropped %d unreadable line(s) of %s, as a kill mid-write leaves them.',
-                    torn, path)
-  write_atomically(path, ''.join(line if line.endswith('\n') else line + '\n'
-                                 for line, s in zip(lines, steps)
-                                 if s is not None and s <= step))
+    logging.warning(
+        'Dropped %d unreadable line(s) of %s, as a kill mid-write leaves them.', torn, path
+    )
+  write_atomically(
+      path,
+      ''.join(
+          line if line.endswith('\n') else line + '\n'
+          for line, s in zip(lines, steps)
+          if s is not None and s <= step
+      ),
+  )
 
 
 def create_writer(workdir: str, start_step: int = 0) -> metric_writers.MetricWriter:
@@ -121,15 +131,18 @@ def create_writer(workdir: str, start_step: int = 0) -> metric_writers.MetricWri
     return metric_writers.create_default_writer(workdir, just_logging=True)
   path = os.path.join(workdir, 'metrics.jsonl')
   drop_records_after(path, start_step)
-  return metric_writers.MultiWriter([
-      metric_writers.create_default_writer(workdir), JsonlWriter(path)])
+  return metric_writers.MultiWriter(
+      [metric_writers.create_default_writer(workdir), JsonlWriter(path)]
+  )
 
 
 # Orbax warnings that every normal read-only restore (evaluation, the report) logs: reading
 # another run's checkpoints read-only, and restoring them as saved, are what we mean to do.
-_EXPECTED_ORBAX_WARNINGS = ('read_only=True, setting save_interval_steps=0',
-                            'Given directory is read only',
-                            'was found in the checkpoint, but could not be restored')
+_EXPECTED_ORBAX_WARNINGS = (
+    'read_only=True, setting save_interval_steps=0',
+    'Given directory is read only',
+    'was found in the checkpoint, but could not be restored',
+)
 
 
 def _shown(record) -> bool:

@@ -30,6 +30,7 @@ def pytest_unconfigure(config):
   if _OWN_CACHE and 'PYTEST_XDIST_WORKER' not in os.environ:
     shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
+
 from simclr_jax.config_files import load_config_file
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -51,12 +52,15 @@ def cifar10_dir() -> pathlib.Path:
 
   Skips the test when the folder is absent, except under CI=true, where that is a failure.
   """
-  path = pathlib.Path(os.environ.get('SIMCLR_CIFAR10_DIR',
-                                     REPO_ROOT / '..' / 'shared' / 'data' / 'cifar10-jpeg'))
+  path = pathlib.Path(
+      os.environ.get('SIMCLR_CIFAR10_DIR', REPO_ROOT / '..' / 'shared' / 'data' / 'cifar10-jpeg')
+  )
   path = path.expanduser().resolve()
   if not path.is_dir():
-    message = (f'CIFAR-10 image folder {path} not found; set SIMCLR_CIFAR10_DIR to '
-               'a folder laid out as <split>/<class>/<image>.')
+    message = (
+        f'CIFAR-10 image folder {path} not found; set SIMCLR_CIFAR10_DIR to '
+        'a folder laid out as <split>/<class>/<image>.'
+    )
     if os.environ.get('CI') == 'true':
       pytest.fail(message)
     pytest.skip(message)
@@ -119,31 +123,44 @@ def _symlinked_subset(cifar10_dir, root, per_class):
 @pytest.fixture(scope='session')
 def cifar10_subset(cifar10_dir, tmp_path_factory):
   """Symlinked subset of real CIFAR-10: 26 train and 10 test images per class."""
-  return _built_once(tmp_path_factory, 'cifar10_subset', lambda root: _symlinked_subset(
-      cifar10_dir, root, {'train': 26, 'test': 10}))
+  return _built_once(
+      tmp_path_factory,
+      'cifar10_subset',
+      lambda root: _symlinked_subset(cifar10_dir, root, {'train': 26, 'test': 10}),
+  )
 
 
 @pytest.fixture(scope='session')
 def cifar10_canary_subset(cifar10_dir, tmp_path_factory):
   """Symlinked subset of real CIFAR-10: 300 train and 100 test images per class."""
-  return _built_once(tmp_path_factory, 'cifar10_canary_subset', lambda root: _symlinked_subset(
-      cifar10_dir, root, {'train': 300, 'test': 100}))
+  return _built_once(
+      tmp_path_factory,
+      'cifar10_canary_subset',
+      lambda root: _symlinked_subset(cifar10_dir, root, {'train': 300, 'test': 100}),
+  )
 
 
 @pytest.fixture(scope='session')
 def pretrained_workdir(cifar10_subset, tmp_path_factory):
   """A workdir holding a tiny pretraining run (4 steps) on `cifar10_subset`; read-only."""
   from simclr_jax import train  # pylint: disable=g-import-not-at-top
+
   return _built_once(
-      tmp_path_factory, 'pretrained',
-      lambda workdir: train.train_and_evaluate(tiny_config(cifar10_subset), str(workdir)))
+      tmp_path_factory,
+      'pretrained',
+      lambda workdir: train.train_and_evaluate(tiny_config(cifar10_subset), str(workdir)),
+  )
 
 
 # Multi-process tests that take minutes of wall time; run first, so that with `-n 2` the
 # other worker fills the time with the rest of the suite instead of waiting at the end.
-_SLOW_FIRST = ('test_multihost.py::test_two_processes', 'test_main.py::test_sigterm',
-               'test_gpu_check.py::test_dry_run', 'test_quality_canary.py',
-               'test_train.py::test_train_step_on_eight_devices')
+_SLOW_FIRST = (
+    'test_multihost.py::test_two_processes',
+    'test_main.py::test_sigterm',
+    'test_gpu_check.py::test_dry_run',
+    'test_quality_canary.py',
+    'test_train.py::test_train_step_on_eight_devices',
+)
 
 
 def pytest_collection_modifyitems(items):

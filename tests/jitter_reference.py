@@ -18,8 +18,12 @@ def reference_jitter(image, order, params, impl):
     mean = x.mean((0, 1), keepdims=True)
     return (x - mean) * factor + mean
 
-  ops = (brightness, contrast, lambda x, v: tf.image.adjust_saturation(x, v).numpy(),
-         lambda x, v: tf.image.adjust_hue(x, v).numpy())
+  ops = (
+      brightness,
+      contrast,
+      lambda x, v: tf.image.adjust_saturation(x, v).numpy(),
+      lambda x, v: tf.image.adjust_hue(x, v).numpy(),
+  )
   for op in order:
     image = np.clip(ops[op](image, params[op]), 0.0, 1.0)
   return image
@@ -29,5 +33,9 @@ def reference_jitter_ranges(strength, impl):
   """The reference's ranges of the brightness, contrast, saturation and hue draws."""
   b = 0.8 * strength
   brightness = (max(0.0, 1 - b), 1 + b) if impl == 'simclrv2' else (-b, b)
-  return [brightness, (max(0.0, 1 - b), 1 + b), (max(0.0, 1 - b), 1 + b),
-          (-0.2 * strength, 0.2 * strength)]
+  return [
+      brightness,
+      (max(0.0, 1 - b), 1 + b),
+      (max(0.0, 1 - b), 1 + b),
+      (-0.2 * strength, 0.2 * strength),
+  ]

@@ -10,9 +10,14 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def run_on_eight_cpu_devices(script: str, *args: str) -> str:
   """Runs `script` with 8 host-platform devices; returns the last line it printed."""
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, '-c', script, *args], env=env, capture_output=True,
-                        text=True, timeout=600, cwd=REPO_ROOT)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  proc = subprocess.run(
+      [sys.executable, '-c', script, *args],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      cwd=REPO_ROOT,
+  )
   assert proc.returncode == 0, proc.stderr[-5000:]
   return proc.stdout.strip().splitlines()[-1]

@@ -29,14 +29,14 @@ SIZE, BATCH = 16, 8
 # GSPMD partitioner. None is expected here (Shardy writes sdy ops instead); anything else,
 # e.g. xla_ffi_python_cpu_callback or a lapack_* kernel, only exists on the CPU.
 PORTABLE_CUSTOM_CALLS = frozenset({'Sharding', 'SPMDFullToShardShape', 'SPMDShardToFullShape'})
-PROGRAMS = ('pretrain', 'pretrain_augment_on_device', 'pretrain_bfloat16', 'finetune',
-            'features')
+PROGRAMS = ('pretrain', 'pretrain_augment_on_device', 'pretrain_bfloat16', 'finetune', 'features')
 
 
 def custom_call_targets(module_text: str) -> set[str]:
   """Targets of the custom calls in MLIR text, in pretty and in generic form."""
-  return (set(re.findall(r'custom_call @([\w.$-]+)', module_text))
-          | set(re.findall(r'call_target_name = "([^"]+)"', module_text)))
+  return set(re.findall(r'custom_call @([\w.$-]+)', module_text)) | set(
+      re.findall(r'call_target_name = "([^"]+)"', module_text)
+  )
 
 
 def tiny_config(platform: str, **overrides):
@@ -51,45 +51,67 @@ def tiny_config(platform: str, **overrides):
 
 def abstract(tree, sharding):
   """ShapeDtypeStructs of `tree`'s leaves (arrays or shapes), placed by `sharding`."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      tree)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
 def pretrain_program(config, mesh):
   """(jitted train step, abstract args) as train.train_and_evaluate builds them."""
-  model = models.create_model(config.model, image_size=SIZE, num_classes=10,
-                              dtype=models.DTYPES[config.dtype], remat=config.remat)
+  model = models.create_model(
+      config.model,
+      image_size=SIZE,
+      num_classes=10,
+      dtype=models.DTYPES[config.dtype],
+      remat=config.remat,
+  )
   schedule = optim.learning_rate_schedule(config, 1000, 10)
   tx = optim.create_optimizer(config, schedule)
-  state = jax.eval_shape(functools.partial(train_state.init_train_state, model, tx,
-                                           jax.random.PRNGKey(0), SIZE))
+  state = jax.eval_shape(
+      functools.partial(train_state.init_train_state, model, tx, jax.random.PRNGKey(0), SIZE)
+  )
   augment = None
   if config.augment_on_device:
-    augment = functools.partial(simclr.augment_batch, config_augment=config.augment,
-                                image_size=SIZE, mesh=mesh)
-    batch = {'image': jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.uint8),
-             'seed': jax.ShapeDtypeStruct((BATCH, 2), jnp.uint32)}
+    augment = functools.partial(
+        simclr.augment_batch, config_augment=config.augment, image_size=SIZE, mesh=mesh
+    )
+    batch = {
+        'image': jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.uint8),
+        'seed': jax.ShapeDtypeStruct((BATCH, 2), jnp.uint32),
+    }
   else:
     batch = {'views': jax.ShapeDtypeStruct((BATCH, 2, SIZE, SIZE, 3), jnp.float32)}
   batch['label'] = jax.ShapeDtypeStruct((BATCH,), jnp.int32)
-  step = simclr.make_train_step(model, tx, schedule, config.temperature, mesh,
-                               config.contrastive_chunk_size, augment, config.weight_decay)
+  step = simclr.make_train_step(
+      model,
+      tx,
+      schedule,
+      config.temperature,
+      mesh,
+      config.contrastive_chunk_size,
+      augment,
+      config.weight_decay,
+  )
   return step, (abstract(state, replicated(mesh)), abstract(batch, batch_sharded(mesh)))
 
 
 def finetune_program(config, mesh):
   """(jitted fine-tuning step, abstract args) as finetune.finetune builds them."""
   settings = config.finetune
-  model = models.create_classifier(config.model, image_size=SIZE, num_classes=10,
-                                   fine_tune_after_block=settings.fine_tune_after_block,
-                                   keep_head_layers=settings.keep_head_layers)
+  model = models.create_classifier(
+      config.model,
+      image_size=SIZE,
+      num_classes=10,
+      fine_tune_after_block=settings.fine_tune_after_block,
+      keep_head_layers=settings.keep_head_layers,
+  )
   schedule = optim.warmup_cosine_schedule(0.1, 0, 10)
-  tx = optim.create_finetune_optimizer(settings, schedule,
-                                       models.encoder_part_of(config.model))
-  state = jax.eval_shape(functools.partial(finetune.init_finetune_state, model, tx,
-                                           jax.random.PRNGKey(0), SIZE))
-  batch = {'image': jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.float32),
-           'label': jax.ShapeDtypeStruct((BATCH,), jnp.int32)}
+  tx = optim.create_finetune_optimizer(settings, schedule, models.encoder_part_of(config.model))
+  state = jax.eval_shape(
+      functools.partial(finetune.init_finetune_state, model, tx, jax.random.PRNGKey(0), SIZE)
+  )
+  batch = {
+      'image': jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.float32),
+      'label': jax.ShapeDtypeStruct((BATCH,), jnp.int32),
+  }
   step = finetune.make_finetune_step(model, tx, schedule, mesh)
   return step, (abstract(state, replicated(mesh)), abstract(batch, batch_sharded(mesh)))
 
@@ -97,11 +119,12 @@ def finetune_program(config, mesh):
 def features_program(config, mesh):
   """(jitted feature extractor of the pretrained encoder, abstract args)."""
   model = models.create_model(config.model, image_size=SIZE, num_classes=10)
-  variables = jax.eval_shape(
-      lambda: models.init_variables(model, jax.random.PRNGKey(0), SIZE))
+  variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0), SIZE))
   images = jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.float32)
-  return (features.make_feature_fn(model, mesh, 'pretrained'),
-          (abstract(variables, replicated(mesh)), abstract(images, batch_sharded(mesh))))
+  return (
+      features.make_feature_fn(model, mesh, 'pretrained'),
+      (abstract(variables, replicated(mesh)), abstract(images, batch_sharded(mesh))),
+  )
 
 
 def build(program: str, platform: str, mesh):
@@ -109,8 +132,10 @@ def build(program: str, platform: str, mesh):
     return finetune_program(tiny_config(platform), mesh)
   if program == 'features':
     return features_program(tiny_config(platform), mesh)
-  overrides = {'pretrain_augment_on_device': {'augment_on_device': True},
-               'pretrain_bfloat16': {'dtype': 'bfloat16'}}.get(program, {})
+  overrides = {
+      'pretrain_augment_on_device': {'augment_on_device': True},
+      'pretrain_bfloat16': {'dtype': 'bfloat16'},
+  }.get(program, {})
   return pretrain_program(tiny_config(platform, **overrides), mesh)
 
 
@@ -119,8 +144,11 @@ def mesh():
   return create_mesh(jax.devices()[:1])
 
 
-@pytest.fixture(scope='module', params=[(p, q) for p in PROGRAMS for q in PLATFORMS],
-                ids=lambda param: '-'.join(param))
+@pytest.fixture(
+    scope='module',
+    params=[(p, q) for p in PROGRAMS for q in PLATFORMS],
+    ids=lambda param: '-'.join(param),
+)
 def exported(request, mesh):
   """(platform, jax.export.Exported) of one program exported for one platform."""
   program, platform = request.param

@@ -107,8 +107,10 @@ def test_crop_area_statistics():
   def windows(seeds):
     def one(s):
       _, size = augment.sample_crop_window(
-          tf.constant([height, width, 3]), s, (0.08, 1.0), (3 / 4, 4 / 3))
+          tf.constant([height, width, 3]), s, (0.08, 1.0), (3 / 4, 4 / 3)
+      )
       return size[:2]
+
     return tf.map_fn(one, seeds, fn_output_signature=tf.int32)
 
   sizes = windows(seeds).numpy().astype(np.float64)
@@ -133,8 +135,9 @@ def test_crop_takes_the_sampled_window():
   coords = np.stack([ys / (height - 1), xs / (width - 1), np.zeros_like(ys)], -1)
   image = tf.constant(coords, tf.float32)
   for seed in range(10):
-    begin, size = augment.sample_crop_window(tf.shape(image), _seed(seed), (0.08, 1.0),
-                                             (3 / 4, 4 / 3))
+    begin, size = augment.sample_crop_window(
+        tf.shape(image), _seed(seed), (0.08, 1.0), (3 / 4, 4 / 3)
+    )
     y0, x0, _ = begin.numpy()
     h, w, _ = size.numpy()
     out = augment.random_resized_crop(image, _seed(seed), 16).numpy()
@@ -157,10 +160,11 @@ def test_same_seed_same_output_different_seed_different(aug_config):
 
 def test_same_seed_same_output_in_graph_mode(aug_config):
   image = _image()
-  graph_fn = tf.function(lambda x, s: augment.pretrain_view(x, s, aug_config, 16),
-                         autograph=False)
-  np.testing.assert_array_equal(graph_fn(image, _seed(11)).numpy(),
-                                augment.pretrain_view(image, _seed(11), aug_config, 16).numpy())
+  graph_fn = tf.function(lambda x, s: augment.pretrain_view(x, s, aug_config, 16), autograph=False)
+  np.testing.assert_array_equal(
+      graph_fn(image, _seed(11)).numpy(),
+      augment.pretrain_view(image, _seed(11), aug_config, 16).numpy(),
+  )
 
 
 def test_two_views_differ(aug_config):
@@ -176,8 +180,9 @@ def test_grayscale_has_equal_channels():
   assert out.shape == (20, 24, 3)
   np.testing.assert_array_equal(out[..., 0], out[..., 1])
   np.testing.assert_array_equal(out[..., 0], out[..., 2])
-  forced = augment.random_color_distortion(_image(), _seed(2), 0.5, jitter_prob=0.0,
-                                           grayscale_prob=1.0).numpy()
+  forced = augment.random_color_distortion(
+      _image(), _seed(2), 0.5, jitter_prob=0.0, grayscale_prob=1.0
+  ).numpy()
   np.testing.assert_array_equal(forced[..., 0], forced[..., 2])
 
 
@@ -195,8 +200,9 @@ def test_color_jitter_changes_image_and_is_seeded():
   np.testing.assert_array_equal(a, augment.color_jitter(image, _seed(1), 0.5).numpy())
 
 
-@pytest.mark.parametrize('impl,strength', [('simclrv2', 0.5), ('simclrv2', 2.0),
-                                           ('simclrv1', 0.5), ('simclrv1', 1.0)])
+@pytest.mark.parametrize(
+    'impl,strength', [('simclrv2', 0.5), ('simclrv2', 2.0), ('simclrv1', 0.5), ('simclrv1', 1.0)]
+)
 def test_color_jitter_draws_follow_the_reference(impl, strength):
   # simclrv2 multiplies by U[max(0, 1 - b), 1 + b] (clamped at 0 for strength 2), simclrv1
   # adds U[-b, b]; contrast and saturation factors U[max(0, 1 - 0.8s), 1 + 0.8s], hue U[-h, h].
@@ -210,8 +216,9 @@ def test_color_jitter_draws_follow_the_reference(impl, strength):
   params, bright = _map_seeds(draw, n, (tf.float32, tf.float32))
   change = bright / image.numpy() if impl == 'simclrv2' else bright - image.numpy()
   # One factor (offset) per image: float32 rounding of values below 4 is < 1e-6.
-  np.testing.assert_allclose(change, np.broadcast_to(params[:, 0, None, None, None],
-                                                     change.shape), rtol=0, atol=1e-6)
+  np.testing.assert_allclose(
+      change, np.broadcast_to(params[:, 0, None, None, None], change.shape), rtol=0, atol=1e-6
+  )
   for values, (low, high) in zip(params.T, reference_jitter_ranges(strength, impl)):
     assert low <= values.min() and values.max() <= high
     # At n = 2000 the KS test rejects CDFs ~0.045 apart at p = 1e-3 (a shifted or scaled
@@ -232,8 +239,12 @@ def test_color_jitter_applies_its_ops_in_the_sampled_order(impl):
   for i in range(n):
     # Float32 rounding of the numpy brightness and contrast vs TF's, carried through 4 ops.
     np.testing.assert_allclose(
-        out[i], reference_jitter(image.numpy(), orders[i], params[i], impl), rtol=0,
-        atol=1e-5, err_msg=f'order {orders[i]}')
+        out[i],
+        reference_jitter(image.numpy(), orders[i], params[i], impl),
+        rtol=0,
+        atol=1e-5,
+        err_msg=f'order {orders[i]}',
+    )
   assert all(sorted(order) == [0, 1, 2, 3] for order in orders)
   # Each of the 24 orders has probability 1/24: 200 uniform draws leave 3 or more unseen
   # with probability < C(24, 3) (21/24)^200 < 1e-8.
@@ -263,12 +274,14 @@ def test_random_order_uses_many_permutations():
 
 def test_flip_probabilities():
   image = _image()
-  np.testing.assert_array_equal(augment.random_flip(image, _seed(0), 1.0).numpy(),
-                                image.numpy()[:, ::-1])
-  np.testing.assert_array_equal(augment.random_flip(image, _seed(0), 0.0).numpy(),
-                                image.numpy())
-  flipped = [not np.array_equal(augment.random_flip(image, _seed(i), 0.5).numpy(),
-                                image.numpy()) for i in range(40)]
+  np.testing.assert_array_equal(
+      augment.random_flip(image, _seed(0), 1.0).numpy(), image.numpy()[:, ::-1]
+  )
+  np.testing.assert_array_equal(augment.random_flip(image, _seed(0), 0.0).numpy(), image.numpy())
+  flipped = [
+      not np.array_equal(augment.random_flip(image, _seed(i), 0.5).numpy(), image.numpy())
+      for i in range(40)
+  ]
   assert 5 < sum(flipped) < 35
 
 
@@ -285,8 +298,10 @@ def test_pretrain_view_grayscale_and_blur_rates_follow_the_config(aug_config):
   image = _image(32, 32)
 
   def both_views(seed):
-    return (augment.pretrain_view(image, seed, aug_config, 32),
-            augment.pretrain_view(image, seed, unblurred_config, 32))
+    return (
+        augment.pretrain_view(image, seed, aug_config, 32),
+        augment.pretrain_view(image, seed, unblurred_config, 32),
+    )
 
   views, unblurred = _map_seeds(both_views, n, (tf.float32, tf.float32))
   gray = (np.ptp(views, axis=-1) < 1e-6).all((1, 2))
@@ -301,31 +316,33 @@ def _numpy_gaussian_blur(image, sigma, kernel_size):
   """Reference: separable Gaussian, zero padding, output the input's size."""
   radius = kernel_size // 2
   x = np.arange(-radius, radius + 1, dtype=np.float64)
-  kernel = np.exp(-x**2 / (2 * sigma**2))
+  kernel = np.exp(-(x**2) / (2 * sigma**2))
   kernel /= kernel.sum()
   height, width, _ = image.shape
   padded = np.pad(image.astype(np.float64), ((radius, radius), (radius, radius), (0, 0)))
   out = np.zeros_like(padded)
   for i, k in enumerate(kernel):  # Horizontal pass.
-    out[:, radius:radius + width] += k * padded[:, i:i + width]
+    out[:, radius : radius + width] += k * padded[:, i : i + width]
   padded, out = out, np.zeros_like(out)
   for i, k in enumerate(kernel):  # Vertical pass.
-    out[radius:radius + height] += k * padded[i:i + height]
-  return out[radius:radius + height, radius:radius + width]
+    out[radius : radius + height] += k * padded[i : i + height]
+  return out[radius : radius + height, radius : radius + width]
 
 
 def test_gaussian_blur_matches_numpy_reference():
   image = _image(23, 21)
   for sigma, kernel_size in [(0.7, 3), (1.5, 5), (2.0, 4)]:  # 4 rounds up to 5.
     out = augment.gaussian_blur(image, sigma, kernel_size).numpy()
-    np.testing.assert_allclose(out, _numpy_gaussian_blur(image.numpy(), sigma, kernel_size),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        out, _numpy_gaussian_blur(image.numpy(), sigma, kernel_size), atol=1e-5
+    )
 
 
 def test_random_gaussian_blur_fixed_sigma_matches_reference():
   image = _image(40, 30)  # Kernel side from the height: 2 * ((40 // 10) // 2) + 1 = 5.
-  out = augment.random_gaussian_blur(image, _seed(4), prob=1.0, sigma_min=1.3,
-                                     sigma_max=1.3).numpy()
+  out = augment.random_gaussian_blur(
+      image, _seed(4), prob=1.0, sigma_min=1.3, sigma_max=1.3
+  ).numpy()
   np.testing.assert_allclose(out, _numpy_gaussian_blur(image.numpy(), 1.3, 4), atol=1e-5)
   skipped = augment.random_gaussian_blur(image, _seed(4), prob=0.0).numpy()
   np.testing.assert_array_equal(skipped, image.numpy())

@@ -48,8 +48,10 @@ def _image(shape, seed=0):
 def _tf_map(fn, seeds, batch=1000):
   """[fn(seed) for seed in seeds] as numpy, in parallel through tf.data (fast in graph mode)."""
   ds = tf.data.Dataset.from_tensor_slices(seeds).map(
-      tf.autograph.experimental.do_not_convert(fn), num_parallel_calls=tf.data.AUTOTUNE,
-      deterministic=True)
+      tf.autograph.experimental.do_not_convert(fn),
+      num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=True,
+  )
   return np.concatenate(list(ds.batch(batch).as_numpy_iterator()))
 
 
@@ -80,8 +82,11 @@ def views_fn():
   config = load_config('cifar10').augment
   config.blur_prob = 0.5
   views = functools.partial(augment_jax.pretrain_views, config_augment=config, size=32)
-  return config, _compile(views, jax.ShapeDtypeStruct((_BATCH, 32, 32, 3), np.uint8),
-                          jax.ShapeDtypeStruct((_BATCH, 2), np.uint32))
+  return config, _compile(
+      views,
+      jax.ShapeDtypeStruct((_BATCH, 32, 32, 3), np.uint8),
+      jax.ShapeDtypeStruct((_BATCH, 2), np.uint32),
+  )
 
 
 # Deterministic parts: equal to TensorFlow's.
@@ -97,10 +102,14 @@ def test_crop_and_resize_matches_tf(height, width, size):
     windows.append((rng.integers(0, height - h + 1), rng.integers(0, width - w + 1), h, w))
   windows = np.array(windows, np.int32)
   ours = jax.jit(jax.vmap(lambda win: augment_jax.crop_and_resize(image, tuple(win), size)))(
-      windows)
+      windows
+  )
   for (top, left, h, w), out in zip(windows, np.asarray(ours)):
-    expected = tf.image.resize(image[None, top:top + h, left:left + w], [size, size],
-                               method=tf.image.ResizeMethod.BICUBIC)[0].numpy()
+    expected = tf.image.resize(
+        image[None, top : top + h, left : left + w],
+        [size, size],
+        method=tf.image.ResizeMethod.BICUBIC,
+    )[0].numpy()
     np.testing.assert_allclose(out, expected, rtol=0, atol=_ATOL)
 
 
@@ -112,61 +121,87 @@ def _colour_test_images():
   return [_image((8, 16, 3), 2), ties.astype(np.float32)]
 
 
-@pytest.mark.parametrize('name,tf_fn,values', [
-    ('adjust_contrast', tf.image.adjust_contrast, (0.0, 0.3, 1.0, 1.8)),
-    ('adjust_saturation', tf.image.adjust_saturation, (0.0, 0.3, 1.0, 1.8)),
-    ('adjust_hue', tf.image.adjust_hue, (-0.5, -0.37, 0.0, 0.1, 0.5)),
-])
+@pytest.mark.parametrize(
+    'name,tf_fn,values',
+    [
+        ('adjust_contrast', tf.image.adjust_contrast, (0.0, 0.3, 1.0, 1.8)),
+        ('adjust_saturation', tf.image.adjust_saturation, (0.0, 0.3, 1.0, 1.8)),
+        ('adjust_hue', tf.image.adjust_hue, (-0.5, -0.37, 0.0, 0.1, 0.5)),
+    ],
+)
 def test_colour_ops_match_tf(name, tf_fn, values):
   fn = jax.jit(getattr(augment_jax, name))
   for image in _colour_test_images():
     for value in values:
-      np.testing.assert_allclose(fn(image, value), tf_fn(image, value).numpy(), rtol=0,
-                                 atol=_ATOL, err_msg=f'{name}({value})')
+      np.testing.assert_allclose(
+          fn(image, value),
+          tf_fn(image, value).numpy(),
+          rtol=0,
+          atol=_ATOL,
+          err_msg=f'{name}({value})',
+      )
 
 
-@pytest.mark.parametrize('impl,values', [('simclrv2', (0.0, 0.6, 1.4)),
-                                         ('simclrv1', (-0.4, 0.0, 0.25))])
+@pytest.mark.parametrize(
+    'impl,values', [('simclrv2', (0.0, 0.6, 1.4)), ('simclrv1', (-0.4, 0.0, 0.25))]
+)
 def test_brightness_matches_augment(impl, values):
   # A factor (simclrv2) or an offset (simclrv1, tf.image.adjust_brightness).
   image = _colour_test_images()[0]
   for value in values:
-    np.testing.assert_allclose(augment_jax.adjust_brightness(image, value, impl),
-                               augment.adjust_brightness(image, value, impl).numpy(), rtol=0,
-                               atol=_ATOL, err_msg=f'{impl}({value})')
+    np.testing.assert_allclose(
+        augment_jax.adjust_brightness(image, value, impl),
+        augment.adjust_brightness(image, value, impl).numpy(),
+        rtol=0,
+        atol=_ATOL,
+        err_msg=f'{impl}({value})',
+    )
 
 
 def test_grayscale_matches_tf():
   for image in _colour_test_images():
-    np.testing.assert_allclose(augment_jax.to_grayscale(image),
-                               augment.to_grayscale(image).numpy(), rtol=0, atol=_ATOL)
+    np.testing.assert_allclose(
+        augment_jax.to_grayscale(image), augment.to_grayscale(image).numpy(), rtol=0, atol=_ATOL
+    )
 
 
-@pytest.mark.parametrize('shape,sigma,kernel_size', [
-    ((32, 32, 3), 0.1, 3), ((32, 32, 3), 1.3, 3), ((40, 30, 3), 2.0, 4), ((32, 32, 3), 0.8, 10)])
+@pytest.mark.parametrize(
+    'shape,sigma,kernel_size',
+    [((32, 32, 3), 0.1, 3), ((32, 32, 3), 1.3, 3), ((40, 30, 3), 2.0, 4), ((32, 32, 3), 0.8, 10)],
+)
 def test_blur_matches_augment(shape, sigma, kernel_size):
   image = _image(shape, kernel_size)
   blur = jax.jit(augment_jax.gaussian_blur, static_argnums=2)
-  np.testing.assert_allclose(blur(image, sigma, kernel_size),
-                             augment.gaussian_blur(image, sigma, kernel_size).numpy(), rtol=0,
-                             atol=_ATOL)
+  np.testing.assert_allclose(
+      blur(image, sigma, kernel_size),
+      augment.gaussian_blur(image, sigma, kernel_size).numpy(),
+      rtol=0,
+      atol=_ATOL,
+  )
   # The random blur's kernel follows the height, as augment's: 40 // 10 = 4 -> 5 taps.
   ours = jax.jit(augment_jax.random_gaussian_blur, static_argnums=(2, 3, 4))(
-      image, _keys(1)[0], 1.0, sigma, sigma)
+      image, _keys(1)[0], 1.0, sigma, sigma
+  )
   theirs = augment.random_gaussian_blur(image, _tf_seeds(1)[0], 1.0, sigma, sigma)
   np.testing.assert_allclose(ours, theirs.numpy(), rtol=0, atol=_ATOL)
 
 
-@pytest.mark.parametrize('area_range,aspect_range', [((0.08, 1.0), (10.0, 10.0)),
-                                                    ((1.0, 1.0), (1.0, 1.0))])
+@pytest.mark.parametrize(
+    'area_range,aspect_range', [((0.08, 1.0), (10.0, 10.0)), ((1.0, 1.0), (1.0, 1.0))]
+)
 def test_crop_window_whole_image_cases(area_range, aspect_range):
   # Aspect 10 fits only 3 x 30 crops, 8.8% of the image: under min_object_covered, so every
   # attempt fails and TF falls back to the whole image; area 1 allows only the whole image.
-  windows = _run(jax.vmap(lambda k: jnp.stack(augment_jax.sample_crop_window(
-      k, 32, 32, area_range, aspect_range))), _keys(50))
+  windows = _run(
+      jax.vmap(
+          lambda k: jnp.stack(augment_jax.sample_crop_window(k, 32, 32, area_range, aspect_range))
+      ),
+      _keys(50),
+  )
   np.testing.assert_array_equal(windows, np.tile([0, 0, 32, 32], (50, 1)))
-  begin, size = augment.sample_crop_window(tf.constant([32, 32, 3]), _tf_seeds(1)[0],
-                                           area_range, aspect_range)
+  begin, size = augment.sample_crop_window(
+      tf.constant([32, 32, 3]), _tf_seeds(1)[0], area_range, aspect_range
+  )
   np.testing.assert_array_equal(begin.numpy()[:2], [0, 0])
   np.testing.assert_array_equal(size.numpy()[:2], [32, 32])
 
@@ -179,8 +214,9 @@ def _compile_and_run(fn, *args):
   return tuple(np.asarray(x) for x in _compile(fn, *args)(*args))
 
 
-@pytest.mark.parametrize('impl,strength', [('simclrv2', 0.5), ('simclrv2', 2.0),
-                                           ('simclrv1', 0.5), ('simclrv1', 1.0)])
+@pytest.mark.parametrize(
+    'impl,strength', [('simclrv2', 0.5), ('simclrv2', 2.0), ('simclrv1', 0.5), ('simclrv1', 1.0)]
+)
 def test_color_jitter_draws_follow_the_reference(impl, strength):
   # simclrv2 multiplies by U[max(0, 1 - b), 1 + b] (clamped at 0 for strength 2), simclrv1
   # adds U[-b, b]; contrast and saturation factors U[max(0, 1 - 0.8s), 1 + 0.8s], hue U[-h, h].
@@ -194,8 +230,9 @@ def test_color_jitter_draws_follow_the_reference(impl, strength):
   params, bright = _compile_and_run(jax.vmap(draw), _keys(n, 2))
   change = bright / image if impl == 'simclrv2' else bright - image
   # One factor (offset) per image: float32 rounding of values below 4 is < 1e-6.
-  np.testing.assert_allclose(change, np.broadcast_to(params[:, 0, None, None, None],
-                                                     change.shape), rtol=0, atol=1e-6)
+  np.testing.assert_allclose(
+      change, np.broadcast_to(params[:, 0, None, None, None], change.shape), rtol=0, atol=1e-6
+  )
   for values, (low, high) in zip(params.T, reference_jitter_ranges(strength, impl)):
     assert low <= values.min() and values.max() <= high
     p = stats.kstest(values, stats.uniform(low, high - low).cdf).pvalue
@@ -214,8 +251,13 @@ def test_color_jitter_applies_its_ops_in_the_sampled_order(impl):
   out, orders, params = _compile_and_run(jax.vmap(jitter), _keys(n, 3))
   for i in range(n):
     # Float32 rounding of each op (see test_colour_ops_match_tf), carried through 4 ops.
-    np.testing.assert_allclose(out[i], reference_jitter(image, orders[i], params[i], impl),
-                               rtol=0, atol=_ATOL, err_msg=f'order {orders[i]}')
+    np.testing.assert_allclose(
+        out[i],
+        reference_jitter(image, orders[i], params[i], impl),
+        rtol=0,
+        atol=_ATOL,
+        err_msg=f'order {orders[i]}',
+    )
   assert all(sorted(order) == [0, 1, 2, 3] for order in orders)
   # Each of the 24 orders has probability 1/24: 200 uniform draws leave 3 or more unseen
   # with probability < C(24, 3) (21/24)^200 < 1e-8.
@@ -240,11 +282,12 @@ def test_pretrain_view_rates_and_impl_follow_the_config():
   image = _image((32, 32, 3), 5)
 
   def all_views(key):
-    return tuple(augment_jax.pretrain_view(image, key, c, 32)
-                 for c in (config, unblurred, *jittered.values()))
+    return tuple(
+        augment_jax.pretrain_view(image, key, c, 32)
+        for c in (config, unblurred, *jittered.values())
+    )
 
-  views, unblurred_views, v2_views, v1_views = _compile_and_run(jax.vmap(all_views),
-                                                                _keys(n, 4))
+  views, unblurred_views, v2_views, v1_views = _compile_and_run(jax.vmap(all_views), _keys(n, 4))
   gray = (np.ptp(views, axis=-1) < 1e-6).all((1, 2))
   blurred = (np.abs(views - unblurred_views) > 1e-3).any((1, 2, 3))
   for count, prob in ((gray.sum(), 0.35), (blurred.sum(), 0.3)):
@@ -260,12 +303,19 @@ def test_pretrain_view_rates_and_impl_follow_the_config():
 @pytest.mark.parametrize('height,width', [(32, 32), (24, 40)])
 def test_crop_window_distribution_matches_tf(height, width):
   n, area_range, aspect_range = 3000, (0.08, 1.0), (3 / 4, 4 / 3)
-  ours = _run(jax.vmap(lambda k: jnp.stack(augment_jax.sample_crop_window(
-      k, height, width, area_range, aspect_range))), _keys(n))
+  ours = _run(
+      jax.vmap(
+          lambda k: jnp.stack(
+              augment_jax.sample_crop_window(k, height, width, area_range, aspect_range)
+          )
+      ),
+      _keys(n),
+  )
 
   def tf_window(seed):
-    begin, size = augment.sample_crop_window(tf.constant([height, width, 3]), seed,
-                                             area_range, aspect_range)
+    begin, size = augment.sample_crop_window(
+        tf.constant([height, width, 3]), seed, area_range, aspect_range
+    )
     return tf.concat([begin[:2], size[:2]], 0)
 
   theirs = _tf_map(tf_window, _tf_seeds(n))
@@ -275,8 +325,9 @@ def test_crop_window_distribution_matches_tf(height, width):
     assert (h * w >= 0.1 * height * width).all() and (top + h <= height).all()
     # TF draws offsets in [0, side - crop side): a smaller crop never touches the far edge.
     assert (top + h < height)[h < height].all() and (left + w < width)[w < width].all()
-    features.append({'area': h * w, 'aspect': w / h, 'height': h, 'top': top,
-                     'centre x': left + w / 2})
+    features.append(
+        {'area': h * w, 'aspect': w / h, 'height': h, 'top': top, 'centre x': left + w / 2}
+    )
   for name in features[0]:
     _assert_same_distribution(features[0][name], features[1][name], name)
   # Heights, a discrete distribution, also bin by bin.
@@ -313,18 +364,24 @@ def test_application_rates():
 
 def _summaries(views):
   """Per-view brightness, contrast and colourfulness: what the colour jitter moves."""
-  return {'mean': views.mean((-3, -2, -1)), 'std': views.std((-3, -2, -1)),
-          'chroma': (views.max(-1) - views.min(-1)).mean((-2, -1))}
+  return {
+      'mean': views.mean((-3, -2, -1)),
+      'std': views.std((-3, -2, -1)),
+      'chroma': (views.max(-1) - views.min(-1)).mean((-2, -1)),
+  }
 
 
 @pytest.mark.parametrize('impl', ['simclrv2', 'simclrv1'])
 def test_color_jitter_distribution_matches_tf(impl):
   n, strength, prob = 2000, 0.5, 0.8
   image = _image((16, 16, 3), 3)
-  ours = _run(jax.vmap(lambda k: augment_jax.random_color_distortion(
-      image, k, strength, prob, 0.0, impl)), _keys(n))
-  theirs = _tf_map(lambda s: augment.random_color_distortion(image, s, strength, prob, 0.0,
-                                                             impl), _tf_seeds(n))
+  ours = _run(
+      jax.vmap(lambda k: augment_jax.random_color_distortion(image, k, strength, prob, 0.0, impl)),
+      _keys(n),
+  )
+  theirs = _tf_map(
+      lambda s: augment.random_color_distortion(image, s, strength, prob, 0.0, impl), _tf_seeds(n)
+  )
   jittered = (ours != image).any((1, 2, 3)).sum()
   assert stats.binomtest(jittered, n, prob).pvalue > _P_MIN, jittered / n
   ours_s, theirs_s = _summaries(ours), _summaries(theirs)
@@ -354,7 +411,7 @@ def test_full_views_of_a_real_image_match_tf(cifar_image, views_fn):
   # Per pixel and channel: means, and variances with their standard errors from the fourth
   # moments; z-scores against a Bonferroni bound over all of them.
   z = []
-  for moment in (lambda x: x, lambda x: (x - x.mean(0))**2):
+  for moment in (lambda x: x, lambda x: (x - x.mean(0)) ** 2):
     a, b = moment(ours), moment(theirs)
     z.append((a.mean(0) - b.mean(0)) / np.sqrt((a.var(0) + b.var(0)) / n))
   z = np.abs(np.stack(z))
@@ -381,11 +438,12 @@ def test_pretrain_views_shapes_keys_and_determinism(views_fn):
   keys = augment_jax._as_keys(seeds)  # pylint: disable=protected-access
   np.testing.assert_array_equal(jax.random.key_data(keys), seeds.astype(np.uint32))
   assert augment_jax._as_keys(keys) is keys  # pylint: disable=protected-access
-  np.testing.assert_array_equal(augment_jax.to_float(images),
-                                tf.image.convert_image_dtype(images, tf.float32).numpy())
+  np.testing.assert_array_equal(
+      augment_jax.to_float(images), tf.image.convert_image_dtype(images, tf.float32).numpy()
+  )
 
 
-_SHARDED_SCRIPT = textwrap.dedent('''
+_SHARDED_SCRIPT = textwrap.dedent("""
     import functools, sys
     import jax, numpy as np
     from simclr_jax import augment_jax
@@ -405,7 +463,7 @@ _SHARDED_SCRIPT = textwrap.dedent('''
     out = compiled(inputs['images'], inputs['seeds'])
     np.save(sys.argv[2], np.asarray(out))
     print(len(out.sharding.device_set))
-''')
+""")
 
 
 def _random_images():
@@ -417,7 +475,11 @@ def test_views_split_over_eight_devices_without_communication(views_fn, tmp_path
   # devices (as in the train step) with no collective and the same views.
   images, seeds = _random_images(), _seeds(_BATCH, 1)
   np.savez(tmp_path / 'inputs.npz', images=images[:16], seeds=seeds[:16])
-  assert run_on_eight_cpu_devices(_SHARDED_SCRIPT, str(tmp_path / 'inputs.npz'),
-                                  str(tmp_path / 'views.npy')) == '8'
+  assert (
+      run_on_eight_cpu_devices(
+          _SHARDED_SCRIPT, str(tmp_path / 'inputs.npz'), str(tmp_path / 'views.npy')
+      )
+      == '8'
+  )
   one_device = np.asarray(views_fn[1](images, seeds))[:16]  # Compiled for _BATCH images.
   np.testing.assert_allclose(np.load(tmp_path / 'views.npy'), one_device, rtol=0, atol=1e-6)

@@ -36,29 +36,34 @@ from simclr_jax.sharding import create_mesh
 
 def _init_fn(config):
   """The state initialiser of train_and_evaluate for `config` on CIFAR-10 (10 classes)."""
-  model = models.create_model(config.model, image_size=config.image_size, num_classes=10,
-                              dtype=models.DTYPES[config.dtype], remat=config.remat)
+  model = models.create_model(
+      config.model,
+      image_size=config.image_size,
+      num_classes=10,
+      dtype=models.DTYPES[config.dtype],
+      remat=config.remat,
+  )
   tx = optim.create_optimizer(config, optim.learning_rate_schedule(config, 260, 4))
-  return functools.partial(train_state.init_train_state, model, tx, jax.random.PRNGKey(config.seed),
-                           config.image_size)
+  return functools.partial(
+      train_state.init_train_state, model, tx, jax.random.PRNGKey(config.seed), config.image_size
+  )
 
 
 def _restore(workdir, config):
   manager = checkpoints.create_checkpoint_manager(str(workdir), config)
-  return manager, checkpoints.restore_or_init_state(manager, _init_fn(config), create_mesh(),
-                                                    config)
+  return manager, checkpoints.restore_or_init_state(
+      manager, _init_fn(config), create_mesh(), config
+  )
 
 
 def _files(folder):
   """{relative path: size} of every file under `folder`."""
-  return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob('*')
-          if p.is_file()}
+  return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob('*') if p.is_file()}
 
 
 def _truncate_array_file(step_folder):
   """Cuts the largest array data file of a checkpoint in half (metadata intact)."""
-  data = max((step_folder / 'default').rglob('ocdbt.process_*/d/*'),
-             key=lambda p: p.stat().st_size)
+  data = max((step_folder / 'default').rglob('ocdbt.process_*/d/*'), key=lambda p: p.stat().st_size)
   with open(data, 'r+b') as f:
     f.truncate(data.stat().st_size // 2)
 
@@ -75,15 +80,29 @@ def run_copy(pretrained_workdir, tmp_path):
   return shutil.copytree(pretrained_workdir, tmp_path / 'run')
 
 
-@pytest.mark.parametrize('damage, newest, previous, reason', [
-    (_truncate_array_file, 4, 2, r'its arrays could not be read \(ValueError: OUT_OF_RANGE: '
-                                 r'Error reading ".*" in OCDBT database'),
-    (_truncate_metadata, 4, 2, r'its default/_METADATA is not valid JSON, as when cut short '
-                               r'\(JSONDecodeError: '),
-    (lambda folder: folder.mkdir(), 6, 4, 'the step folder is empty'),
-], ids=['truncated_array_file', 'truncated_metadata', 'empty_step_folder'])
+@pytest.mark.parametrize(
+    'damage, newest, previous, reason',
+    [
+        (
+            _truncate_array_file,
+            4,
+            2,
+            r'its arrays could not be read \(ValueError: OUT_OF_RANGE: '
+            r'Error reading ".*" in OCDBT database',
+        ),
+        (
+            _truncate_metadata,
+            4,
+            2,
+            r'its default/_METADATA is not valid JSON, as when cut short ' r'\(JSONDecodeError: ',
+        ),
+        (lambda folder: folder.mkdir(), 6, 4, 'the step folder is empty'),
+    ],
+    ids=['truncated_array_file', 'truncated_metadata', 'empty_step_folder'],
+)
 def test_unreadable_latest_checkpoint_is_moved_aside_and_the_previous_one_restored(
-    run_copy, cifar10_subset, caplog, damage, newest, previous, reason):
+    run_copy, cifar10_subset, caplog, damage, newest, previous, reason
+):
   folder = run_copy / 'checkpoints'
   damage(folder / str(newest))
   damaged_files = _files(folder / str(newest))
@@ -95,25 +114,32 @@ def test_unreadable_latest_checkpoint_is_moved_aside_and_the_previous_one_restor
   assert _files(folder / f'{newest}.damaged') == damaged_files  # Moved, not changed.
   assert 'incompatible config' not in caplog.text
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-  assert any(f'Checkpoint step {newest} in {folder} is unreadable: ' in m and
-             f'Moved it aside to {folder}/{newest}.damaged' in m for m in warnings), warnings
+  assert any(
+      f'Checkpoint step {newest} in {folder} is unreadable: ' in m
+      and f'Moved it aside to {folder}/{newest}.damaged' in m
+      for m in warnings
+  ), warnings
   assert any(re.search(reason, m) for m in warnings), warnings
-  assert any(f'Resuming from step {previous}, the newest readable checkpoint' in m
-             for m in warnings)
+  assert any(
+      f'Resuming from step {previous}, the newest readable checkpoint' in m for m in warnings
+  )
   assert max(len(m.splitlines()) for m in warnings) == 1
 
 
-def test_no_readable_checkpoint_stops_with_the_fix_and_deletes_nothing(run_copy,
-                                                                       cifar10_subset):
+def test_no_readable_checkpoint_stops_with_the_fix_and_deletes_nothing(run_copy, cifar10_subset):
   folder = run_copy / 'checkpoints'
   _truncate_metadata(folder / '4')
   _truncate_array_file(folder / '2')
   before = {step: _files(folder / step) for step in ('2', '4')}
-  with pytest.raises(ValueError, match=(
-      rf'No checkpoint in {folder} could be read; each was moved aside, not deleted: step 4 '
-      rf'to {folder}/4.damaged \(its default/_METADATA is not valid JSON, as when cut short\); '
-      rf'step 2 to {folder}/2.damaged \(its arrays could not be read\).*Rerun the same command '
-      'to start this run again from step 0')):
+  with pytest.raises(
+      ValueError,
+      match=(
+          rf'No checkpoint in {folder} could be read; each was moved aside, not deleted: step 4 '
+          rf'to {folder}/4.damaged \(its default/_METADATA is not valid JSON, as when cut short\); '
+          rf'step 2 to {folder}/2.damaged \(its arrays could not be read\).*Rerun the same command '
+          'to start this run again from step 0'
+      ),
+  ):
     _restore(run_copy, tiny_config(cifar10_subset))
   assert {step: _files(folder / f'{step}.damaged') for step in ('2', '4')} == before
   assert checkpoints.checkpoint_steps(str(run_copy)) == []  # So the rerun starts afresh.
@@ -147,7 +173,7 @@ def test_stray_damaged_and_temporary_folders_are_not_checkpoints(run_copy, cifar
 
 
 # Process `argv[1]` of 2 resumes argv[3]; on process 1 alone, step 4's metadata cannot be read.
-_TWO_PROCESS_SCRIPT = textwrap.dedent('''
+_TWO_PROCESS_SCRIPT = textwrap.dedent("""
     import functools, json, os, sys
     import jax
     process, port, workdir, dataset = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
@@ -173,11 +199,10 @@ _TWO_PROCESS_SCRIPT = textwrap.dedent('''
     state = checkpoints.restore_or_init_state(manager, init_fn, create_mesh(), config)
     print(json.dumps({'step': int(state.step.addressable_data(0)),
                       'steps': manager.all_steps()}))
-''')
+""")
 
 
-def test_processes_agree_and_process_0_moves_the_checkpoint(run_copy, cifar10_subset,
-                                                            tmp_path):
+def test_processes_agree_and_process_0_moves_the_checkpoint(run_copy, cifar10_subset, tmp_path):
   with socket.socket() as s:
     s.bind(('localhost', 0))
     port = s.getsockname()[1]
@@ -187,9 +212,23 @@ def test_processes_agree_and_process_0_moves_the_checkpoint(run_copy, cifar10_su
   try:
     for i, log in enumerate(logs):
       with open(log, 'w') as f:
-        procs.append(subprocess.Popen(
-            [sys.executable, '-c', _TWO_PROCESS_SCRIPT, str(i), str(port), str(run_copy),
-             str(cifar10_subset)], cwd=REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    '-c',
+                    _TWO_PROCESS_SCRIPT,
+                    str(i),
+                    str(port),
+                    str(run_copy),
+                    str(cifar10_subset),
+                ],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+            )
+        )
     codes = [proc.wait(timeout=300) for proc in procs]
   finally:
     for proc in procs:
@@ -199,20 +238,25 @@ def test_processes_agree_and_process_0_moves_the_checkpoint(run_copy, cifar10_su
   assert codes == [0, 0], outputs
   for output in outputs:
     assert json.loads(output.strip().splitlines()[-1]) == {'step': 2, 'steps': [2]}
-    assert (f'Checkpoint step 4 in {run_copy}/checkpoints is unreadable: a read failing on this '
-            f'host only (on process 1). Moved it aside to {run_copy}/checkpoints/4.damaged '
-            in output), output
+    assert (
+        f'Checkpoint step 4 in {run_copy}/checkpoints is unreadable: a read failing on this '
+        f'host only (on process 1). Moved it aside to {run_copy}/checkpoints/4.damaged ' in output
+    ), output
   assert sorted(p.name for p in (run_copy / 'checkpoints').iterdir()) == ['2', '4.damaged']
 
 
 def test_failure_of_the_machine_is_not_taken_for_damage(run_copy, cifar10_subset, monkeypatch):
   def out_of_memory(*args, **kwargs):
     raise ValueError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB.')
+
   monkeypatch.setattr(ocp.CheckpointManager, 'restore', out_of_memory)
   before = _files(run_copy / 'checkpoints')
-  with pytest.raises(RuntimeError, match=r'Reading checkpoint step 4 in .* failed, though not '
-                                         r'because of its files: ValueError: '
-                                         r'RESOURCE_EXHAUSTED.*Nothing was moved'):
+  with pytest.raises(
+      RuntimeError,
+      match=r'Reading checkpoint step 4 in .* failed, though not '
+      r'because of its files: ValueError: '
+      r'RESOURCE_EXHAUSTED.*Nothing was moved',
+  ):
     _restore(run_copy, tiny_config(cifar10_subset))
   assert _files(run_copy / 'checkpoints') == before
 
@@ -238,17 +282,20 @@ def test_failed_read_waits_for_its_other_reads_before_closing_the_loop():
   assert finished == [0.2]
 
 
-def test_evaluation_names_an_unreadable_checkpoint_and_moves_nothing(run_copy,
-                                                                     cifar10_subset):
+def test_evaluation_names_an_unreadable_checkpoint_and_moves_nothing(run_copy, cifar10_subset):
   _truncate_array_file(run_copy / 'checkpoints' / '4')
   before = _files(run_copy)
   config = tiny_config(cifar10_subset)
   model = models.create_model(config.model, image_size=config.image_size, num_classes=10)
-  with pytest.raises(ValueError, match=(
-      rf'Checkpoint step 4 in {run_copy}/checkpoints is unreadable: its arrays could not be '
-      r'read \(ValueError: OUT_OF_RANGE: .*\)\. Nothing was moved\. Checkpoints there whose '
-      r'metadata reads: 2; pass one as --config\.pretrained_step=2, or rerun the pretraining '
-      'command')):
+  with pytest.raises(
+      ValueError,
+      match=(
+          rf'Checkpoint step 4 in {run_copy}/checkpoints is unreadable: its arrays could not be '
+          r'read \(ValueError: OUT_OF_RANGE: .*\)\. Nothing was moved\. Checkpoints there whose '
+          r'metadata reads: 2; pass one as --config\.pretrained_step=2, or rerun the pretraining '
+          'command'
+      ),
+  ):
     features.restore_encoder_variables(config, model, str(run_copy))
   assert _files(run_copy) == before
   _, step = features.restore_encoder_variables(config, model, str(run_copy), step=2)
@@ -256,12 +303,16 @@ def test_evaluation_names_an_unreadable_checkpoint_and_moves_nothing(run_copy,
 
 
 def test_incompatible_checkpoint_is_refused_before_anything_is_written(
-    cifar10_subset, pretrained_workdir):
+    cifar10_subset, pretrained_workdir
+):
   before = {p: p.stat().st_mtime_ns for p in pretrained_workdir.rglob('*')}
   config = tiny_config(cifar10_subset)
   config.model.width_multiplier = 0.25
-  with pytest.raises(ValueError, match=r'incompatible config.*model.width_multiplier: saved '
-                                       r'0.125, now 0.25.*Nothing was overwritten'):
+  with pytest.raises(
+      ValueError,
+      match=r'incompatible config.*model.width_multiplier: saved '
+      r'0.125, now 0.25.*Nothing was overwritten',
+  ):
     train.train_and_evaluate(config, str(pretrained_workdir))
   assert before == {p: p.stat().st_mtime_ns for p in pretrained_workdir.rglob('*')}
 
@@ -276,8 +327,12 @@ def test_run_saved_before_the_shortcut_option_gets_the_fix(cifar10_subset, tmp_p
   model = models.create_model(old.model, image_size=old.image_size, num_classes=10)
   tx = optim.create_optimizer(old, optim.learning_rate_schedule(old, 260, 4))
   # Only the shapes matter: zeros of them, without compiling the initialisation.
-  state = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(
-      lambda: train_state.init_train_state(model, tx, jax.random.PRNGKey(0), old.image_size)))
+  state = jax.tree.map(
+      lambda x: jnp.zeros(x.shape, x.dtype),
+      jax.eval_shape(
+          lambda: train_state.init_train_state(model, tx, jax.random.PRNGKey(0), old.image_size)
+      ),
+  )
   manager = checkpoints.create_checkpoint_manager(str(workdir), old)
   manager.save(1, args=ocp.args.StandardSave(state))
   manager.wait_until_finished()
@@ -301,4 +356,3 @@ def test_a_damaged_config_json_is_named(tmp_path, cifar_config):
   # The report and the notebook rebuild the model from it: they stop, naming it and the fix.
   with pytest.raises(ValueError, match=r'config\.json is not valid JSON .* rewrites config'):
     run_config.load_config(str(tmp_path))
-

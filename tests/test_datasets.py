@@ -26,10 +26,12 @@ class ArraySource(core.DataSource):
     return int(self.config.dataset.split(':')[1])
 
   def _pairs(self, indices):
-    encoded = [tf.io.encode_png(tf.fill([6, 6, 3], tf.constant(20 * i, tf.uint8))).numpy()
-               for i in indices]
+    encoded = [
+        tf.io.encode_png(tf.fill([6, 6, 3], tf.constant(20 * i, tf.uint8))).numpy() for i in indices
+    ]
     return tf.data.Dataset.from_tensor_slices(
-        (tf.constant(encoded), tf.constant([i % 3 for i in indices], tf.int32)))
+        (tf.constant(encoded), tf.constant([i % 3 for i in indices], tf.int32))
+    )
 
   def info(self, split):
     return datasets.DatasetInfo(num_examples=self._count(), num_classes=3)
@@ -84,16 +86,20 @@ def test_a_registered_source_feeds_every_pipeline(with_array_source):
   del with_array_source
   config = _config(f'arrays:{_NUM}')
   assert input_pipeline.get_dataset_info(config, 'train') == datasets.DatasetInfo(_NUM, 3)
-  batch = next(input_pipeline.create_pretrain_dataset(
-      config, local_batch_size=_NUM, process_index=0, process_count=1).as_numpy_iterator())
+  batch = next(
+      input_pipeline.create_pretrain_dataset(
+          config, local_batch_size=_NUM, process_index=0, process_count=1
+      ).as_numpy_iterator()
+  )
   assert batch['views'].shape == (_NUM, 2, _SIZE, _SIZE, 3)
   # Crops and flips of a constant image: every view is its image's grey, paired with its label.
   grey = np.rint(batch['views'].mean(axis=(1, 2, 3, 4)) * 255 / 20).astype(int)
   assert sorted(grey) == list(range(_NUM))
   np.testing.assert_array_equal(batch['label'], grey % 3)
 
-  dataset, count = input_pipeline.create_eval_dataset(config, 'test', local_batch_size=5,
-                                                      process_index=0, process_count=1)
+  dataset, count = input_pipeline.create_eval_dataset(
+      config, 'test', local_batch_size=5, process_index=0, process_count=1
+  )
   batches = list(dataset.as_numpy_iterator())
   assert count == _NUM and len(batches) == 3  # 12 examples and 3 padding rows.
   mask = np.concatenate([b['mask'] for b in batches])

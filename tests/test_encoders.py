@@ -39,8 +39,11 @@ def validate(model_config):
 
 def build(model_config, *, image_size, dtype, fine_tune_after_block=-1, remat=False):
   del image_size, dtype, fine_tune_after_block, remat
-  return _Mlp(layers=int(model_config.name[-1]),
-              width=int(model_config.width_multiplier * 16), name='encoder')
+  return _Mlp(
+      layers=int(model_config.name[-1]),
+      width=int(model_config.width_multiplier * 16),
+      name='encoder',
+  )
 
 
 def num_parts(model_config):
@@ -48,7 +51,7 @@ def num_parts(model_config):
 
 
 def part_of(names):
-  return int(names[0][len('layer'):])
+  return int(names[0][len('layer') :])
 
 
 @pytest.fixture
@@ -70,24 +73,28 @@ def test_a_registered_encoder_builds_validates_and_freezes_by_its_parts(toy_conf
 
   # Fine-tuning after part 1 freezes layers 0 and 1 and trains layer 2 and the rest.
   toy_config.finetune.fine_tune_after_block = 1
-  tx = optim.create_finetune_optimizer(toy_config.finetune, optax.constant_schedule(0.1),
-                                       models.encoder_part_of(toy_config.model))
+  tx = optim.create_finetune_optimizer(
+      toy_config.finetune, optax.constant_schedule(0.1), models.encoder_part_of(toy_config.model)
+  )
   params = variables['params']
   updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
-  moved = {name: bool(np.any(updates['encoder'][name]['kernel']))
-           for name in params['encoder']}
+  moved = {name: bool(np.any(updates['encoder'][name]['kernel'])) for name in params['encoder']}
   assert moved == {'layer0': False, 'layer1': False, 'layer2': True}
   assert np.any(updates['head']['dense1']['kernel'])
 
   toy_config.mode, toy_config.pretrained_workdir = 'evaluate', '/some/run'
   toy_config.eval.protocol, toy_config.finetune.fine_tune_after_block = 'finetune', 3
-  with pytest.raises(ValueError, match=r'fine_tune_after_block=3 must be -1 \(fine-tune '
-                                       r'everything\) or 0-2'):
+  with pytest.raises(
+      ValueError, match=r'fine_tune_after_block=3 must be -1 \(fine-tune ' r'everything\) or 0-2'
+  ):
     config_validation.validate_config(toy_config, num_devices=1)
 
 
 def test_unknown_model_names_every_registered_one(toy_config):
   toy_config.model.name = 'vit_b16'
-  with pytest.raises(ValueError, match=r"config.model.name='vit_b16' is not a known model; use "
-                                       r'one of resnet18, .*resnet200, toy_mlp2, toy_mlp3'):
+  with pytest.raises(
+      ValueError,
+      match=r"config.model.name='vit_b16' is not a known model; use "
+      r'one of resnet18, .*resnet200, toy_mlp2, toy_mlp3',
+  ):
     config_validation.validate_config(toy_config, num_devices=1)

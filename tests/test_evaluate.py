@@ -14,8 +14,18 @@ from simclr_jax import evaluate
 from simclr_jax import evaluators
 from simclr_jax import linear_classifier
 
-_FIELDS = {'protocol', 'dataset', 'encoder', 'checkpoint_step', 'top1', 'top5',
-           'wall_time_sec', 'num_train_examples', 'num_eval_examples', 'feature_dim'}
+_FIELDS = {
+    'protocol',
+    'dataset',
+    'encoder',
+    'checkpoint_step',
+    'top1',
+    'top5',
+    'wall_time_sec',
+    'num_train_examples',
+    'num_eval_examples',
+    'feature_dim',
+}
 
 
 def _eval_config(dataset, mode, workdir='', **eval_overrides):
@@ -60,9 +70,13 @@ def test_pixel_knn_eval_matches_numpy_knn_on_the_decoded_splits(cifar10_subset, 
   assert results['checkpoint_step'] is None and results['feature_dim'] == 32 * 32 * 3
   # Bank: the train split; queries: the test split (embedding the train split twice, or
   # using the test images as the bank, would find each query itself: top-1 1.0).
-  expected = brute_force_accuracies(*decoded_split(cifar10_subset, 'train'),
-                                    *decoded_split(cifar10_subset, 'test'), 10,
-                                    config.eval.knn_k, config.eval.knn_temperature)
+  expected = brute_force_accuracies(
+      *decoded_split(cifar10_subset, 'train'),
+      *decoded_split(cifar10_subset, 'test'),
+      10,
+      config.eval.knn_k,
+      config.eval.knn_temperature,
+  )
   assert results['top1'] == pytest.approx(expected['top1'], abs=1e-9)
   assert results['top5'] == pytest.approx(expected['top5'], abs=1e-9)
   # Raw pixels carry real signal on CIFAR-10: 3 standard deviations above the 10% chance.
@@ -95,11 +109,17 @@ def swapped_colours(tmp_path_factory):
   return root
 
 
-@pytest.mark.parametrize('mode,encoder,dim', [('knn_eval', 'pixels', 32 * 32 * 3),
-                                              ('knn_eval', 'random', 64),
-                                              ('linear_eval', 'pixels', 32 * 32 * 3)])
-def test_baselines_fit_the_train_split_and_score_the_evaluated_split(swapped_colours, tmp_path,
-                                                                     mode, encoder, dim):
+@pytest.mark.parametrize(
+    'mode,encoder,dim',
+    [
+        ('knn_eval', 'pixels', 32 * 32 * 3),
+        ('knn_eval', 'random', 64),
+        ('linear_eval', 'pixels', 32 * 32 * 3),
+    ],
+)
+def test_baselines_fit_the_train_split_and_score_the_evaluated_split(
+    swapped_colours, tmp_path, mode, encoder, dim
+):
   # A seeded subset of 40 of the 48 train images (at least 4 per class); all 20 test images.
   config = _eval_config(swapped_colours, mode, encoder=encoder, max_examples=40, knn_k=5)
   results = evaluate.evaluate(config, str(tmp_path))
@@ -118,8 +138,9 @@ def _clusters(rng, per_class, num_classes=4, dim=8):
 
 @pytest.mark.parametrize('protocol', ['linear', 'knn'])
 @pytest.mark.parametrize('shift,top1', [(0, 1.0), (1, 0.0)])
-def test_protocols_fit_on_train_features_and_score_the_eval_features(monkeypatch, protocol,
-                                                                     shift, top1):
+def test_protocols_fit_on_train_features_and_score_the_eval_features(
+    monkeypatch, protocol, shift, top1
+):
   config = load_config('cifar10')
   config.eval.knn_k, config.eval.max_iterations = 5, 100
   rng = np.random.default_rng(shift)
@@ -149,17 +170,20 @@ def test_protocols_fit_on_train_features_and_score_the_eval_features(monkeypatch
 
 def test_workdir_without_checkpoint_is_reported(cifar10_subset, tmp_path):
   config = _eval_config(cifar10_subset, 'linear_eval', tmp_path / 'empty')
-  with pytest.raises(ValueError, match='No checkpoint in .*empty/checkpoints; set '
-                                       'config.pretrained_workdir'):
+  with pytest.raises(
+      ValueError, match='No checkpoint in .*empty/checkpoints; set ' 'config.pretrained_workdir'
+  ):
     evaluate.evaluate(config, str(tmp_path / 'out'))
 
 
-def test_checkpoint_of_other_architecture_is_reported(cifar10_subset, pretrained_workdir,
-                                                      tmp_path):
+def test_checkpoint_of_other_architecture_is_reported(cifar10_subset, pretrained_workdir, tmp_path):
   config = _eval_config(cifar10_subset, 'knn_eval', pretrained_workdir)
   config.model.width_multiplier = 0.25
-  with pytest.raises(ValueError, match=r'holds another architecture than config.model '
-                                       r'\(resnet18, width 0.25.*saved with model .*0.125'):
+  with pytest.raises(
+      ValueError,
+      match=r'holds another architecture than config.model '
+      r'\(resnet18, width 0.25.*saved with model .*0.125',
+  ):
     evaluate.evaluate(config, str(tmp_path))
 
 

@@ -8,8 +8,9 @@ import sys
 
 from conftest import REPO_ROOT
 
-_spec = importlib.util.spec_from_file_location('gpu_check',
-                                               REPO_ROOT / 'benchmarks' / 'gpu_check.py')
+_spec = importlib.util.spec_from_file_location(
+    'gpu_check', REPO_ROOT / 'benchmarks' / 'gpu_check.py'
+)
 gpu_check = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gpu_check)
 
@@ -34,8 +35,9 @@ def test_gpu_parts_have_caps_and_gpu_sizes(tmp_path):
 
 
 def test_timeout_stops_the_part_and_reports_it():
-  status, _, _ = gpu_check.run([sys.executable, '-c', 'import time; time.sleep(60)'], 1,
-                               dict(os.environ))
+  status, _, _ = gpu_check.run(
+      [sys.executable, '-c', 'import time; time.sleep(60)'], 1, dict(os.environ)
+  )
   assert status == 'timeout (1 s)'
 
 
@@ -43,14 +45,22 @@ def test_dry_run_writes_every_part(cifar10_subset, tmp_path):
   out = tmp_path / 'results.json'
   env = {**os.environ, 'DRY_RUN': '1', 'PYTHON': sys.executable, 'BUDGET_SEC': '1200'}
   # From another folder: the script finds the repository and resolves the paths given.
-  subprocess.run(['bash', str(REPO_ROOT / 'benchmarks' / 'gpu_check.sh'), 'results.json',
-                  str(cifar10_subset)], cwd=tmp_path, env=env, check=True, timeout=1200)
+  subprocess.run(
+      ['bash', str(REPO_ROOT / 'benchmarks' / 'gpu_check.sh'), 'results.json', str(cifar10_subset)],
+      cwd=tmp_path,
+      env=env,
+      check=True,
+      timeout=1200,
+  )
   results = json.loads(out.read_text())
   assert results['mode'] == 'dry_run'
   # Every part, less the bfloat16 throughputs (the same script with another --config.dtype)
   # and the ResNet-50 ones (the same script with another config file).
-  assert list(results['parts']) == [name for name in gpu_check.GPU_CAPS
-                                    if not name.endswith('_bfloat16') and 'resnet50' not in name]
+  assert list(results['parts']) == [
+      name
+      for name in gpu_check.GPU_CAPS
+      if not name.endswith('_bfloat16') and 'resnet50' not in name
+  ]
   for name, part in results['parts'].items():
     assert part['status'] == 'ok', (name, part.get('stderr_tail'))
     assert numbers(part['result']), name
@@ -64,7 +74,8 @@ def test_dry_run_writes_every_part(cifar10_subset, tmp_path):
   assert all(e['sec'] > 0 for e in pretrain['epochs'])
   assert pretrain['final_metrics']['contrastive_loss'] > 0
   assert 0 <= parts['linear_eval']['result']['top1'] <= 1
-  peaks = {name: option['peak_gb']['16']
-           for name, option in parts['memory']['result']['options'].items()}
+  peaks = {
+      name: option['peak_gb']['16'] for name, option in parts['memory']['result']['options'].items()
+  }
   assert list(peaks) == ['float32', 'bfloat16', 'remat', 'chunked']
   assert all(peak > 0 for peak in peaks.values())

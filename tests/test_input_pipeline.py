@@ -126,10 +126,12 @@ def _batches(config, num, **kwargs):
 def test_dataset_info_counts_images_and_classes(image_folder):
   config = _config(image_folder)
   assert input_pipeline.get_dataset_info(config, 'train') == datasets.DatasetInfo(
-      num_examples=_NUM_TRAIN, num_classes=3)
+      num_examples=_NUM_TRAIN, num_classes=3
+  )
   # The test split has 2 class folders, but labels index the train split's 3 classes.
   assert input_pipeline.get_dataset_info(config, 'test') == datasets.DatasetInfo(
-      num_examples=2, num_classes=3)
+      num_examples=2, num_classes=3
+  )
 
 
 def test_missing_folder_is_reported(tmp_path):
@@ -149,8 +151,9 @@ def test_empty_split_is_reported(tmp_path):
   with pytest.raises(ValueError, match='no images in'):
     input_pipeline.get_dataset_info(_config(tmp_path), 'train')
   with pytest.raises(ValueError, match='no images in'):
-    input_pipeline.create_pretrain_dataset(_config(tmp_path), local_batch_size=2,
-                                           process_index=0, process_count=1)
+    input_pipeline.create_pretrain_dataset(
+        _config(tmp_path), local_batch_size=2, process_index=0, process_count=1
+    )
 
 
 def test_empty_dataset_folder_is_reported(tmp_path):
@@ -171,8 +174,9 @@ def test_unprepared_tfds_dataset_fails_fast(tmp_path):
   message = str(error.value)
   assert 'tfds build' in message and 'cifar10-jpeg' in message
   with pytest.raises(ValueError, match='not prepared'):
-    input_pipeline.create_pretrain_dataset(config, local_batch_size=2, process_index=0,
-                                           process_count=1)
+    input_pipeline.create_pretrain_dataset(
+        config, local_batch_size=2, process_index=0, process_count=1
+    )
   assert time.perf_counter() - start < 10
 
 
@@ -191,8 +195,10 @@ def test_batches_have_shapes_dtypes_and_labels(image_folder):
 
 def test_each_epoch_is_a_fresh_permutation(image_folder):
   # One batch of the whole split is exactly one epoch.
-  epochs = [_ids(b['views'])[:, 0]
-            for b in _batches(_identity_config(image_folder), 3, local_batch_size=_NUM_TRAIN)]
+  epochs = [
+      _ids(b['views'])[:, 0]
+      for b in _batches(_identity_config(image_folder), 3, local_batch_size=_NUM_TRAIN)
+  ]
   for ids in epochs:
     np.testing.assert_array_equal(np.sort(ids), np.arange(_NUM_TRAIN))
   assert not np.array_equal(epochs[0], epochs[1])
@@ -245,8 +251,7 @@ def test_processes_get_disjoint_equal_shards(image_folder):
   n_local = _NUM_TRAIN // 2
   shards = []
   for index in range(2):
-    epochs = _batches(config, 2, local_batch_size=n_local, process_index=index,
-                      process_count=2)
+    epochs = _batches(config, 2, local_batch_size=n_local, process_index=index, process_count=2)
     ids = [set(_ids(b['views'])[:, 0]) for b in epochs]
     assert len(ids[0]) == n_local and ids[0] == ids[1]  # Same shard every epoch.
     shards.append(ids[0])
@@ -254,28 +259,48 @@ def test_processes_get_disjoint_equal_shards(image_folder):
 
 
 @pytest.mark.parametrize('data_shards', [2, 4])
-def test_data_shards_make_the_global_batch_independent_of_the_process_count(image_folder,
-                                                                             data_shards):
+def test_data_shards_make_the_global_batch_independent_of_the_process_count(
+    image_folder, data_shards
+):
   # 11 images in 4 shards of 2 (or 2 of 5); a global batch of 4 takes 4 / data_shards from
   # each. From step 1 on, 3 batches: resumed streams, epochs wrapping around.
   config = _light_config(image_folder, data_shards=data_shards)
   single = _batches(config, 3, local_batch_size=4, start_step=1)
   for count in (2, 4) if data_shards == 4 else (2,):
-    local = [_batches(config, 3, local_batch_size=4 // count, start_step=1, process_index=i,
-                      process_count=count) for i in range(count)]
+    local = [
+        _batches(
+            config,
+            3,
+            local_batch_size=4 // count,
+            start_step=1,
+            process_index=i,
+            process_count=count,
+        )
+        for i in range(count)
+    ]
     for step, batch in enumerate(single):
       for key in ('views', 'label'):
         np.testing.assert_array_equal(
-            np.concatenate([shard[step][key] for shard in local]), batch[key])
-  with pytest.raises(ValueError, match=r'config.data_shards=3 must be a multiple of the 2 '
-                                       r'processes and divide the global batch of 4'):
-    _batches(_light_config(image_folder, data_shards=3), 1, local_batch_size=2,
-             process_index=0, process_count=2)
+            np.concatenate([shard[step][key] for shard in local]), batch[key]
+        )
+  with pytest.raises(
+      ValueError,
+      match=r'config.data_shards=3 must be a multiple of the 2 '
+      r'processes and divide the global batch of 4',
+  ):
+    _batches(
+        _light_config(image_folder, data_shards=3),
+        1,
+        local_batch_size=2,
+        process_index=0,
+        process_count=2,
+    )
 
 
 def test_device_batches_are_sharded_global_arrays(image_folder):
   dataset = input_pipeline.create_pretrain_dataset(
-      _light_config(image_folder), local_batch_size=4, process_index=0, process_count=1).take(3)
+      _light_config(image_folder), local_batch_size=4, process_index=0, process_count=1
+  ).take(3)
   sharding = NamedSharding(Mesh(jax.devices(), ('data',)), P('data'))
   expected = list(dataset.as_numpy_iterator())
   produced = list(input_pipeline.device_batches(dataset, sharding, prefetch=2))
@@ -296,10 +321,15 @@ class SimclrTestTinyLabeled(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(shape=(None, None, 3)),
-        'label': tfds.features.ClassLabel(num_classes=3),
-    }))
+    return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict(
+            {
+                'image': tfds.features.Image(shape=(None, None, 3)),
+                'label': tfds.features.ClassLabel(num_classes=3),
+            }
+        ),
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -317,9 +347,14 @@ class SimclrTestTinyUnlabeled(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(shape=(None, None, 3)),
-    }))
+    return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict(
+            {
+                'image': tfds.features.Image(shape=(None, None, 3)),
+            }
+        ),
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -342,7 +377,8 @@ def tfds_dir(tmp_path_factory):
 def test_tfds_info_and_batches(tfds_dir):
   config = _identity_config('simclr_test_tiny_labeled', tfds_data_dir=str(tfds_dir))
   assert input_pipeline.get_dataset_info(config, 'train') == datasets.DatasetInfo(
-      num_examples=_NUM_TRAIN, num_classes=3)
+      num_examples=_NUM_TRAIN, num_classes=3
+  )
   (batch,) = _batches(config, 1, local_batch_size=_NUM_TRAIN)
   assert batch['views'].shape == (_NUM_TRAIN, 2, SIZE, SIZE, 3)
   ids = _ids(batch['views'])[:, 0]
@@ -353,22 +389,30 @@ def test_tfds_info_and_batches(tfds_dir):
 def test_tfds_resume_and_shards(tfds_dir):
   # A 4-element shuffle block over 11 examples: blocks of 4, 4, 3 per epoch. Step 3
   # (elements 9..11) straddles the epoch boundary; step 5 (15..17) a block boundary.
-  config = _light_config('simclr_test_tiny_labeled', tfds_data_dir=str(tfds_dir),
-                         shuffle_buffer_size=4)
+  config = _light_config(
+      'simclr_test_tiny_labeled', tfds_data_dir=str(tfds_dir), shuffle_buffer_size=4
+  )
   full = _batches(config, 6, local_batch_size=3)
   for step in (3, 5):
     resumed = _batches(config, 1, local_batch_size=3, start_step=step)[0]
     np.testing.assert_array_equal(resumed['views'], full[step]['views'])
   config = _identity_config('simclr_test_tiny_labeled', tfds_data_dir=str(tfds_dir))
-  shards = [set(_ids(_batches(config, 1, local_batch_size=5, process_index=i,
-                              process_count=2)[0]['views'])[:, 0]) for i in range(2)]
+  shards = [
+      set(
+          _ids(
+              _batches(config, 1, local_batch_size=5, process_index=i, process_count=2)[0]['views']
+          )[:, 0]
+      )
+      for i in range(2)
+  ]
   assert len(shards[0]) == len(shards[1]) == 5 and not shards[0] & shards[1]
 
 
 def test_tfds_without_labels(tfds_dir):
   config = _identity_config('simclr_test_tiny_unlabeled', tfds_data_dir=str(tfds_dir))
   assert input_pipeline.get_dataset_info(config, 'train') == datasets.DatasetInfo(
-      num_examples=5, num_classes=0)
+      num_examples=5, num_classes=0
+  )
   (batch,) = _batches(config, 1, local_batch_size=4)
   np.testing.assert_array_equal(batch['label'], -np.ones(4))
 
@@ -386,7 +430,8 @@ def test_real_cifar10_subset(cifar10_dir, tmp_path):
     os.symlink(src, dst)
   config = _config(tmp_path, image_size=32)
   assert input_pipeline.get_dataset_info(config, 'train') == datasets.DatasetInfo(
-      num_examples=64, num_classes=10)
+      num_examples=64, num_classes=10
+  )
   (batch,) = _batches(config, 1, local_batch_size=32)
   assert batch['views'].shape == (32, 2, 32, 32, 3)
   assert batch['views'].min() >= 0 and batch['views'].max() <= 1
@@ -411,11 +456,12 @@ def test_finetune_stream_reads_only_the_subset(image_folder, tfds_dir, source):
     config = _identity_config('simclr_test_tiny_labeled', tfds_data_dir=str(tfds_dir))
     # TFDS stores records in key-hash order.
     records = tfds.builder('simclr_test_tiny_labeled', data_dir=str(tfds_dir)).as_dataset(
-        split='train', shuffle_files=False)
-    id_of_index = np.array([(int(r['image'][0, 0, 0]) - 10) // 20
-                            for r in records.as_numpy_iterator()])
-  np.testing.assert_array_equal(datasets.get(config).labels('train'),
-                                _LABEL_OF_ID[id_of_index])
+        split='train', shuffle_files=False
+    )
+    id_of_index = np.array(
+        [(int(r['image'][0, 0, 0]) - 10) // 20 for r in records.as_numpy_iterator()]
+    )
+  np.testing.assert_array_equal(datasets.get(config).labels('train'), _LABEL_OF_ID[id_of_index])
   subset = np.array([1, 4, 8, 9])
   batches = _finetune_batches(config, 3, local_batch_size=4, subset=subset)
   for batch in batches:  # Each batch of 4 is one epoch over the subset: a permutation of it.
@@ -425,9 +471,16 @@ def test_finetune_stream_reads_only_the_subset(image_folder, tfds_dir, source):
     np.testing.assert_array_equal(batch['label'], _LABEL_OF_ID[ids])
   resumed = _finetune_batches(config, 1, local_batch_size=4, subset=subset, start_step=2)[0]
   np.testing.assert_array_equal(resumed['image'], batches[2]['image'])
-  shards = [set(_ids(_finetune_batches(config, 1, local_batch_size=2, subset=subset,
-                                       process_index=i, process_count=2)[0]['image']))
-            for i in range(2)]
+  shards = [
+      set(
+          _ids(
+              _finetune_batches(
+                  config, 1, local_batch_size=2, subset=subset, process_index=i, process_count=2
+              )[0]['image']
+          )
+      )
+      for i in range(2)
+  ]
   assert shards[0] | shards[1] == set(id_of_index[subset]) and not shards[0] & shards[1]
 
 
@@ -440,8 +493,9 @@ def test_finetune_views_are_crops_and_flips_without_colour_changes(image_folder)
   # is a grayscale file.
   expected = np.array([[_red(1)] * 2 if i == 1 else [100, 50] for i in ids], np.float32)
   green_blue = batch['image'][..., 1:].reshape(_NUM_TRAIN, -1, 2) * 255
-  np.testing.assert_allclose(green_blue, np.broadcast_to(expected[:, None], green_blue.shape),
-                             atol=3)
+  np.testing.assert_allclose(
+      green_blue, np.broadcast_to(expected[:, None], green_blue.shape), atol=3
+  )
 
 
 def _broken_folder(root):
@@ -451,15 +505,16 @@ def _broken_folder(root):
   for name, i in good:
     _write_image(str(root / 'train' / 'cls' / name), i, 'RGB', (9, 9))
   full = (root / 'train' / 'cls' / 'ok1.jpg').read_bytes()
-  (root / 'train' / 'cls' / 'truncated.jpg').write_bytes(full[:len(full) // 2])
+  (root / 'train' / 'cls' / 'truncated.jpg').write_bytes(full[: len(full) // 2])
   (root / 'train' / 'cls' / 'zzz.png').write_bytes(b'not an image')
   return root
 
 
 def test_unreadable_images_are_named(tmp_path):
   config = _identity_config(_broken_folder(tmp_path))
-  dataset = input_pipeline.create_pretrain_dataset(config, local_batch_size=5, process_index=0,
-                                                   process_count=1)
+  dataset = input_pipeline.create_pretrain_dataset(
+      config, local_batch_size=5, process_index=0, process_count=1
+  )
   sharding = NamedSharding(Mesh(np.array(jax.devices()[:1]), ('data',)), P('data'))
   with pytest.raises(ValueError) as error:
     next(input_pipeline.device_batches(dataset, sharding, config=config, split='train'))
@@ -479,8 +534,9 @@ def test_unreadable_images_are_skipped_and_counted_when_asked(tmp_path, caplog):
 
 def test_cmyk_jpeg_is_read_as_rgb(tmp_path):
   os.makedirs(tmp_path / 'train' / 'cls')
-  Image.new('CMYK', (12, 10), (0, 155, 205, 0)).save(tmp_path / 'train' / 'cls' / 'c.jpg',
-                                                    quality=95)
+  Image.new('CMYK', (12, 10), (0, 155, 205, 0)).save(
+      tmp_path / 'train' / 'cls' / 'c.jpg', quality=95
+  )
   config = _identity_config(tmp_path)
   (batch,) = _batches(config, 1, local_batch_size=1)
   # CMYK (0, 155, 205, 0) is RGB (255, 100, 50).
@@ -498,15 +554,17 @@ def test_eval_labels_follow_the_train_classes(tmp_path):
       os.makedirs(tmp_path / split / cls)
       _write_image(str(tmp_path / split / cls / 'x.png'), i, 'RGB', (8, 8))
   config = _identity_config(tmp_path)
-  dataset, count = input_pipeline.create_eval_dataset(config, 'test', local_batch_size=2,
-                                                      process_index=0, process_count=1)
+  dataset, count = input_pipeline.create_eval_dataset(
+      config, 'test', local_batch_size=2, process_index=0, process_count=1
+  )
   (batch,) = list(dataset.as_numpy_iterator())
   assert count == 2 and list(batch['label']) == [1, 2]  # bee and cow as in train.
   os.makedirs(tmp_path / 'test' / 'dog')
   _write_image(str(tmp_path / 'test' / 'dog' / 'x.png'), 0, 'RGB', (8, 8))
   _clear_listing_caches()
-  with pytest.raises(ValueError, match=r"split 'test' has classes that split 'train' lacks: "
-                                       r"\['dog'\]"):
+  with pytest.raises(
+      ValueError, match=r"split 'test' has classes that split 'train' lacks: " r"\['dog'\]"
+  ):
     input_pipeline.create_eval_dataset(config, 'test', local_batch_size=2)
 
 
@@ -533,38 +591,49 @@ def test_augment_on_device_yields_decoded_images_and_seeds(tmp_path):
 
 def test_augment_on_device_needs_images_of_one_size(image_folder, tfds_dir):
   config = _config(image_folder, augment_on_device=True)
-  dataset = input_pipeline.create_pretrain_dataset(config, local_batch_size=4, process_index=0,
-                                                   process_count=1)
+  dataset = input_pipeline.create_pretrain_dataset(
+      config, local_batch_size=4, process_index=0, process_count=1
+  )
   sharding = NamedSharding(Mesh(np.array(jax.devices()[:1]), ('data',)), P('data'))
-  with pytest.raises(ValueError, match=r'augment_on_device=True needs images of one size, but '
-                                       r'.* not 10x12 .*--config.augment_on_device=false'):
+  with pytest.raises(
+      ValueError,
+      match=r'augment_on_device=True needs images of one size, but '
+      r'.* not 10x12 .*--config.augment_on_device=false',
+  ):
     next(input_pipeline.device_batches(dataset, sharding, config=config, split='train'))
-  config = _config('simclr_test_tiny_labeled', tfds_data_dir=str(tfds_dir),
-                   augment_on_device=True)
-  with pytest.raises(ValueError, match=r'has images of shape \(None, None, 3\). Set '
-                                       r'--config.augment_on_device=false'):
+  config = _config('simclr_test_tiny_labeled', tfds_data_dir=str(tfds_dir), augment_on_device=True)
+  with pytest.raises(
+      ValueError,
+      match=r'has images of shape \(None, None, 3\). Set ' r'--config.augment_on_device=false',
+  ):
     input_pipeline.create_pretrain_dataset(config, local_batch_size=4)
 
 
 def _warnings(caplog, text):
-  return [r.getMessage() for r in caplog.records
-          if r.levelname == 'WARNING' and text in r.getMessage()]
+  return [
+      r.getMessage() for r in caplog.records if r.levelname == 'WARNING' and text in r.getMessage()
+  ]
 
 
 def test_one_class_is_refused_when_labels_are_evaluated(tmp_path):
   os.makedirs(tmp_path / 'train' / 'only')
   for i in range(2):
     _write_image(str(tmp_path / 'train' / 'only' / f'{i}.png'), i, 'RGB', (8, 8))
-  with pytest.raises(ValueError, match=r"split 'train' has one class folder \('only'\), and one "
-                                       r'class gives the kNN monitor \(config.eval_every_steps='
-                                       r'5000\) no labels to evaluate against. Put the images in '
-                                       r'one sub-folder per class .*'
-                                       r'--config.eval_every_steps=0 to pretrain without labels'):
+  with pytest.raises(
+      ValueError,
+      match=r"split 'train' has one class folder \('only'\), and one "
+      r'class gives the kNN monitor \(config.eval_every_steps='
+      r'5000\) no labels to evaluate against. Put the images in '
+      r'one sub-folder per class .*'
+      r'--config.eval_every_steps=0 to pretrain without labels',
+  ):
     input_pipeline.get_dataset_info(_config(tmp_path), 'train')
   # Without the kNN monitor, pretraining needs no labels.
   assert input_pipeline.get_dataset_info(_config(tmp_path, eval_every_steps=0), 'train') == (
-      datasets.DatasetInfo(num_examples=2, num_classes=1))
+      datasets.DatasetInfo(num_examples=2, num_classes=1)
+  )
   from simclr_jax.evaluators import features  # pylint: disable=g-import-not-at-top
+
   for mode in ('linear_eval', 'knn_eval'):
     with pytest.raises(ValueError, match=rf"one class gives config.mode='{mode}' no labels") as e:
       features.labelled_train_info(_config(tmp_path, mode=mode, eval_every_steps=0))
@@ -583,13 +652,15 @@ def test_empty_and_looping_class_folders_are_ignored(tmp_path, caplog):
   os.symlink('self', tmp_path / 'train' / 'self')  # Not a folder: ignored like a file.
   config = _config(tmp_path)
   assert input_pipeline.get_dataset_info(config, 'train') == datasets.DatasetInfo(
-      num_examples=2, num_classes=2)
+      num_examples=2, num_classes=2
+  )
   assert datasets.get(config).class_names() == ['ant', 'cow']
   np.testing.assert_array_equal(datasets.get(config).labels('test'), [1])  # cow.
   (train_warning,) = _warnings(caplog, f'{tmp_path / "train"} that hold no images')
   assert train_warning.startswith('Ignoring 3 folder(s) of ')
   assert f'bee, here (a link to {tmp_path / "train"}), loop (a link to {tmp_path})' in (
-      train_warning)
+      train_warning
+  )
   (test_warning,) = _warnings(caplog, f'{tmp_path / "test"} that hold no images')
   assert test_warning.endswith('so are not classes: bee. Put images in them or remove them.')
 
@@ -602,8 +673,11 @@ def _unreadable_folder(root):
   os.symlink(root / 'missing.png', root / 'train' / 'a' / 'gone.png')
   os.symlink('loop.jpg', root / 'train' / 'a' / 'loop.jpg')
   os.makedirs(root / 'train' / 'b' / 'folder.png')
-  expected = {'gone.png': 'broken link', 'loop.jpg': 'symlink loop',
-              'folder.png': 'not a regular file'}
+  expected = {
+      'gone.png': 'broken link',
+      'loop.jpg': 'symlink loop',
+      'folder.png': 'not a regular file',
+  }
   if os.geteuid() != 0:  # root reads files whatever their mode.
     _write_image(str(root / 'train' / 'b' / 'locked.png'), 3, 'RGB', (9, 9))
     os.chmod(root / 'train' / 'b' / 'locked.png', 0)
@@ -620,19 +694,24 @@ def test_unreadable_files_are_named_when_listed(tmp_path):
   for name, reason in expected.items():
     assert f'{name} ({reason})' in message
   assert 'ok0' not in message
-  assert message.endswith('Fix their permissions or links, or delete them, or set '
-                          '--config.skip_bad_images=true to leave them out (the log counts '
-                          'them).')
+  assert message.endswith(
+      'Fix their permissions or links, or delete them, or set '
+      '--config.skip_bad_images=true to leave them out (the log counts '
+      'them).'
+  )
 
 
 def test_unreadable_files_are_skipped_and_counted_when_asked(tmp_path, caplog):
   expected = _unreadable_folder(tmp_path)
   config = _identity_config(tmp_path, skip_bad_images=True)
   assert input_pipeline.get_dataset_info(config, 'train') == datasets.DatasetInfo(
-      num_examples=3, num_classes=2)
+      num_examples=3, num_classes=2
+  )
   (warning,) = _warnings(caplog, 'unreadable')
-  assert warning.startswith(f'Skipping {len(expected)} unreadable images of {tmp_path}/train '
-                            '(config.skip_bad_images), e.g. ')
+  assert warning.startswith(
+      f'Skipping {len(expected)} unreadable images of {tmp_path}/train '
+      '(config.skip_bad_images), e.g. '
+  )
   (batch,) = _batches(config, 1, local_batch_size=3)
   np.testing.assert_array_equal(np.sort(_ids(batch['views'])[:, 0]), [0, 1, 2])
 
@@ -649,15 +728,16 @@ def test_undecodable_formats_are_counted_in_one_warning(tmp_path, caplog):
   (tmp_path / 'train' / 'dog' / '.hidden.webp').write_bytes(b'')
   assert input_pipeline.get_dataset_info(_config(tmp_path), 'train').num_examples == 2
   (warning,) = _warnings(caplog, 'Ignoring')
-  assert warning == (f"Ignoring 1 .heic, 1 .tif, 1 .tiff, 2 .webp files in {tmp_path}/train "
-                     "(TensorFlow's decoder reads JPEG, PNG, BMP and GIF): convert them to one "
-                     'of those to use them.')
+  assert warning == (
+      f'Ignoring 1 .heic, 1 .tif, 1 .tiff, 2 .webp files in {tmp_path}/train '
+      "(TensorFlow's decoder reads JPEG, PNG, BMP and GIF): convert them to one "
+      'of those to use them.'
+  )
 
 
 def test_real_cifar10_lists_quickly(cifar10_dir):
   start = time.perf_counter()
   for split, count in (('train', 50_000), ('test', 10_000)):
-    paths, _, classes = folder_listing.list_split(
-        str(cifar10_dir), split, False)
+    paths, _, classes = folder_listing.list_split(str(cifar10_dir), split, False)
     assert len(paths) == count and len(classes) == 10
   assert time.perf_counter() - start < 3

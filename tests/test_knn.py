@@ -21,8 +21,10 @@ def brute_force_accuracies(train_x, train_y, queries, labels, num_classes, k, te
   """Top-1 and top-5 accuracy of `brute_force_knn`; ties go to the lower class index."""
   scores = brute_force_knn(train_x, train_y, queries, num_classes, k, temperature)
   ranking = np.argsort(-scores, axis=1, kind='stable')
-  return {'top1': np.mean(ranking[:, 0] == labels),
-          'top5': np.mean([label in row[:5] for label, row in zip(labels, ranking)])}
+  return {
+      'top1': np.mean(ranking[:, 0] == labels),
+      'top5': np.mean([label in row[:5] for label, row in zip(labels, ranking)]),
+  }
 
 
 @pytest.mark.parametrize('seed,k,chunk_size', [(0, 7, 16), (1, 1, 5), (2, 30, 64)])
@@ -30,8 +32,7 @@ def test_knn_scores_match_brute_force(seed, k, chunk_size):
   rng = np.random.default_rng(seed)
   train_x, queries = rng.normal(size=(60, 8)), rng.normal(size=(23, 8))
   train_y = rng.integers(0, 4, size=60)
-  scores = knn.knn_scores(train_x, train_y, queries, 4, k=k, temperature=0.1,
-                          chunk_size=chunk_size)
+  scores = knn.knn_scores(train_x, train_y, queries, 4, k=k, temperature=0.1, chunk_size=chunk_size)
   expected = brute_force_knn(train_x, train_y, queries, 4, k, 0.1)
   np.testing.assert_allclose(scores, expected, rtol=1e-4)
   np.testing.assert_array_equal(scores.argmax(1), expected.argmax(1))

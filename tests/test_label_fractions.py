@@ -32,8 +32,7 @@ def test_subsets_are_deterministic_and_depend_on_the_seed(labels):
 def test_subsets_are_nested(labels):
   one, ten = (class_balanced_subset(labels, f, seed=3) for f in (0.01, 0.1))
   assert np.isin(one, ten).all()
-  np.testing.assert_array_equal(class_balanced_subset(labels, 1.0, seed=3),
-                                np.arange(len(labels)))
+  np.testing.assert_array_equal(class_balanced_subset(labels, 1.0, seed=3), np.arange(len(labels)))
 
 
 def test_subset_draws_uniformly_within_each_class(labels):

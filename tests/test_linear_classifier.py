@@ -22,7 +22,7 @@ def numpy_objective_and_grad(weights, bias, x, labels, l2):
   z = z - z.max(axis=1, keepdims=True)
   log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
   n = len(labels)
-  value = -log_probs[np.arange(n), labels].mean() + 0.5 * l2 * np.sum(weights ** 2)
+  value = -log_probs[np.arange(n), labels].mean() + 0.5 * l2 * np.sum(weights**2)
   residual = np.exp(log_probs)
   residual[np.arange(n), labels] -= 1.0
   return value, (x.T @ residual / n + l2 * weights, residual.mean(axis=0))
@@ -38,7 +38,7 @@ def numpy_gradient_descent(x, labels, num_classes, l2, steps=50_000):
     look = params + t / (t + 3) * (params - prev)
     _, (g_w, g_b) = numpy_objective_and_grad(look[:-1], look[-1], x, labels, l2)
     prev, params = params, look - step * np.concatenate([g_w, g_b[None]], axis=0)
-    if np.sqrt(np.sum(g_w ** 2) + np.sum(g_b ** 2)) < 1e-11:
+    if np.sqrt(np.sum(g_w**2) + np.sum(g_b**2)) < 1e-11:
       break
   return params[:-1], params[-1]
 
@@ -80,7 +80,7 @@ def test_fit_minimises_the_objective_like_numpy_gradient_descent(seed, l2):
   weights = np.asarray(classifier.weights, np.float64)
   bias = np.asarray(classifier.bias, np.float64)
   value, (g_w, g_b) = numpy_objective_and_grad(weights, bias, x_std, labels, l2)
-  assert np.sqrt(np.sum(g_w ** 2) + np.sum(g_b ** 2)) < 1e-5
+  assert np.sqrt(np.sum(g_w**2) + np.sum(g_b**2)) < 1e-5
 
   ref_weights, ref_bias = numpy_gradient_descent(x_std, labels, num_classes, l2)
   ref_value, _ = numpy_objective_and_grad(ref_weights, ref_bias, x_std, labels, l2)
@@ -111,8 +111,9 @@ def test_constant_feature_is_ignored():
   classifier = lc.fit(with_constant(x).astype(np.float32), labels, 4, 1e-3)
   reference = lc.fit(x.astype(np.float32), labels, 4, 1e-3)
   assert classifier.scale[-1] == pytest.approx(1 / 1e-6)
-  np.testing.assert_allclose(lc.logits(classifier, with_constant(x_test)),
-                             lc.logits(reference, x_test), atol=1e-3)
+  np.testing.assert_allclose(
+      lc.logits(classifier, with_constant(x_test)), lc.logits(reference, x_test), atol=1e-3
+  )
 
 
 def test_topk_accuracy_matches_numpy_ranking():
@@ -157,8 +158,9 @@ def test_selection_prefers_a_larger_l2_on_noisy_features_and_refits_on_everythin
   # 20 examples per class in 60 noisy dimensions: barely regularised fits chase the noise.
   x, labels = noisy_centres(np.random.default_rng(8), [120] * 5, 0.35)
   grid = (1e-4, 1e-2, 1.0)
-  classifier, info = lc.select_l2_and_fit(x, labels, 5, l2_grid=grid, holdout_fraction=HOLDOUT,
-                                          seed=1)
+  classifier, info = lc.select_l2_and_fit(
+      x, labels, 5, l2_grid=grid, holdout_fraction=HOLDOUT, seed=1
+  )
 
   assert set(info) == {'l2', 'holdout_accuracy'}
   assert set(info['holdout_accuracy']) == {str(l2) for l2 in grid}
@@ -185,24 +187,26 @@ def test_selection_rejects_an_l2_so_large_that_only_the_majority_class_is_predic
 
 def test_selection_breaks_ties_toward_the_larger_l2():
   x, labels = noisy_centres(np.random.default_rng(9), [120] * 5, 3.0)
-  _, info = lc.select_l2_and_fit(x, labels, 5, l2_grid=(1e-3, 1e-2, 1e-1),
-                                 holdout_fraction=HOLDOUT)
+  _, info = lc.select_l2_and_fit(x, labels, 5, l2_grid=(1e-3, 1e-2, 1e-1), holdout_fraction=HOLDOUT)
   assert all(acc == 1.0 for acc in info['holdout_accuracy'].values())
   assert info['l2'] == 1e-1
 
 
-@pytest.mark.parametrize('labels,kwargs,message', [
-    ([0, 1, 3, 1], {}, r'labels must lie in \[0, 3\)'),
-    ([0, -1, 2, 1], {}, 'labels must lie'),
-    ([0.0, 1.0, 2.0, 1.0], {}, 'labels must be integers'),
-    ([0, 1, 2, 1], {'l2_grid': ()}, 'l2_grid is empty'),
-    ([0, 1, 2, 1], {'l2_grid': (-1.0,)}, 'finite and >= 0'),
-    ([0, 1, 2, 1], {'holdout_fraction': 1.0}, 'holdout_fraction must lie'),
-    # Class 0 has a single example; holding out half of it leaves nothing to fit on.
-    ([0, 1, 2, 1], {'holdout_fraction': 0.5}, 'class 0 has 1 examples'),
-    ([0, 0, 1, 1], {}, 'class 2 has 0 examples'),
-    ([0, 0, 1, 1, 2, 2, 2, 2], {'holdout_fraction': 0.01}, 'holds out no example'),
-])
+@pytest.mark.parametrize(
+    'labels,kwargs,message',
+    [
+        ([0, 1, 3, 1], {}, r'labels must lie in \[0, 3\)'),
+        ([0, -1, 2, 1], {}, 'labels must lie'),
+        ([0.0, 1.0, 2.0, 1.0], {}, 'labels must be integers'),
+        ([0, 1, 2, 1], {'l2_grid': ()}, 'l2_grid is empty'),
+        ([0, 1, 2, 1], {'l2_grid': (-1.0,)}, 'finite and >= 0'),
+        ([0, 1, 2, 1], {'holdout_fraction': 1.0}, 'holdout_fraction must lie'),
+        # Class 0 has a single example; holding out half of it leaves nothing to fit on.
+        ([0, 1, 2, 1], {'holdout_fraction': 0.5}, 'class 0 has 1 examples'),
+        ([0, 0, 1, 1], {}, 'class 2 has 0 examples'),
+        ([0, 0, 1, 1, 2, 2, 2, 2], {'holdout_fraction': 0.01}, 'holds out no example'),
+    ],
+)
 def test_select_l2_and_fit_rejects_bad_inputs(labels, kwargs, message):
   kwargs = {'l2_grid': (1e-3,), **kwargs}
   features = np.zeros((len(labels), 2), np.float32)

@@ -41,14 +41,12 @@ def naive_nt_xent(z_a, z_b, temperature):
   return total_loss / n, correct / n, total_entropy / n
 
 
-@pytest.mark.parametrize('seed,n,d,temperature', [(0, 6, 5, 0.5), (1, 9, 16, 0.1),
-                                                  (2, 4, 3, 1.0)])
+@pytest.mark.parametrize('seed,n,d,temperature', [(0, 6, 5, 0.5), (1, 9, 16, 0.1), (2, 4, 3, 1.0)])
 def test_value_accuracy_entropy_match_naive_loop(seed, n, d, temperature):
   rng = np.random.default_rng(seed)
   z_b = rng.normal(size=(n, d))
   z_a = z_b + 0.8 * rng.normal(size=(n, d))  # Correlated views: accuracy is neither 0 nor 1.
-  out = losses.nt_xent(jnp.asarray(z_a, jnp.float32), jnp.asarray(z_b, jnp.float32),
-                       temperature)
+  out = losses.nt_xent(jnp.asarray(z_a, jnp.float32), jnp.asarray(z_b, jnp.float32), temperature)
   loss, acc, ent = naive_nt_xent(z_a, z_b, temperature)
   np.testing.assert_allclose(out.loss, loss, rtol=1e-5)
   np.testing.assert_allclose(out.accuracy, acc, atol=1e-7)
@@ -59,9 +57,9 @@ def test_gradient_matches_finite_differences_of_naive_loop():
   rng = np.random.default_rng(3)
   n, d, temperature = 5, 4, 0.2
   z_a, z_b = rng.normal(size=(n, d)), rng.normal(size=(n, d))
-  grad_a, grad_b = jax.grad(lambda a, b: losses.nt_xent(a, b, temperature).loss,
-                            argnums=(0, 1))(jnp.asarray(z_a, jnp.float32),
-                                            jnp.asarray(z_b, jnp.float32))
+  grad_a, grad_b = jax.grad(lambda a, b: losses.nt_xent(a, b, temperature).loss, argnums=(0, 1))(
+      jnp.asarray(z_a, jnp.float32), jnp.asarray(z_b, jnp.float32)
+  )
   eps = 1e-6
   for z, grad, which in ((z_a, grad_a, 0), (z_b, grad_b, 1)):
     numeric = np.zeros_like(z)
@@ -71,8 +69,9 @@ def test_gradient_matches_finite_differences_of_naive_loop():
       minus[idx] -= eps
       args_plus = (plus, z_b) if which == 0 else (z_a, plus)
       args_minus = (minus, z_b) if which == 0 else (z_a, minus)
-      numeric[idx] = (naive_nt_xent(*args_plus, temperature)[0] -
-                      naive_nt_xent(*args_minus, temperature)[0]) / (2 * eps)
+      numeric[idx] = (
+          naive_nt_xent(*args_plus, temperature)[0] - naive_nt_xent(*args_minus, temperature)[0]
+      ) / (2 * eps)
     assert np.abs(numeric).max() > 1e-2  # The check below is not vacuous.
     np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=2e-5)
 
@@ -81,12 +80,15 @@ def test_chunked_loss_and_gradients_equal_unchunked():
   rng = np.random.default_rng(6)
   z_b = rng.normal(size=(12, 8))
   z_a = z_b + 0.8 * rng.normal(size=(12, 8))
+
   @functools.partial(jax.jit, static_argnums=2)
   def value_and_grads(a, b, chunk):  # Gradients of loss + entropy: both paths are checked.
     def objective(a, b):
       out = losses.nt_xent(a, b, 0.3, chunk_size=chunk)
       return out.loss + out.entropy, out
+
     return jax.grad(objective, argnums=(0, 1), has_aux=True)(a, b)
+
   inputs = jnp.asarray(z_a, jnp.float32), jnp.asarray(z_b, jnp.float32)
   ref_grads, ref = value_and_grads(*inputs, 0)
   grads, out = value_and_grads(*inputs, 4)  # Three chunks: the first, then a scan of two.
@@ -108,13 +110,14 @@ def test_chunk_size_must_divide_anchors():
 def test_loss_is_invariant_to_scale_of_projections():
   rng = np.random.default_rng(4)
   z_a, z_b = (jnp.asarray(rng.normal(size=(8, 6)), jnp.float32) for _ in range(2))
-  np.testing.assert_allclose(losses.nt_xent(z_a, z_b, 0.5).loss,
-                             losses.nt_xent(3.0 * z_a, 0.1 * z_b, 0.5).loss, rtol=1e-5)
+  np.testing.assert_allclose(
+      losses.nt_xent(z_a, z_b, 0.5).loss, losses.nt_xent(3.0 * z_a, 0.1 * z_b, 0.5).loss, rtol=1e-5
+  )
 
 
 # In float64 (jax_enable_x64), so that the sharded and unsharded sums, taken in other orders,
 # agree to ~1e-15 and can be compared tightly on any machine (issue 21).
-_SHARDED_SCRIPT = textwrap.dedent('''
+_SHARDED_SCRIPT = textwrap.dedent("""
     import json
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update('jax_enable_x64', True)
@@ -136,7 +139,7 @@ _SHARDED_SCRIPT = textwrap.dedent('''
                               entropy=float(out.entropy),
                               grads=[np.asarray(g).tolist() for g in grads])
     print(json.dumps(results))
-''')
+""")
 
 
 def test_sharded_loss_and_gradients_equal_single_device_and_naive():

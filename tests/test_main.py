@@ -17,28 +17,46 @@ from multidevice import REPO_ROOT
 from simclr_jax import cli_errors
 from simclr_jax import workdir_lock
 
-_REQUIRED_SCALARS = {'loss', 'contrastive_loss', 'contrastive_accuracy', 'contrastive_entropy',
-                     'learning_rate', 'probe_loss', 'probe_accuracy', 'steps_per_sec',
-                     'images_per_sec'}
+_REQUIRED_SCALARS = {
+    'loss',
+    'contrastive_loss',
+    'contrastive_accuracy',
+    'contrastive_entropy',
+    'learning_rate',
+    'probe_loss',
+    'probe_accuracy',
+    'steps_per_sec',
+    'images_per_sec',
+}
 
 
 def _cli(workdir, dataset, cache_dir, *overrides):
   """(command, env) of a tiny pretraining run through the command line."""
-  command = [sys.executable, '-m', 'simclr_jax.main', '--config=configs/cifar10.py',
-             f'--workdir={workdir}', f'--config.dataset={dataset}',
-             '--config.model.width_multiplier=0.125', '--config.model.conv_impl=xla',
-             '--config.batch_size=32',
-             '--config.num_train_steps=4', '--config.log_every_steps=2',
-             '--config.checkpoint_every_steps=2', '--config.shuffle_buffer_size=256',
-             *overrides]
+  command = [
+      sys.executable,
+      '-m',
+      'simclr_jax.main',
+      '--config=configs/cifar10.py',
+      f'--workdir={workdir}',
+      f'--config.dataset={dataset}',
+      '--config.model.width_multiplier=0.125',
+      '--config.model.conv_impl=xla',
+      '--config.batch_size=32',
+      '--config.num_train_steps=4',
+      '--config.log_every_steps=2',
+      '--config.checkpoint_every_steps=2',
+      '--config.shuffle_buffer_size=256',
+      *overrides,
+  ]
   env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(cache_dir))
   return command, env
 
 
 def _run_cli(workdir, dataset, cache_dir, *overrides):
   command, env = _cli(workdir, dataset, cache_dir, *overrides)
-  proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                        timeout=600)
+  proc = subprocess.run(
+      command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+  )
   assert proc.returncode == 0, proc.stderr[-5000:]
   return proc.stdout, proc.stderr
 
@@ -61,8 +79,11 @@ def _checkpoints(workdir):
   return sorted(int(n) for n in os.listdir(path) if n.isdigit()) if path.exists() else []
 
 
-_LONG_RUN = ('--config.num_train_steps=24', '--config.log_every_steps=1',
-             '--config.checkpoint_every_steps=6')
+_LONG_RUN = (
+    '--config.num_train_steps=24',
+    '--config.log_every_steps=1',
+    '--config.checkpoint_every_steps=6',
+)
 _TIMING = {'steps_per_sec', 'images_per_sec'}
 
 
@@ -88,10 +109,10 @@ def test_sigterm_sigkill_and_torn_save_resume_exactly(cifar10_subset, tmp_path):
   workdir = tmp_path / 'interrupted'
   command, env = _cli(workdir, cifar10_subset, cache, *_LONG_RUN)
   # SIGTERM mid-run: a checkpoint at the current step, a one-line note, exit status 0.
-  proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  _wait_for(lambda: (workdir / 'metrics.jsonl').exists() and
-            len(_read_metrics(workdir)) >= 2, proc)
+  proc = subprocess.Popen(
+      command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
+  _wait_for(lambda: (workdir / 'metrics.jsonl').exists() and len(_read_metrics(workdir)) >= 2, proc)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-5000:]
@@ -101,8 +122,9 @@ def test_sigterm_sigkill_and_torn_save_resume_exactly(cifar10_subset, tmp_path):
   assert 2 <= stopped < 24 and stopped in _checkpoints(workdir)
 
   # SIGKILL just after the next regular checkpoint.
-  proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+      command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+  )
   _wait_for(lambda: max(_checkpoints(workdir)) > stopped, proc)
   proc.kill()
   proc.wait()
@@ -122,13 +144,19 @@ def test_sigterm_sigkill_and_torn_save_resume_exactly(cifar10_subset, tmp_path):
   assert [m['step'] for m in resumed] == list(range(1, 25))
   for got, want in zip(resumed, expected):
     assert {k: v for k, v in got.items() if k not in _TIMING} == {
-        k: v for k, v in want.items() if k not in _TIMING}, got['step']
+        k: v for k, v in want.items() if k not in _TIMING
+    }, got['step']
 
 
 def _main(*args):
-  return subprocess.run([sys.executable, '-m', 'simclr_jax.main', *args], cwd=REPO_ROOT,
-                        env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True,
-                        text=True, timeout=300)
+  return subprocess.run(
+      [sys.executable, '-m', 'simclr_jax.main', *args],
+      cwd=REPO_ROOT,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
 
 
 def _error_line(proc):
@@ -136,7 +164,7 @@ def _error_line(proc):
   assert 'Traceback' not in proc.stderr
   lines = proc.stderr.splitlines()
   first = max(i for i, line in enumerate(lines) if line.startswith('Error: '))
-  return '\n'.join(lines[first:])[len('Error: '):].strip()
+  return '\n'.join(lines[first:])[len('Error: ') :].strip()
 
 
 def test_known_errors_end_in_a_sentence_with_status_2(cifar10_subset, tmp_path):
@@ -145,19 +173,28 @@ def test_known_errors_end_in_a_sentence_with_status_2(cifar10_subset, tmp_path):
   config = '--config=configs/cifar10_cpu.py'
   assert _error_line(_main(config, f'--workdir={tmp_path}', '--config.batchsize=64')) == (
       'the config has no key \'batchsize\'. Did you mean "batch_size" instead of "batchsize"? '
-      '--show_config lists the keys.')
+      '--show_config lists the keys.'
+  )
   assert _error_line(_main(config)).startswith('--workdir missing: e.g. python -m simclr_jax')
   with workdir_lock.hold(str(tmp_path / 'busy')):
-    busy = _error_line(_main(config, f'--workdir={tmp_path / "busy"}',
-                             f'--config.dataset={cifar10_subset}'))
+    busy = _error_line(
+        _main(config, f'--workdir={tmp_path / "busy"}', f'--config.dataset={cifar10_subset}')
+    )
   assert busy.startswith(f'{tmp_path / "busy"} is in use by another run (pid {os.getpid()} ')
   explained = cli_errors.explained(
-      OSError(errno.ENOSPC, 'the checkpoint of step 6 needs about 3.0 MB', '/w'))
-  assert explained.startswith('not enough disk space: the checkpoint of step 6 needs about 3.0 '
-                              'MB. The checkpoints and metrics written so far are intact')
+      OSError(errno.ENOSPC, 'the checkpoint of step 6 needs about 3.0 MB', '/w')
+  )
+  assert explained.startswith(
+      'not enough disk space: the checkpoint of step 6 needs about 3.0 '
+      'MB. The checkpoints and metrics written so far are intact'
+  )
   # The report program too.
   report = subprocess.run(
       [sys.executable, '-m', 'simclr_jax.report', f'--workdir={tmp_path / "no_run"}'],
-      cwd=REPO_ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
-      timeout=300)
+      cwd=REPO_ROOT,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert _error_line(report).startswith(f'No checkpoint in {tmp_path / "no_run"}/checkpoints')

@@ -44,9 +44,12 @@ class ViewAgreement(core.Method):
   def make_train_step(self, model, tx, schedule, mesh):
     def loss_fn(params, batch_stats, views):
       n = views.shape[0]
-      h, updates = model.apply({'params': params, 'batch_stats': batch_stats},
-                               views.reshape((2 * n,) + views.shape[2:]), train=True,
-                               mutable=['batch_stats'])
+      h, updates = model.apply(
+          {'params': params, 'batch_stats': batch_stats},
+          views.reshape((2 * n,) + views.shape[2:]),
+          train=True,
+          mutable=['batch_stats'],
+      )
       h = h.reshape(n, 2, -1)
       h = h / jnp.linalg.norm(h, axis=-1, keepdims=True)
       loss = 1 - jnp.mean(jnp.sum(h[:, 0] * h[:, 1], axis=-1))
@@ -54,19 +57,26 @@ class ViewAgreement(core.Method):
 
     def step(state, batch):
       (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          state.params, state.batch_stats, batch['views'])
+          state.params, state.batch_stats, batch['views']
+      )
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
-      new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params,
-                                                                                 updates),
-                                batch_stats=batch_stats, opt_state=opt_state)
+      new_state = state.replace(
+          step=state.step + 1,
+          params=optax.apply_updates(state.params, updates),
+          batch_stats=batch_stats,
+          opt_state=opt_state,
+      )
       return train_state.only_if_finite(loss, grads, new_state, state, {'agreement_loss': loss})
 
-    return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
-                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
+    return jax.jit(
+        step,
+        in_shardings=(replicated(mesh), batch_sharded(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=(0,),
+    )
 
 
-def test_a_registered_method_pretrains_with_the_shared_core(monkeypatch, cifar10_subset,
-                                                           tmp_path):
+def test_a_registered_method_pretrains_with_the_shared_core(monkeypatch, cifar10_subset, tmp_path):
   monkeypatch.setitem(core.METHODS, 'agreement', f'{__name__}:ViewAgreement')
   config = tiny_config(cifar10_subset)
   config.method, config.num_train_steps = 'agreement', 4

@@ -11,8 +11,11 @@ from simclr_jax import sharding
 
 def _init_shapes(model_config, image_size, num_classes=0):
   model = models.create_model(model_config, image_size=image_size, num_classes=num_classes)
-  return jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), jnp.zeros((2, image_size, image_size, 3)), train=False))
+  return jax.eval_shape(
+      lambda: model.init(
+          jax.random.PRNGKey(0), jnp.zeros((2, image_size, image_size, 3)), train=False
+      )
+  )
 
 
 def _conv_names(tree):
@@ -54,11 +57,15 @@ def test_width_multiplier_scales_channels(cifar_config):
 @pytest.fixture(scope='module')
 def tiny_model_and_variables():
   from conftest import load_config
+
   config = load_config('cifar10')
   config.model.width_multiplier = 0.125
   model = models.create_model(config.model, image_size=16, num_classes=10)
-  variables = sharding.run_once(lambda key, x: model.init(key, x, train=False),
-                             jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 3)))
+  variables = sharding.run_once(
+      lambda key, x: model.init(key, x, train=False),
+      jax.random.PRNGKey(0),
+      jnp.zeros((2, 16, 16, 3)),
+  )
   return model, variables
 
 
@@ -77,21 +84,28 @@ def test_outputs_and_batchnorm_running_statistics(tiny_model_and_variables):
   model, variables = tiny_model_and_variables
   images = jax.random.uniform(jax.random.PRNGKey(1), (6, 16, 16, 3))
   out, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
-      variables, images)
+      variables, images
+  )
   assert out['h'].shape == (6, 64) and out['z'].shape == (6, 128)
   assert out['probe_logits'].shape == (6, 10)
   # Head's first BN, computed by hand: running = 0.9 * running + 0.1 * batch statistic.
   pre_bn = np.asarray(out['h']) @ np.asarray(variables['params']['head']['dense1']['kernel'])
   old = variables['batch_stats']['head']['bn1']
   new = updates['batch_stats']['head']['bn1']
-  np.testing.assert_allclose(new['mean'], 0.9 * old['mean'] + 0.1 * pre_bn.mean(0),
-                             rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(new['var'], 0.9 * old['var'] + 0.1 * pre_bn.var(0),
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+      new['mean'], 0.9 * old['mean'] + 0.1 * pre_bn.mean(0), rtol=1e-4, atol=1e-6
+  )
+  np.testing.assert_allclose(
+      new['var'], 0.9 * old['var'] + 0.1 * pre_bn.var(0), rtol=1e-4, atol=1e-6
+  )
   # The probe sees stop_gradient(h): the contrastive parameters get no gradient from it.
-  grads = jax.jit(jax.grad(lambda p: model.apply(
-      {**variables, 'params': p}, images, train=True,
-      mutable=['batch_stats'])[0]['probe_logits'].sum()))(variables['params'])
+  grads = jax.jit(
+      jax.grad(
+          lambda p: model.apply(
+              {**variables, 'params': p}, images, train=True, mutable=['batch_stats']
+          )[0]['probe_logits'].sum()
+      )
+  )(variables['params'])
   assert all(np.all(g == 0) for g in jax.tree.leaves(grads['encoder']))
   assert np.any(grads['probe']['kernel'] != 0)
 
@@ -111,8 +125,12 @@ def _loss_and_grads(config, **options):
   params = jax.tree.map(lambda p: p + 0.2, variables['params'])
 
   def loss(params):
-    out, stats = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
-                             images, train=True, mutable=['batch_stats'])
+    out, stats = model.apply(
+        {'params': params, 'batch_stats': variables['batch_stats']},
+        images,
+        train=True,
+        mutable=['batch_stats'],
+    )
     z = out['z'] / jnp.linalg.norm(out['z'], axis=1, keepdims=True)
     return jnp.sum(jax.nn.log_softmax(z @ z.T / 0.5)[:, ::-1].diagonal()), (out, stats)
 
@@ -123,6 +141,7 @@ def _loss_and_grads(config, **options):
 @pytest.fixture(scope='module')
 def float32_reference():
   from conftest import load_config  # pylint: disable=g-import-not-at-top
+
   config = load_config('cifar10')
   config.model.width_multiplier = 0.0625
   return config, _loss_and_grads(config)
@@ -133,9 +152,11 @@ def test_remat_computes_the_same_loss_and_gradients(float32_reference):
   remat_value, _, remat_stats, remat_grads = _loss_and_grads(config, remat=True)
   np.testing.assert_allclose(remat_value, value, rtol=1e-6)
   for tree, ref in ((remat_grads, grads), (remat_stats, stats)):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
-                                                         atol=1e-6 * np.abs(b).max()),
-                 tree, ref)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max()),
+        tree,
+        ref,
+    )
 
 
 def test_bfloat16_compute_keeps_float32_state_and_approximates_float32(float32_reference):
@@ -155,8 +176,11 @@ def test_bfloat16_compute_keeps_float32_state_and_approximates_float32(float32_r
   images = jnp.zeros((2, 16, 16, 3))
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images, train=False))
   text = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images).as_text()
-  products = [line for line in text.splitlines()
-              if 'stablehlo.convolution' in line or 'stablehlo.dot_general' in line]
+  products = [
+      line
+      for line in text.splitlines()
+      if 'stablehlo.convolution' in line or 'stablehlo.dot_general' in line
+  ]
   bf16_products = [line for line in products if line.count('bf16') >= 2]
   num_convs = len(list(_conv_names(variables['params']['encoder'])))
   assert num_convs >= 10 and len(bf16_products) >= num_convs, (num_convs, len(bf16_products))

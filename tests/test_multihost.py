@@ -45,22 +45,40 @@ _RTOL_LATER = 2e-3
 
 
 def _flags(workdir, dataset):
-  return [f'--workdir={workdir}', '--config=configs/cifar10.py', f'--config.dataset={dataset}',
-          '--config.model.width_multiplier=0.125', '--config.batch_size=16',
-          '--config.data_shards=2', f'--config.num_train_steps={_STEPS}',
-          '--config.log_every_steps=1', '--config.checkpoint_every_steps=100',
-          '--config.eval_every_steps=0', '--config.shuffle_buffer_size=256',
-          '--config.warmup_epochs=0']  # Full learning rate: the updates matter.
+  return [
+      f'--workdir={workdir}',
+      '--config=configs/cifar10.py',
+      f'--config.dataset={dataset}',
+      '--config.model.width_multiplier=0.125',
+      '--config.batch_size=16',
+      '--config.data_shards=2',
+      f'--config.num_train_steps={_STEPS}',
+      '--config.log_every_steps=1',
+      '--config.checkpoint_every_steps=100',
+      '--config.eval_every_steps=0',
+      '--config.shuffle_buffer_size=256',
+      '--config.warmup_epochs=0',
+  ]  # Full learning rate: the updates matter.
 
 
 def _start(command, log_path, cache_dir):
   """Starts `command` in its own session (so that all its processes can be killed)."""
   # The compilation cache spares the resumed run its compile.
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHON=sys.executable,
-             JAX_COMPILATION_CACHE_DIR=str(cache_dir))
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS='cpu',
+      PYTHON=sys.executable,
+      JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+  )
   with open(log_path, 'w') as log:
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _wait(procs, deadline):
@@ -90,10 +108,14 @@ def test_two_processes_equal_one_and_stop_and_resume_together(cifar10_subset, tm
   two = tmp_path / 'two_processes'
   cache = tmp_path / 'cache'
   one = [sys.executable, '-m', 'simclr_jax.main']
-  procs = {tmp_path / 'two.log': _start(local + _flags(two, cifar10_subset), tmp_path / 'two.log',
-                                        cache),
-           tmp_path / 'one.log': _start(one + _flags(tmp_path / 'one_device', cifar10_subset),
-                                        tmp_path / 'one.log', cache)}
+  procs = {
+      tmp_path
+      / 'two.log': _start(local + _flags(two, cifar10_subset), tmp_path / 'two.log', cache),
+      tmp_path
+      / 'one.log': _start(
+          one + _flags(tmp_path / 'one_device', cifar10_subset), tmp_path / 'one.log', cache
+      ),
+  }
 
   # SIGTERM to local.sh, which passes it on to both processes, once the first step is logged.
   first = procs[tmp_path / 'two.log']
@@ -108,8 +130,15 @@ def test_two_processes_equal_one_and_stop_and_resume_together(cifar10_subset, tm
   (stopped,) = {int(step) for _, step in notes}  # The same step in both.
   assert 1 <= stopped < _STEPS and os.listdir(two / 'checkpoints') == [str(stopped)]
 
-  resumed = _wait({tmp_path / 'resumed.log': _start(local + _flags(two, cifar10_subset),
-                                                    tmp_path / 'resumed.log', cache)}, deadline)
+  resumed = _wait(
+      {
+          tmp_path
+          / 'resumed.log': _start(
+              local + _flags(two, cifar10_subset), tmp_path / 'resumed.log', cache
+          )
+      },
+      deadline,
+  )
   assert f'Resuming from checkpoint at step {stopped}' in resumed['resumed']
   expected = _metrics(tmp_path / 'one_device')
   got = _metrics(two)  # Process 0 alone writes it: one record per step.
@@ -119,15 +148,20 @@ def test_two_processes_equal_one_and_stop_and_resume_together(cifar10_subset, tm
     assert np.max(np.abs(np.diff(values)) / values[1:]) > 10 * _RTOL_LATER, values
   for step in range(_STEPS):
     assert got[step]['learning_rate'] == expected[step]['learning_rate']
-    np.testing.assert_allclose([got[step][k] for k in _LOSSES],
-                               [expected[step][k] for k in _LOSSES],
-                               rtol=_RTOL_FIRST if step == 0 else _RTOL_LATER,
-                               err_msg=f'step {step + 1}')
+    np.testing.assert_allclose(
+        [got[step][k] for k in _LOSSES],
+        [expected[step][k] for k in _LOSSES],
+        rtol=_RTOL_FIRST if step == 0 else _RTOL_LATER,
+        err_msg=f'step {step + 1}',
+    )
 
 
 def test_flags_come_all_three_or_none():
-  with pytest.raises(ValueError, match=r'--num_processes and --process_id missing: give '
-                                       r'--coordinator_address, --num_processes'):
+  with pytest.raises(
+      ValueError,
+      match=r'--num_processes and --process_id missing: give '
+      r'--coordinator_address, --num_processes',
+  ):
     distributed.initialize('localhost:1234')
   with pytest.raises(ValueError, match=r'--local_device_ids needs --coordinator_address'):
     distributed.initialize(local_device_ids=[0])

@@ -17,8 +17,9 @@ from simclr_jax import optim
 def test_decay_mask_excludes_exactly_batchnorm_parameters_biases_and_probe(cifar_config):
   cifar_config.model.width_multiplier = 0.125
   model = models.create_model(cifar_config.model, image_size=32, num_classes=10)
-  params = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)), train=False))['params']
+  params = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)), train=False)
+  )['params']
   mask = optim.decay_mask(params)
   flat_mask = dict(jax.tree_util.tree_leaves_with_path(mask))
   num_bn = num_bias = num_kernels = 0
@@ -40,8 +41,9 @@ def test_decay_mask_excludes_exactly_batchnorm_parameters_biases_and_probe(cifar
   assert num_kernels == 1 + 2 * 8 + 4 + 3
 
 
-@pytest.mark.parametrize('scaling,batch,expected', [('linear', 512, 2.0), ('linear', 256, 1.0),
-                                                    ('sqrt', 4096, 64.0)])
+@pytest.mark.parametrize(
+    'scaling,batch,expected', [('linear', 512, 2.0), ('linear', 256, 1.0), ('sqrt', 4096, 64.0)]
+)
 def test_scaled_learning_rate(scaling, batch, expected):
   assert optim.scaled_learning_rate(1.0, batch, scaling) == pytest.approx(expected)
 
@@ -74,8 +76,9 @@ def test_schedule_when_warmup_outlasts_a_short_run(cifar_config):
   cifar_config.batch_size, cifar_config.warmup_epochs, cifar_config.num_train_steps = 32, 10, 4
   schedule = optim.learning_rate_schedule(cifar_config, 256, 4)  # 80 warm-up steps > 4.
   peak = 32 / 256
-  np.testing.assert_allclose([float(schedule(t)) for t in range(4)],
-                             [peak * t / 80 for t in range(4)], rtol=1e-6)
+  np.testing.assert_allclose(
+      [float(schedule(t)) for t in range(4)], [peak * t / 80 for t in range(4)], rtol=1e-6
+  )
   cifar_config.warmup_epochs = 0
   schedule = optim.learning_rate_schedule(cifar_config, 256, 4)
   assert float(schedule(0)) == pytest.approx(peak)
@@ -86,11 +89,15 @@ def test_probe_learning_rate_scale_scales_only_the_probe_updates(cifar_config, o
   # Against the same optimiser without the scale, over two steps (momentum carries over).
   cifar_config.optimizer = optimizer
   rng = np.random.default_rng(0)
-  params = {'encoder': {'kernel': jnp.asarray(rng.normal(size=(4, 3)))},
-            'probe': {'kernel': jnp.asarray(rng.normal(size=(3, 2))),
-                      'bias': jnp.asarray(rng.normal(size=2))}}
-  grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape)), params)
-           for _ in range(2)]
+  params = {
+      'encoder': {'kernel': jnp.asarray(rng.normal(size=(4, 3)))},
+      'probe': {
+          'kernel': jnp.asarray(rng.normal(size=(3, 2))),
+          'bias': jnp.asarray(rng.normal(size=2)),
+      },
+  }
+  grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape)), params) for _ in range(2)]
+
   def updates(scale):
     cifar_config.probe_learning_rate_scale = scale
     tx = optim.create_optimizer(cifar_config, lambda step: 0.5)
@@ -99,6 +106,7 @@ def test_probe_learning_rate_scale_scales_only_the_probe_updates(cifar_config, o
       u, state = tx.update(g, state, params)
       out.append(u)
     return out, state
+
   (base, base_state), (scaled, scaled_state) = updates(1.0), updates(0.1)
   assert jax.tree.structure(base_state) == jax.tree.structure(scaled_state)  # Same checkpoints.
   for b, s in zip(base, scaled):

@@ -8,6 +8,7 @@ from simclr_jax import progress
 
 
 class _Clock:
+
   def __init__(self):
     self.now = 1000.0
 
@@ -52,17 +53,25 @@ def test_lines_come_from_completed_steps_and_the_clock(clock, caplog):
 def test_a_cpu_run_that_would_take_days_says_so_once(clock, caplog, monkeypatch):
   caplog.set_level(logging.INFO)
   monkeypatch.setattr(progress.jax, 'default_backend', lambda: 'cpu')
-  report = progress.Progress(start_step=0, total_steps=97_656, batch_size=512, every_secs=30,
-                             cpu_config_hint=' Try the CPU config.')
+  report = progress.Progress(
+      start_step=0,
+      total_steps=97_656,
+      batch_size=512,
+      every_secs=30,
+      cpu_config_hint=' Try the CPU config.',
+  )
   clock.now += 90.0
   report.step_done(1)
   for step in (2, 3, 4):
     clock.now += 36.0
     report.step_done(step)
-  warnings = [r.getMessage() for r in caplog.records
-              if r.levelno == logging.WARNING and r.name == 'absl']
-  assert warnings == ['At 36 s a step on this CPU, the 97656 steps of this config take about '
-                      '40.7 days. It is sized for GPUs or TPUs. Try the CPU config.']
+  warnings = [
+      r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == 'absl'
+  ]
+  assert warnings == [
+      'At 36 s a step on this CPU, the 97656 steps of this config take about '
+      '40.7 days. It is sized for GPUs or TPUs. Try the CPU config.'
+  ]
   monkeypatch.setattr(progress.jax, 'default_backend', lambda: 'gpu')
   caplog.clear()
   report = progress.Progress(start_step=0, total_steps=97_656, batch_size=512, every_secs=30)
@@ -72,7 +81,8 @@ def test_a_cpu_run_that_would_take_days_says_so_once(clock, caplog, monkeypatch)
   assert not [r for r in caplog.records if r.levelno == logging.WARNING and r.name == 'absl']
 
 
-@pytest.mark.parametrize('seconds, text', [(4, '4s'), (75, '1m15s'), (3725, '1h02m'),
-                                           (2 * 86400 + 1, '2.0 days')])
+@pytest.mark.parametrize(
+    'seconds, text', [(4, '4s'), (75, '1m15s'), (3725, '1h02m'), (2 * 86400 + 1, '2.0 days')]
+)
 def test_format_duration(seconds, text):
   assert progress.format_duration(seconds) == text

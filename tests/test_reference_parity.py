@@ -61,12 +61,12 @@ def _views(seed, n, d):
   return z_b + 0.9 * rng.normal(size=(n, d)), z_b  # Correlated: accuracy strictly in (0, 1).
 
 
-@pytest.mark.parametrize('seed,n,d,temperature', [(10, 16, 8, 0.5), (11, 7, 5, 0.1),
-                                                  (12, 24, 3, 0.2)])
+@pytest.mark.parametrize(
+    'seed,n,d,temperature', [(10, 16, 8, 0.5), (11, 7, 5, 0.1), (12, 24, 3, 0.2)]
+)
 def test_loss_and_metrics_are_the_reference_values(seed, n, d, temperature):
   z_a, z_b = _views(seed, n, d)
-  out = losses.nt_xent(jnp.asarray(z_a, jnp.float32), jnp.asarray(z_b, jnp.float32),
-                       temperature)
+  out = losses.nt_xent(jnp.asarray(z_a, jnp.float32), jnp.asarray(z_b, jnp.float32), temperature)
   loss, logits_ab, labels = reference_contrastive_loss(z_a, z_b, temperature)
   accuracy, entropy = reference_metrics(logits_ab, labels)
   assert 0 < accuracy < 1
@@ -81,7 +81,8 @@ def test_loss_gradient_is_the_reference_gradient():
   z_a, z_b = _views(13, 6, 4)
   temperature = 0.3
   grads = jax.grad(lambda a, b: losses.nt_xent(a, b, temperature).loss, argnums=(0, 1))(
-      jnp.asarray(z_a, jnp.float32), jnp.asarray(z_b, jnp.float32))
+      jnp.asarray(z_a, jnp.float32), jnp.asarray(z_b, jnp.float32)
+  )
   eps = 1e-6
   for which, (z, grad) in enumerate(zip((z_a, z_b), grads)):
     numeric = np.zeros_like(z)
@@ -98,18 +99,20 @@ def test_loss_gradient_is_the_reference_gradient():
     np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('name,image_size,shortcut,expected', [
-    ('resnet18', 32, 'reference', 11_173_056),  # A projection on the first block of each stage.
-    ('resnet18', 32, 'torchvision', 11_168_832),  # torchvision's resnet18 less fc, CIFAR stem.
-    ('resnet50', 224, 'reference', 23_508_032),  # Both layouts: every stage changes shape.
-    ('resnet50', 224, 'torchvision', 23_508_032),
-])
+@pytest.mark.parametrize(
+    'name,image_size,shortcut,expected',
+    [
+        ('resnet18', 32, 'reference', 11_173_056),  # A projection on the first block of each stage.
+        ('resnet18', 32, 'torchvision', 11_168_832),  # torchvision's resnet18 less fc, CIFAR stem.
+        ('resnet50', 224, 'reference', 23_508_032),  # Both layouts: every stage changes shape.
+        ('resnet50', 224, 'torchvision', 23_508_032),
+    ],
+)
 def test_encoder_parameter_counts(name, image_size, shortcut, expected):
   config = load_config('cifar10')
   config.model.name, config.model.shortcut = name, shortcut
   model = models.create_model(config.model, image_size=image_size)
-  shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0),
-                                                        image_size))
+  shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0), image_size))
   assert sum(x.size for x in jax.tree.leaves(shapes['params']['encoder'])) == expected
 
 
@@ -158,9 +161,13 @@ def test_stem_max_pool_windows_are_tf_same(size):
   pad = max((out_size - 1) * 2 + 3 - size, 0)
   before = pad // 2
   padded = np.full((size + pad, size + pad), -np.inf)
-  padded[before:before + size, before:before + size] = x[0, :, :, 0]
-  expected = np.array([[padded[2 * i:2 * i + 3, 2 * j:2 * j + 3].max()
-                        for j in range(out_size)] for i in range(out_size)])
+  padded[before : before + size, before : before + size] = x[0, :, :, 0]
+  expected = np.array(
+      [
+          [padded[2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max() for j in range(out_size)]
+          for i in range(out_size)
+      ]
+  )
   np.testing.assert_array_equal(out[0, :, :, 0], expected)
 
 
@@ -171,34 +178,67 @@ def _schedule_config(warmup_epochs, batch_size, epochs, base_lr, scaling):
   return config
 
 
-def reference_learning_rate(step, *, base_lr, scaling, batch_size, warmup_epochs,
-                            num_examples, epochs):
+def reference_learning_rate(
+    step, *, base_lr, scaling, batch_size, warmup_epochs, num_examples, epochs
+):
   """model.WarmUpAndCosineDecay at `step` (with get_train_steps' total)."""
   warmup_steps = int(round(warmup_epochs * num_examples // batch_size))
-  scaled_lr = base_lr * (batch_size / 256. if scaling == 'linear' else math.sqrt(batch_size))
+  scaled_lr = base_lr * (batch_size / 256.0 if scaling == 'linear' else math.sqrt(batch_size))
   total_steps = num_examples * epochs // batch_size + 1
   if step < warmup_steps:
     return step / warmup_steps * scaled_lr
   decay_steps = total_steps - warmup_steps
-  return 0.5 * scaled_lr * (1 + math.cos(math.pi * min(step - warmup_steps, decay_steps)
-                                         / decay_steps))
+  return (
+      0.5
+      * scaled_lr
+      * (1 + math.cos(math.pi * min(step - warmup_steps, decay_steps) / decay_steps))
+  )
 
 
-@pytest.mark.parametrize('recipe', [
-    dict(base_lr=1.0, scaling='linear', batch_size=512, warmup_epochs=10, num_examples=50_000,
-         epochs=1000),  # CIFAR-10: 976 warm-up steps (round() of the quotient would give 977).
-    dict(base_lr=0.075, scaling='sqrt', batch_size=4096, warmup_epochs=10,
-         num_examples=1_281_167, epochs=100),  # ImageNet.
-])
+@pytest.mark.parametrize(
+    'recipe',
+    [
+        dict(
+            base_lr=1.0,
+            scaling='linear',
+            batch_size=512,
+            warmup_epochs=10,
+            num_examples=50_000,
+            epochs=1000,
+        ),  # CIFAR-10: 976 warm-up steps (round() of the quotient would give 977).
+        dict(
+            base_lr=0.075,
+            scaling='sqrt',
+            batch_size=4096,
+            warmup_epochs=10,
+            num_examples=1_281_167,
+            epochs=100,
+        ),  # ImageNet.
+    ],
+)
 def test_schedule_at_chosen_steps(recipe):
-  config = _schedule_config(recipe['warmup_epochs'], recipe['batch_size'], recipe['epochs'],
-                            recipe['base_lr'], recipe['scaling'])
+  config = _schedule_config(
+      recipe['warmup_epochs'],
+      recipe['batch_size'],
+      recipe['epochs'],
+      recipe['base_lr'],
+      recipe['scaling'],
+  )
   total = optim.total_train_steps(config, recipe['num_examples'])
   assert total == recipe['num_examples'] * recipe['epochs'] // recipe['batch_size'] + 1
   schedule = optim.learning_rate_schedule(config, recipe['num_examples'], total)
   warmup = int(recipe['warmup_epochs'] * recipe['num_examples'] // recipe['batch_size'])
-  steps = [0, 1, warmup // 2, warmup - 1, warmup, warmup + 1, (warmup + total) // 2,
-           total - 1, total]
+  steps = [
+      0,
+      1,
+      warmup // 2,
+      warmup - 1,
+      warmup,
+      warmup + 1,
+      (warmup + total) // 2,
+      total - 1,
+      total,
+  ]
   got = [float(schedule(s)) for s in steps]
   want = [reference_learning_rate(s, **recipe) for s in steps]
   np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7 * max(want))
@@ -211,16 +251,28 @@ def test_probe_weight_decay_is_added_to_the_loss():
   model = models.create_model(config.model, image_size=8, num_classes=3)
   model = model.clone(encoder=model.encoder.clone(stage_sizes=(1,)))
   rng = np.random.default_rng(14)
-  batch = {'views': jnp.asarray(rng.uniform(size=(4, 2, 8, 8, 3)), jnp.float32),
-           'label': jnp.asarray(rng.integers(0, 3, size=4), jnp.int32)}
+  batch = {
+      'views': jnp.asarray(rng.uniform(size=(4, 2, 8, 8, 3)), jnp.float32),
+      'label': jnp.asarray(rng.integers(0, 3, size=4), jnp.int32),
+  }
   variables = jax.jit(lambda: models.init_variables(model, jax.random.PRNGKey(0), 8))()
   params = dict(variables['params'])
-  params['probe'] = {'kernel': jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
-                     'bias': jnp.asarray(rng.normal(size=3), jnp.float32)}
+  params['probe'] = {
+      'kernel': jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+      'bias': jnp.asarray(rng.normal(size=3), jnp.float32),
+  }
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
-  loss_and_metrics = jax.jit(lambda params, weight_decay: simclr.loss_and_metrics(
-      params, variables['batch_stats'], batch, model=model, temperature=0.5, mesh=mesh,
-      weight_decay=weight_decay))
+  loss_and_metrics = jax.jit(
+      lambda params, weight_decay: simclr.loss_and_metrics(
+          params,
+          variables['batch_stats'],
+          batch,
+          model=model,
+          temperature=0.5,
+          mesh=mesh,
+          weight_decay=weight_decay,
+      )
+  )
   outputs = [loss_and_metrics(params, wd) for wd in (0.0, 1e-2)]
   (loss0, (metrics0, _)), (loss1, (metrics1, _)) = outputs
   l2_loss = 0.5 * np.sum(np.square(np.asarray(params['probe']['kernel'], np.float64)))
@@ -258,10 +310,14 @@ def test_lars_update_is_the_reference_update():
   schedule = optim.learning_rate_schedule(config, num_examples, total)
   tx = optim.create_optimizer(config, schedule)
   rng = np.random.default_rng(15)
-  shapes = {('encoder', 'stem_conv', 'kernel'): (3, 3, 2, 4),
-            ('encoder', 'stem_bn', 'scale'): (4,), ('encoder', 'stem_bn', 'bias'): (4,),
-            ('head', 'dense1', 'kernel'): (4, 4), ('probe', 'kernel'): (4, 3),
-            ('probe', 'bias'): (3,)}
+  shapes = {
+      ('encoder', 'stem_conv', 'kernel'): (3, 3, 2, 4),
+      ('encoder', 'stem_bn', 'scale'): (4,),
+      ('encoder', 'stem_bn', 'bias'): (4,),
+      ('head', 'dense1', 'kernel'): (4, 4),
+      ('probe', 'kernel'): (4, 3),
+      ('probe', 'bias'): (3,),
+  }
   flat = {k: rng.normal(size=s) for k, s in shapes.items()}
 
   def nest(flat_dict):
@@ -293,26 +349,58 @@ def test_lars_update_is_the_reference_update():
 def test_recipes_are_the_reference_commands():
   """The reference README's commands, flag by flag."""
   cifar = load_config('cifar10')
-  assert (cifar.batch_size, cifar.num_epochs, cifar.learning_rate, cifar.lr_scaling,
-          cifar.weight_decay, cifar.temperature, cifar.augment.color_strength,
-          cifar.augment.blur_prob, cifar.warmup_epochs) == (512, 1000, 1.0, 'linear', 1e-4,
-                                                            0.5, 0.5, 0.0, 10)
+  assert (
+      cifar.batch_size,
+      cifar.num_epochs,
+      cifar.learning_rate,
+      cifar.lr_scaling,
+      cifar.weight_decay,
+      cifar.temperature,
+      cifar.augment.color_strength,
+      cifar.augment.blur_prob,
+      cifar.warmup_epochs,
+  ) == (512, 1000, 1.0, 'linear', 1e-4, 0.5, 0.5, 0.0, 10)
   imagenet = load_config('imagenet')
-  assert (imagenet.batch_size, imagenet.num_epochs, imagenet.temperature,
-          imagenet.learning_rate, imagenet.lr_scaling, imagenet.weight_decay,
-          imagenet.image_size) == (4096, 100, 0.1, 0.075, 'sqrt', 1e-4, 224)
-  for name, epochs, batch, wd in (('cifar10_linear_eval', 100, 512, 0.0),
-                                  ('imagenet_linear_eval', 90, 4096, 1e-6)):
+  assert (
+      imagenet.batch_size,
+      imagenet.num_epochs,
+      imagenet.temperature,
+      imagenet.learning_rate,
+      imagenet.lr_scaling,
+      imagenet.weight_decay,
+      imagenet.image_size,
+  ) == (4096, 100, 0.1, 0.075, 'sqrt', 1e-4, 224)
+  for name, epochs, batch, wd in (
+      ('cifar10_linear_eval', 100, 512, 0.0),
+      ('imagenet_linear_eval', 90, 4096, 1e-6),
+  ):
     linear = load_config(name)
     ft = linear.finetune
-    assert (linear.mode, linear.eval.protocol, ft.optimizer, ft.learning_rate,
-            ft.lr_scaling, ft.epochs, ft.batch_size, ft.weight_decay, ft.warmup_epochs,
-            ft.fine_tune_after_block) == ('evaluate', 'linear_sgd', 'momentum', 0.1, 'linear',
-                                          epochs, batch, wd, 0, 4), name
+    assert (
+        linear.mode,
+        linear.eval.protocol,
+        ft.optimizer,
+        ft.learning_rate,
+        ft.lr_scaling,
+        ft.epochs,
+        ft.batch_size,
+        ft.weight_decay,
+        ft.warmup_epochs,
+        ft.fine_tune_after_block,
+    ) == ('evaluate', 'linear_sgd', 'momentum', 0.1, 'linear', epochs, batch, wd, 0, 4), name
   semi = load_config('imagenet_finetune_1pct')
   ft = semi.finetune
   assert semi.dataset == 'imagenet2012_subset/1pct' and semi.mode == 'evaluate'
   assert semi.eval.protocol == 'finetune'
-  assert (ft.optimizer, ft.learning_rate, ft.lr_scaling, ft.weight_decay, ft.epochs,
-          ft.batch_size, ft.keep_head_layers, ft.fine_tune_after_block, ft.warmup_epochs,
-          ft.label_fraction) == ('lars', 0.005, 'sqrt', 0.0, 60, 1024, 1, -1, 0, 1.0)
+  assert (
+      ft.optimizer,
+      ft.learning_rate,
+      ft.lr_scaling,
+      ft.weight_decay,
+      ft.epochs,
+      ft.batch_size,
+      ft.keep_head_layers,
+      ft.fine_tune_after_block,
+      ft.warmup_epochs,
+      ft.label_fraction,
+  ) == ('lars', 0.005, 'sqrt', 0.0, 60, 1024, 1, -1, 0, 1.0)

@@ -59,9 +59,17 @@ def report_run(pretrained_workdir, tmp_path_factory):
   url = 'ram://report_test/report'
   flag_values = flags.FlagValues()
   report.define_flags(flag_values)
-  flag_values(['report', f'--workdir={pretrained_workdir}', f'--output_dir={url}',
-               f'--max_iterations={MAX_ITERATIONS}', '--num_images=4', '--num_queries=4',
-               '--k=5'])
+  flag_values(
+      [
+          'report',
+          f'--workdir={pretrained_workdir}',
+          f'--output_dir={url}',
+          f'--max_iterations={MAX_ITERATIONS}',
+          '--num_images=4',
+          '--num_queries=4',
+          '--k=5',
+      ]
+  )
   probed, probe_results = {}, report.probe_results
 
   def recording_probe_results(run, train_data, eval_data):
@@ -90,7 +98,7 @@ def test_report_writes_the_figures(report_run):
   assert red_pixels(output_dir / 'neighbors.png') > 100
   # Every class of the 100 test points shows in the scatter, in its own colour (alpha 0.8).
   tsne = np.asarray(Image.open(output_dir / 'tsne.png').convert('RGB')).astype(float)
-  scatter = tsne[:, :int(0.75 * tsne.shape[1])]  # Left of the legend.
+  scatter = tsne[:, : int(0.75 * tsne.shape[1])]  # Left of the legend.
   for colour in plots.class_colours(10)[:, :3] * 255 * 0.8 + 255 * 0.2:
     assert np.sum(np.abs(scatter - colour).max(axis=-1) <= 3) >= 10
 
@@ -119,10 +127,13 @@ def test_report_accuracies_and_confusion_match_a_recomputation(report_run):
 
   # The linear probe: refitted on the train features with the chosen l2 and the report's
   # iterations (fit itself is tested against numpy gradient descent), scored here in numpy.
-  classifier = linear_classifier.fit(train_x, train_y, 10, linear['l2'],
-                                     max_iterations=MAX_ITERATIONS)
-  weights, bias, mean, scale = (np.asarray(x) for x in (classifier.weights, classifier.bias,
-                                                        classifier.mean, classifier.scale))
+  classifier = linear_classifier.fit(
+      train_x, train_y, 10, linear['l2'], max_iterations=MAX_ITERATIONS
+  )
+  weights, bias, mean, scale = (
+      np.asarray(x)
+      for x in (classifier.weights, classifier.bias, classifier.mean, classifier.scale)
+  )
   logits = ((eval_x - mean) * scale) @ weights + bias
   ranking = np.argsort(-logits, axis=1, kind='stable')
   linear_top1 = np.mean(ranking[:, 0] == eval_y)
@@ -135,16 +146,19 @@ def test_report_accuracies_and_confusion_match_a_recomputation(report_run):
     matrix[true, predicted] += 1
   np.testing.assert_array_equal(probed['matrix'], matrix)
 
-  expected_knn = brute_force_accuracies(train_x, train_y, eval_x, eval_y, 10, 20,
-                                        knn_results['knn_temperature'])
+  expected_knn = brute_force_accuracies(
+      train_x, train_y, eval_x, eval_y, 10, 20, knn_results['knn_temperature']
+  )
   assert knn_results['top1'] == pytest.approx(expected_knn['top1'], abs=1e-9)
   assert knn_results['top5'] == pytest.approx(expected_knn['top5'], abs=1e-9)
 
   text = (output_dir / 'report.md').read_text()
-  assert re.search(rf'\| linear .*\| {100 * linear_top1:.2f}% \| {100 * linear_top5:.2f}% \|',
-                   text)
-  assert re.search(rf'\| kNN \(k = 20.*\| {100 * expected_knn["top1"]:.2f}% \| '
-                   rf'{100 * expected_knn["top5"]:.2f}% \|', text)
+  assert re.search(rf'\| linear .*\| {100 * linear_top1:.2f}% \| {100 * linear_top5:.2f}% \|', text)
+  assert re.search(
+      rf'\| kNN \(k = 20.*\| {100 * expected_knn["top1"]:.2f}% \| '
+      rf'{100 * expected_knn["top5"]:.2f}% \|',
+      text,
+  )
 
 
 def test_report_markdown_has_the_counts_figures_and_config(report_run, pretrained_workdir):
@@ -157,12 +171,18 @@ def test_report_markdown_has_the_counts_figures_and_config(report_run, pretraine
 
 
 def test_workdir_without_checkpoint_or_config_is_reported(pretrained_workdir, tmp_path):
-  with pytest.raises(ValueError, match=r'No checkpoint in .*empty/checkpoints: --workdir must '
-                                       r'be the workdir of a pretraining run'):
+  with pytest.raises(
+      ValueError,
+      match=r'No checkpoint in .*empty/checkpoints: --workdir must '
+      r'be the workdir of a pretraining run',
+  ):
     report.load_run(str(tmp_path / 'empty'))
   shutil.copytree(pretrained_workdir / 'checkpoints', tmp_path / 'copied' / 'checkpoints')
-  with pytest.raises(ValueError, match=r'No config.json in .*copied: the model is rebuilt '
-                                       r".*copy the run's config.json along"):
+  with pytest.raises(
+      ValueError,
+      match=r'No config.json in .*copied: the model is rebuilt '
+      r".*copy the run's config.json along",
+  ):
     report.load_run(str(tmp_path / 'copied'))
 
 
@@ -175,35 +195,47 @@ def test_notebook_runs_headless(pretrained_workdir, cifar10_subset, tmp_path, mo
   Image.open(cats[0]).convert('L').save(images / 'gray.png')  # Any format and mode.
   # The kernel inherits the environment: the notebook's settings, and this checkout's code.
   settings = {
-      'SIMCLR_WORKDIR': pretrained_workdir, 'SIMCLR_IMAGE_FOLDER': images,
-      'SIMCLR_MAX_EXAMPLES': 0, 'SIMCLR_MAX_ITERATIONS': 20, 'OMP_NUM_THREADS': OPENMP_THREADS,
-      'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO_ROOT),
-                                                  os.environ.get('PYTHONPATH')])),
+      'SIMCLR_WORKDIR': pretrained_workdir,
+      'SIMCLR_IMAGE_FOLDER': images,
+      'SIMCLR_MAX_EXAMPLES': 0,
+      'SIMCLR_MAX_ITERATIONS': 20,
+      'OMP_NUM_THREADS': OPENMP_THREADS,
+      'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get('PYTHONPATH')])),
       # XLA's backend optimisations barely matter for these tiny arrays, and skipping them
       # halves the compile time that dominates this test (as sharding.run_once does).
-      'XLA_FLAGS': ' '.join(filter(None, [os.environ.get('XLA_FLAGS'),
-                                          '--xla_backend_optimization_level=0'])),
+      'XLA_FLAGS': ' '.join(
+          filter(None, [os.environ.get('XLA_FLAGS'), '--xla_backend_optimization_level=0'])
+      ),
   }
   for key, value in settings.items():
     monkeypatch.setenv(key, str(value))
   notebook = nbformat.read(NOTEBOOK, as_version=4)
-  nbclient.NotebookClient(notebook, timeout=600, kernel_name='python3',
-                          resources={'metadata': {'path': str(NOTEBOOK.parent)}}).execute()
+  nbclient.NotebookClient(
+      notebook,
+      timeout=600,
+      kernel_name='python3',
+      resources={'metadata': {'path': str(NOTEBOOK.parent)}},
+  ).execute()
 
   outputs = [o for cell in notebook.cells if cell.cell_type == 'code' for o in cell.outputs]
   assert not [o for o in outputs if o.output_type == 'error']
   pngs = [o.data['image/png'] for o in outputs if 'image/png' in o.get('data', {})]
   # Augmentations, t-SNE, confusion matrix, test neighbours, the folder's neighbours.
   assert len(pngs) == 5
-  decoded = [np.asarray(Image.open(io.BytesIO(base64.b64decode(p))).convert('RGB'))
-             for p in pngs]
+  decoded = [np.asarray(Image.open(io.BytesIO(base64.b64decode(p))).convert('RGB')) for p in pngs]
   # The report's sizes: the notebook shows 6 images x (1 + 2 pairs) and 8 test queries.
-  sizes = [(5 * CELL, 6 * CELL), TSNE_SIZE, CONFUSION_SIZE, (9 * CELL, 8 * CELL),
-           (9 * CELL, 3 * CELL)]  # The last: 3 images of the folder x (1 + 8 neighbours).
+  sizes = [
+      (5 * CELL, 6 * CELL),
+      TSNE_SIZE,
+      CONFUSION_SIZE,
+      (9 * CELL, 8 * CELL),
+      (9 * CELL, 3 * CELL),
+  ]  # The last: 3 images of the folder x (1 + 8 neighbours).
   for image, size in zip(decoded, sizes):
     assert_picture(image, *size)
-  text = ''.join(o.get('text', '') + str(o.get('data', {}).get('text/markdown', ''))
-                 for o in outputs)
+  text = ''.join(
+      o.get('text', '') + str(o.get('data', {}).get('text/markdown', '')) for o in outputs
+  )
   assert 'resnet18 (width 0.125) at step 4' in text and 'linear top-1' in text
 
 

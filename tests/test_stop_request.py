@@ -48,9 +48,14 @@ with stop_request.StopRequest():
 
 
 def test_second_ctrl_c_quits_at_once_while_the_main_thread_waits():
-  proc = subprocess.Popen([sys.executable, '-c', _BLOCKED_SCRIPT], cwd=REPO_ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  proc = subprocess.Popen(
+      [sys.executable, '-c', _BLOCKED_SCRIPT],
+      cwd=REPO_ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert proc.stdout.readline() == 'ready\n'
   proc.send_signal(signal.SIGINT)
   time.sleep(0.5)
@@ -72,8 +77,10 @@ def test_a_stop_request_waits_for_the_step_in_progress_only(tmp_path):
     x = batch['x']
     for _ in range(2):
       x = jnp.tanh(x @ x / x.shape[0])
-    return ({'step': state['step'] + 1, 'w': state['w'] + x.mean()},
-            {'loss': x.mean(), 'finite': jnp.isfinite(x.mean())})
+    return (
+        {'step': state['step'] + 1, 'w': state['w'] + x.mean()},
+        {'loss': x.mean(), 'finite': jnp.isfinite(x.mean())},
+    )
 
   drawn = []  # When the loop asked for each batch.
 
@@ -93,15 +100,24 @@ def test_a_stop_request_waits_for_the_step_in_progress_only(tmp_path):
     signalled_at.append(time.monotonic())
     os.kill(os.getpid(), signal.SIGTERM)
 
-  config = ml_collections.ConfigDict({'log_every_steps': 500, 'checkpoint_every_steps': 500,
-                                      'progress_every_secs': 30.0})
+  config = ml_collections.ConfigDict(
+      {'log_every_steps': 500, 'checkpoint_every_steps': 500, 'progress_every_secs': 30.0}
+  )
   manager = ocp.CheckpointManager(tmp_path / 'checkpoints')
   state = {'step': jnp.zeros((), jnp.int32), 'w': jnp.zeros(())}
   sender = threading.Thread(target=send_sigterm)
   sender.start()
-  state = training_loop.run(config, str(tmp_path), state, step_fn, batches(),
-                                  manager=manager, batch_size=1000, start_step=0,
-                                  total_steps=500)
+  state = training_loop.run(
+      config,
+      str(tmp_path),
+      state,
+      step_fn,
+      batches(),
+      manager=manager,
+      batch_size=1000,
+      start_step=0,
+      total_steps=500,
+  )
   returned_at = time.monotonic()
   sender.join()
   stopped = int(state['step'])

@@ -18,7 +18,7 @@ from simclr_jax import train_state
 # float32 the BatchNorm-scale gradients, small sums of large terms that cancel, came out 6e-4
 # apart on one element (issue 21); in float64 such rounding is ~1e-13 of the gradients' scale,
 # while a sharding bug (local negatives, per-device BatchNorm) moves them by percents.
-_STEP_SCRIPT = textwrap.dedent('''
+_STEP_SCRIPT = textwrap.dedent("""
     import functools, sys
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update('jax_enable_x64', True)
@@ -67,7 +67,7 @@ _STEP_SCRIPT = textwrap.dedent('''
           out[f'{devices}/{name}{jax.tree_util.keystr(path)}'] = np.asarray(leaf)
     np.savez(sys.argv[1] if len(sys.argv) > 1 else 'out.npz', **out)
     print('saved')
-''')
+""")
 
 
 def test_train_step_on_eight_devices_equals_one_device(tmp_path):
@@ -86,11 +86,11 @@ def test_train_step_on_eight_devices_equals_one_device(tmp_path):
 
 
 def test_non_finite_updates_are_not_applied():
-  old, new = {'w': jnp.ones(3), 'step': jnp.int32(4)}, {'w': jnp.full(3, 2.0),
-                                                      'step': jnp.int32(5)}
+  old, new = {'w': jnp.ones(3), 'step': jnp.int32(4)}, {'w': jnp.full(3, 2.0), 'step': jnp.int32(5)}
   for loss, grad, finite in [(1.0, 0.5, True), (jnp.nan, 0.5, False), (1.0, jnp.inf, False)]:
-    state, metrics = train_state.only_if_finite(jnp.float32(loss), {'g': jnp.full(3, grad)},
-                                                new, old, {'loss': loss})
+    state, metrics = train_state.only_if_finite(
+        jnp.float32(loss), {'g': jnp.full(3, grad)}, new, old, {'loss': loss}
+    )
     assert bool(metrics['finite']) == finite
     np.testing.assert_array_equal(state['w'], (new if finite else old)['w'])
     assert int(state['step']) == (5 if finite else 4)
@@ -106,8 +106,9 @@ def test_divergence_stops_with_the_step_and_last_good_checkpoint(cifar10_subset,
     train.train_and_evaluate(config, str(tmp_path))
   message = str(error.value)
   bad_step = int(message.split('infinite at step ')[1].split(';')[0])
-  manager = ocp.CheckpointManager(tmp_path / 'checkpoints',
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  manager = ocp.CheckpointManager(
+      tmp_path / 'checkpoints', options=ocp.CheckpointManagerOptions(read_only=True)
+  )
   assert manager.all_steps() == list(range(1, bad_step))
   assert f'last good checkpoint is step {bad_step - 1}' in message
   state = manager.restore(bad_step - 1)

@@ -39,7 +39,7 @@ def reference_nt_xent(z_a, z_b, temperature, xp=np):
     for i in range(n):
       others = anchors[i] @ other_view.T / temperature
       same = anchors[i] @ same_view.T / temperature
-      logits = xp.concatenate([others, same[:i], same[i + 1:]])
+      logits = xp.concatenate([others, same[:i], same[i + 1 :]])
       log_norm = logits.max() + xp.log(xp.sum(xp.exp(logits - logits.max())))
       losses.append(log_norm - others[i])  # The positive: image i in the other view.
     return sum(losses) / n
@@ -72,8 +72,10 @@ def step_and_expectations():
   schedule = optax.constant_schedule(1.0)
   tx = optim.create_optimizer(config, schedule)
   rng = np.random.default_rng(0)
-  batch = {'views': rng.uniform(size=(N, 2, SIZE, SIZE, 3)).astype(np.float32),
-           'label': rng.integers(0, NUM_CLASSES, size=N).astype(np.int32)}
+  batch = {
+      'views': rng.uniform(size=(N, 2, SIZE, SIZE, 3)).astype(np.float32),
+      'label': rng.integers(0, NUM_CLASSES, size=N).astype(np.int32),
+  }
 
   def init():
     state = train_state.init_train_state(model, tx, jax.random.PRNGKey(0), SIZE)
@@ -81,16 +83,18 @@ def step_and_expectations():
     # statistics (so that the momentum update is visible).
     keys = iter(jax.random.split(jax.random.PRNGKey(1), 1000))
     perturb = lambda x: x + 0.3 * jax.random.normal(next(keys), x.shape)
-    return state.replace(params=jax.tree.map(perturb, state.params),
-                         batch_stats=jax.tree.map(lambda x: jnp.abs(perturb(x)),
-                                                  state.batch_stats))
+    return state.replace(
+        params=jax.tree.map(perturb, state.params),
+        batch_stats=jax.tree.map(lambda x: jnp.abs(perturb(x)), state.batch_stats),
+    )
 
   state = run_once(init)
   variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
   mesh = create_mesh(jax.devices()[:1])
   # The probe's weight decay, which the step adds to the loss (the optimiser's is 0).
-  step = simclr.make_train_step(model, tx, schedule, TEMPERATURE, mesh,
-                               weight_decay=PROBE_WEIGHT_DECAY)
+  step = simclr.make_train_step(
+      model, tx, schedule, TEMPERATURE, mesh, weight_decay=PROBE_WEIGHT_DECAY
+  )
   new_state, metrics = jax.device_get(step(state, batch))
   return new_state, metrics, variables, batch, model
 
@@ -102,8 +106,9 @@ def _expected_loss(params, batch_stats, batch, model, xp=jnp):
   """
   views = batch['views']
   images = jnp.concatenate([views[:, 0], views[:, 1]])
-  out, _ = model.apply({'params': params, 'batch_stats': batch_stats}, images, train=True,
-                       mutable=['batch_stats'])
+  out, _ = model.apply(
+      {'params': params, 'batch_stats': batch_stats}, images, train=True, mutable=['batch_stats']
+  )
   z = out['z'] if xp is jnp else np.asarray(out['z'], np.float64)
   contrastive = reference_nt_xent(z[:N], z[N:], TEMPERATURE, xp)
   labels = np.concatenate([batch['label'], batch['label']])
@@ -118,7 +123,8 @@ def test_batch_stats_are_the_batchnorm_update_over_all_2n_views(step_and_expecta
   # The train step feeds [image 0 view a, image 0 view b, image 1 view a, ...].
   images = batch['views'].reshape((2 * N, SIZE, SIZE, 3))
   _, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
-      variables, images)
+      variables, images
+  )
   expected = dict(jax.tree_util.tree_leaves_with_path(updates['batch_stats']))
   old = dict(jax.tree_util.tree_leaves_with_path(variables['batch_stats']))
   actual = jax.tree_util.tree_leaves_with_path(new_state.batch_stats)
@@ -152,8 +158,9 @@ def test_sgd_step_follows_the_gradient_of_the_reference_loss(step_and_expectatio
     assert scale > 0, name
     # new = old - grad: the subtraction rounds at float32 resolution of the parameters.
     rounding = 4 * np.finfo(np.float32).eps * np.abs(old[path]).max()
-    np.testing.assert_allclose(old[path] - new, expected[path], rtol=0,
-                               atol=1e-3 * scale + rounding, err_msg=name)
+    np.testing.assert_allclose(
+        old[path] - new, expected[path], rtol=0, atol=1e-3 * scale + rounding, err_msg=name
+    )
 
 
 def test_on_device_augmentation_feeds_the_step_each_images_own_views():
@@ -170,23 +177,32 @@ def test_on_device_augmentation_feeds_the_step_each_images_own_views():
   tx = optim.create_optimizer(config, schedule)
   mesh = create_mesh(jax.devices()[:1])
   rng = np.random.default_rng(1)
-  decoded = {'image': rng.integers(0, 256, size=(N, 24, 24, 3), dtype=np.uint8),
-             'seed': rng.integers(0, 2**32, size=(N, 2), dtype=np.uint32),
-             'label': rng.integers(0, NUM_CLASSES, size=N).astype(np.int32)}
-  views = np.asarray(augment_jax.pretrain_views(decoded['image'], decoded['seed'],
-                                                config.augment, SIZE))
+  decoded = {
+      'image': rng.integers(0, 256, size=(N, 24, 24, 3), dtype=np.uint8),
+      'seed': rng.integers(0, 2**32, size=(N, 2), dtype=np.uint32),
+      'label': rng.integers(0, NUM_CLASSES, size=N).astype(np.int32),
+  }
+  views = np.asarray(
+      augment_jax.pretrain_views(decoded['image'], decoded['seed'], config.augment, SIZE)
+  )
   assert np.abs(views[:, 0] - views[:, 1]).mean() > 0.01  # Two different views per image.
   state = run_once(lambda: train_state.init_train_state(model, tx, jax.random.PRNGKey(0), SIZE))
-  augment = functools.partial(simclr.augment_batch, config_augment=config.augment,
-                              image_size=SIZE, mesh=mesh)
-  steps = [simclr.make_train_step(model, tx, schedule, TEMPERATURE, mesh, augment=a)
-           for a in (augment, None)]
+  augment = functools.partial(
+      simclr.augment_batch, config_augment=config.augment, image_size=SIZE, mesh=mesh
+  )
+  steps = [
+      simclr.make_train_step(model, tx, schedule, TEMPERATURE, mesh, augment=a)
+      for a in (augment, None)
+  ]
   (got, got_metrics), (want, want_metrics) = (
       jax.device_get(steps[0](jax.tree.map(jnp.copy, state), decoded)),
-      jax.device_get(steps[1](state, {'views': views, 'label': decoded['label']})))
+      jax.device_get(steps[1](state, {'views': views, 'label': decoded['label']})),
+  )
   for name in ('contrastive_loss', 'probe_loss', 'loss'):
     assert got_metrics[name] == pytest.approx(want_metrics[name], rel=1e-5), name
-  for (path, new), expected in zip(jax.tree_util.tree_leaves_with_path(got.params),
-                                   jax.tree.leaves(want.params)):
-    np.testing.assert_allclose(new, expected, rtol=1e-4, atol=1e-6,
-                               err_msg=jax.tree_util.keystr(path))
+  for (path, new), expected in zip(
+      jax.tree_util.tree_leaves_with_path(got.params), jax.tree.leaves(want.params)
+  ):
+    np.testing.assert_allclose(
+        new, expected, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path)
+    )

@@ -22,9 +22,13 @@ with workdir_lock.hold(sys.argv[1]):
 
 
 def _start_holder(workdir):
-  proc = subprocess.Popen([sys.executable, '-c', _HOLDER, str(workdir)], cwd=REPO_ROOT,
-                          stdout=subprocess.PIPE, text=True,
-                          env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  proc = subprocess.Popen(
+      [sys.executable, '-c', _HOLDER, str(workdir)],
+      cwd=REPO_ROOT,
+      stdout=subprocess.PIPE,
+      text=True,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert proc.stdout.readline() == 'holding\n'
   return proc
 
@@ -58,15 +62,25 @@ def test_a_live_run_refuses_others_and_a_killed_one_is_taken_over(tmp_path):
 
 
 def _lock_from_another_machine(workdir, heartbeat_age):
-  (workdir / workdir_lock.LOCK_NAME).write_text(json.dumps(
-      {'host': 'another-machine', 'pid': 4242, 'started': '2026-01-01T00:00:00+00:00',
-       'command': ['main.py'], 'heartbeat': time.time() - heartbeat_age}))
+  (workdir / workdir_lock.LOCK_NAME).write_text(
+      json.dumps(
+          {
+              'host': 'another-machine',
+              'pid': 4242,
+              'started': '2026-01-01T00:00:00+00:00',
+              'command': ['main.py'],
+              'heartbeat': time.time() - heartbeat_age,
+          }
+      )
+  )
 
 
 def test_another_machines_lock_holds_while_its_heartbeat_is_recent(tmp_path):
   _lock_from_another_machine(tmp_path, heartbeat_age=10)
-  with pytest.raises(workdir_lock.WorkdirLocked,
-                     match=r"another machine \(pid 4242 on host 'another-machine'.*delete"):
+  with pytest.raises(
+      workdir_lock.WorkdirLocked,
+      match=r"another machine \(pid 4242 on host 'another-machine'.*delete",
+  ):
     with workdir_lock.hold(str(tmp_path)):
       pass
   _lock_from_another_machine(tmp_path, heartbeat_age=workdir_lock.STALE_SECS + 10)

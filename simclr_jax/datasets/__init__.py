@@ -8,5 +8,12 @@ from simclr_jax.datasets.core import error_reason
 from simclr_jax.datasets.core import get
 from simclr_jax.datasets.core import read_options
 
-__all__ = ['DataSource', 'DatasetInfo', 'Shard', 'decode_bytes', 'error_reason', 'get',
-           'read_options']
+__all__ = [
+    'DataSource',
+    'DatasetInfo',
+    'Shard',
+    'decode_bytes',
+    'error_reason',
+    'get',
+    'read_options',
+]

@@ -29,6 +29,7 @@ class DatasetInfo:
 @dataclasses.dataclass(frozen=True)
 class Shard:
   """One data shard of a split: what a training stream permutes and reads."""
+
   pairs: tf.data.Dataset  # (encoded image, int32 label or -1), num_examples of them.
   num_examples: int
   # The stream permutes consecutive blocks of this many pairs (the whole shard when the source

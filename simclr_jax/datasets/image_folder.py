@@ -20,10 +20,23 @@ from simclr_jax.datasets import core
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 # Image formats tf.io.decode_image cannot read (WebP only without alpha or animation): listings
 # leave them out with a warning rather than fail on them mid-run.
-_UNDECODABLE_EXTENSIONS = ('.webp', '.tif', '.tiff', '.heic', '.heif', '.avif', '.jxl', '.jp2',
-                           '.ico', '.svg')
-_STAT_ERRORS = {errno.ENOENT: 'broken link', errno.ELOOP: 'symlink loop',
-                errno.EACCES: 'permission denied'}
+_UNDECODABLE_EXTENSIONS = (
+    '.webp',
+    '.tif',
+    '.tiff',
+    '.heic',
+    '.heif',
+    '.avif',
+    '.jxl',
+    '.jp2',
+    '.ico',
+    '.svg',
+)
+_STAT_ERRORS = {
+    errno.ENOENT: 'broken link',
+    errno.ELOOP: 'symlink loop',
+    errno.EACCES: 'permission denied',
+}
 
 
 def is_image_folder(dataset):
@@ -33,6 +46,7 @@ def is_image_folder(dataset):
   if os.sep in dataset or (os.altsep and os.altsep in dataset):
     # TFDS builder configs are also written 'name/config'.
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
     name = dataset.split('/')[0].split(':')[0]
     return name not in tfds.list_builders(with_community_datasets=False)
   return False
@@ -44,7 +58,8 @@ def _split_dir(dataset, split):
   if not os.path.isdir(root):
     raise ValueError(
         f'config.dataset={dataset!r} does not exist; point --config.dataset at '
-        'a folder laid out as root/<split>/<class>/<image> or use a TFDS name.')
+        'a folder laid out as root/<split>/<class>/<image> or use a TFDS name.'
+    )
   split_dir = os.path.join(root, split)
   if not os.path.isdir(split_dir):
     found = sorted(e.name for e in os.scandir(root) if e.is_dir())
@@ -52,7 +67,8 @@ def _split_dir(dataset, split):
         f'config.dataset={dataset!r} has no split folder {split!r} '
         f'({split_dir} is missing; sub-folders found: {found}). Set the split '
         'with --config.train_split or lay the data out as '
-        'root/<split>/<class>/<image>.')
+        'root/<split>/<class>/<image>.'
+    )
   return split_dir
 
 
@@ -115,26 +131,41 @@ def _check_unreadable(dataset, split, unreadable, skip_bad_images):
     raise ValueError(
         f'{len(unreadable)} image(s) in {dataset}/{split} cannot be read: {listed(unreadable)}. '
         'Fix their permissions or links, or delete them, or set '
-        '--config.skip_bad_images=true to leave them out (the log counts them).')
+        '--config.skip_bad_images=true to leave them out (the log counts them).'
+    )
   _warn_skipped(dataset, split, unreadable)
 
 
 def _warn_skipped(dataset, split, bad):
   """Logs how many of [(path, reason)] config.skip_bad_images leaves out, with the first."""
-  logging.warning('Skipping %d unreadable images of %s/%s (config.skip_bad_images), e.g. %s: '
-                  '%s.', len(bad), dataset, split, *bad[0])
+  logging.warning(
+      'Skipping %d unreadable images of %s/%s (config.skip_bad_images), e.g. %s: ' '%s.',
+      len(bad),
+      dataset,
+      split,
+      *bad[0],
+  )
 
 
 def _warn_left_out(split_dir, empty, ignored):
   """Logs the class folders without images and the files of undecodable formats of a split."""
   if empty:
-    logging.warning('Ignoring %d folder(s) of %s that hold no images, so are not classes: %s%s. '
-                    'Put images in them or remove them.', len(empty), split_dir,
-                    ', '.join(empty[:5]), ' ...' if len(empty) > 5 else '')
+    logging.warning(
+        'Ignoring %d folder(s) of %s that hold no images, so are not classes: %s%s. '
+        'Put images in them or remove them.',
+        len(empty),
+        split_dir,
+        ', '.join(empty[:5]),
+        ' ...' if len(empty) > 5 else '',
+    )
   if ignored:
     counts = ', '.join(f'{n} {extension}' for extension, n in sorted(ignored.items()))
-    logging.warning("Ignoring %s files in %s (TensorFlow's decoder reads JPEG, PNG, BMP and "
-                    'GIF): convert them to one of those to use them.', counts, split_dir)
+    logging.warning(
+        "Ignoring %s files in %s (TensorFlow's decoder reads JPEG, PNG, BMP and "
+        'GIF): convert them to one of those to use them.',
+        counts,
+        split_dir,
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -169,7 +200,8 @@ def list_split(dataset, split, skip_bad_images):
     raise ValueError(
         f'config.dataset={dataset!r}: no images in {split_dir}/<class>/ '
         f'(class folders found: {[e.name for e in class_dirs]}; extensions searched: '
-        f'{IMAGE_EXTENSIONS}). Put the images in one sub-folder per class.')
+        f'{IMAGE_EXTENSIONS}). Put the images in one sub-folder per class.'
+    )
   return paths, labels, classes
 
 
@@ -203,8 +235,9 @@ def examples(dataset, split, train_split, skip_bad_images):
     if missing:
       raise ValueError(
           f'config.dataset={dataset!r}: split {split!r} has classes that split '
-          f'{train_split!r} lacks: {missing}. Evaluation labels come from the train split\'s '
-          'class folders; add those classes to it or remove them from the evaluated split.')
+          f"{train_split!r} lacks: {missing}. Evaluation labels come from the train split's "
+          'class folders; add those classes to it or remove them from the evaluated split.'
+      )
     labels = [train_classes.index(classes[label]) for label in labels]
     classes = train_classes
   if skip_bad_images:
@@ -241,7 +274,8 @@ class ImageFolderSource(core.DataSource):
 
   def _pairs(self, paths, labels):
     return tf.data.Dataset.from_tensor_slices(
-        (tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
+        (tf.constant(paths, tf.string), tf.constant(labels, tf.int32))
+    )
 
   def shard(self, split, shard, num_shards, subset=None):
     paths, labels, _ = self._examples(split)
@@ -252,16 +286,23 @@ class ImageFolderSource(core.DataSource):
       return None
     # The listing is sorted by class, so anything short of a full permutation per epoch would
     # give class-skewed batches.
-    return core.Shard(self._pairs(paths[shard::num_shards][:n_local],
-                                  labels[shard::num_shards][:n_local]), n_local, n_local)
+    return core.Shard(
+        self._pairs(paths[shard::num_shards][:n_local], labels[shard::num_shards][:n_local]),
+        n_local,
+        n_local,
+    )
 
   def ordered(self, split, max_examples, subset_seed):
     paths, labels, _ = self._examples(split)
     # Sorted by class: a subset is the first examples of a seeded permutation.
-    order = tf.random.experimental.index_shuffle(
-        tf.range(len(paths), dtype=tf.int64), subset_seed,
-        len(paths) - 1).numpy() if max_examples else range(len(paths))
-    order = list(order)[:max_examples or None]
+    order = (
+        tf.random.experimental.index_shuffle(
+            tf.range(len(paths), dtype=tf.int64), subset_seed, len(paths) - 1
+        ).numpy()
+        if max_examples
+        else range(len(paths))
+    )
+    order = list(order)[: max_examples or None]
     return self._pairs([paths[i] for i in order], [labels[i] for i in order]), len(order)
 
   def decode(self, data, dtype=tf.float32):
@@ -279,6 +320,8 @@ class ImageFolderSource(core.DataSource):
     bad = find_unreadable_images(self._examples(split)[0])
     if not bad:
       return f'Reading {config.dataset}/{split} failed: {error.message.strip()[:500]}'
-    return (f'{len(bad)} image(s) in {config.dataset}/{split} cannot be decoded: '
-            f'{listed(bad)}. Replace or delete them, or set --config.skip_bad_images=true to '
-            'leave them out (the log counts them).')
+    return (
+        f'{len(bad)} image(s) in {config.dataset}/{split} cannot be decoded: '
+        f'{listed(bad)}. Replace or delete them, or set --config.skip_bad_images=true to '
+        'leave them out (the log counts them).'
+    )

@@ -27,6 +27,7 @@ class TfdsSource(core.DataSource):
     would otherwise try to download an unprepared dataset, minutes of retries offline)."""
     if self._builder is None:
       import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
       config = self.config
       try:
         builder = tfds.builder(config.dataset, data_dir=config.tfds_data_dir or None)
@@ -35,7 +36,8 @@ class TfdsSource(core.DataSource):
         raise ValueError(
             f'config.dataset={config.dataset!r} is neither an existing image folder '
             f'nor a known TFDS dataset ({first_line}). Use a TFDS name such as '
-            f"'cifar10' or a folder such as {_FOLDER_EXAMPLE}.") from None
+            f"'cifar10' or a folder such as {_FOLDER_EXAMPLE}."
+        ) from None
       if not builder.is_prepared():
         raise ValueError(
             f'TFDS dataset config.dataset={config.dataset!r} is not prepared in '
@@ -43,7 +45,8 @@ class TfdsSource(core.DataSource):
             f'Prepare it with `tfds build {config.dataset} --data_dir=DIR` on a '
             'machine with internet and copy DIR here (then set '
             '--config.tfds_data_dir=DIR), or set --config.dataset to an image '
-            f'folder such as {_FOLDER_EXAMPLE}.')
+            f'folder such as {_FOLDER_EXAMPLE}.'
+        )
       self._builder = builder
     return self._builder
 
@@ -53,10 +56,12 @@ class TfdsSource(core.DataSource):
     except (KeyError, ValueError) as e:
       raise ValueError(
           f'TFDS dataset {self.config.dataset!r} has no split {split!r} '
-          f'(available: {sorted(self.builder.info.splits.keys())}; error: {e}).') from None
+          f'(available: {sorted(self.builder.info.splits.keys())}; error: {e}).'
+      ) from None
 
   def _num_classes(self):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
     features = self.builder.info.features
     if 'label' in features and isinstance(features['label'], tfds.features.ClassLabel):
       return features['label'].num_classes
@@ -65,22 +70,24 @@ class TfdsSource(core.DataSource):
   def _pairs(self, split, read_config=None):
     """The split as (encoded image bytes, int32 label or -1), in file order."""
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    source = self.builder.as_dataset(split=split, shuffle_files=False,
-                                     decoders={'image': tfds.decode.SkipDecoding()},
-                                     read_config=read_config)
+
+    source = self.builder.as_dataset(
+        split=split,
+        shuffle_files=False,
+        decoders={'image': tfds.decode.SkipDecoding()},
+        read_config=read_config,
+    )
     has_label = self._num_classes() > 0
 
     @tf.autograph.experimental.do_not_convert
     def to_pair(example):
-      label = (tf.cast(example['label'], tf.int32) if has_label
-               else tf.constant(-1, tf.int32))
+      label = tf.cast(example['label'], tf.int32) if has_label else tf.constant(-1, tf.int32)
       return example['image'], label
 
     return source.map(to_pair)
 
   def info(self, split):
-    return core.DatasetInfo(num_examples=self._num_examples(split),
-                            num_classes=self._num_classes())
+    return core.DatasetInfo(num_examples=self._num_examples(split), num_classes=self._num_classes())
 
   def class_names(self):
     if not self._num_classes():
@@ -89,11 +96,13 @@ class TfdsSource(core.DataSource):
 
   def labels(self, split):
     self._num_examples(split)
-    return np.concatenate([labels for _, labels in
-                           self._pairs(split).batch(4096).as_numpy_iterator()])
+    return np.concatenate(
+        [labels for _, labels in self._pairs(split).batch(4096).as_numpy_iterator()]
+    )
 
   def shard(self, split, shard, num_shards, subset=None):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
     num_examples = self._num_examples(split)
     read_config = tfds.ReadConfig(options=core.read_options())
     if subset is None:
@@ -109,8 +118,13 @@ class TfdsSource(core.DataSource):
       keep = np.zeros(num_examples, bool)
       keep[np.asarray(subset)] = True
       keep = tf.constant(keep)
-      pairs = self._pairs(split, read_config).enumerate().filter(
-          lambda i, _: tf.gather(keep, i)).map(lambda _, pair: pair).shard(num_shards, shard)
+      pairs = (
+          self._pairs(split, read_config)
+          .enumerate()
+          .filter(lambda i, _: tf.gather(keep, i))
+          .map(lambda _, pair: pair)
+          .shard(num_shards, shard)
+      )
     # Records are read sequentially, so shuffling is per block of shuffle_buffer_size encoded
     # records (held in memory, like a shuffle buffer).
     block = max(1, min(int(self.config.shuffle_buffer_size), n_local))
@@ -133,5 +147,7 @@ class TfdsSource(core.DataSource):
     return tuple(shape[:2]) + (3,)
 
   def decode_error_message(self, split, error):
-    return (f'A record of TFDS dataset {self.config.dataset!r} split {split!r} could not be '
-            f'decoded ({core.error_reason(error)}); rebuild the dataset.')
+    return (
+        f'A record of TFDS dataset {self.config.dataset!r} split {split!r} could not be '
+        f'decoded ({core.error_reason(error)}); rebuild the dataset.'
+    )

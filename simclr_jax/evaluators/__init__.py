@@ -12,5 +12,14 @@ from simclr_jax.evaluators.core import monitors
 from simclr_jax.evaluators.core import protocol
 from simclr_jax.evaluators.core import score
 
-__all__ = ['EVALUATORS', 'TRAINING_PROTOCOLS', 'Evaluator', 'accuracies', 'get',
-           'legacy_mode_notice', 'monitors', 'protocol', 'score']
+__all__ = [
+    'EVALUATORS',
+    'TRAINING_PROTOCOLS',
+    'Evaluator',
+    'accuracies',
+    'get',
+    'legacy_mode_notice',
+    'monitors',
+    'protocol',
+    'score',
+]

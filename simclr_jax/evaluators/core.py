@@ -67,9 +67,11 @@ def legacy_mode_notice(config) -> str:
   """The sentence naming the current spelling of an older config.mode; '' for current ones."""
   if config.mode not in LEGACY_MODES:
     return ''
-  return (f'--config.mode={config.mode} is the older spelling of --config.mode=evaluate '
-          f'--config.eval.protocol={protocol(config)}, which it runs; the older one will be '
-          'removed in the next release.')
+  return (
+      f'--config.mode={config.mode} is the older spelling of --config.mode=evaluate '
+      f'--config.eval.protocol={protocol(config)}, which it runs; the older one will be '
+      'removed in the next release.'
+  )
 
 
 def monitors(config) -> list[str]:
@@ -85,5 +87,7 @@ def score(name: str, config, train, evaluation, num_classes: int) -> dict:
 
 def accuracies(scores, labels, num_classes):
   """Top-1 and top-5 (or top-num_classes) accuracy of class scores [N, C]."""
-  return {'top1': linear_classifier.topk_accuracy(scores, labels, 1),
-          'top5': linear_classifier.topk_accuracy(scores, labels, min(5, num_classes))}
+  return {
+      'top1': linear_classifier.topk_accuracy(scores, labels, 1),
+      'top5': linear_classifier.topk_accuracy(scores, labels, min(5, num_classes)),
+  }

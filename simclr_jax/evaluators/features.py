@@ -23,8 +23,9 @@ _PIXEL_SIDE = 32
 
 
 def _param_shapes(tree):
-  return {jax.tree_util.keystr(p): tuple(x.shape)
-          for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+      jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def restore_encoder_variables(config, model, pretrained_workdir: str, step: int = -1):
@@ -39,17 +40,23 @@ def restore_encoder_variables(config, model, pretrained_workdir: str, step: int 
   manager = checkpoints.read_only_manager(pretrained_workdir)
   directory, steps = str(manager.directory), manager.all_steps()
   if not steps:
-    raise ValueError(f'No checkpoint in {directory}; set config.pretrained_workdir to the '
-                     'workdir of a pretraining run (python -m simclr_jax.main '
-                     '--config=... --workdir=WORKDIR writes WORKDIR/checkpoints).')
+    raise ValueError(
+        f'No checkpoint in {directory}; set config.pretrained_workdir to the '
+        'workdir of a pretraining run (python -m simclr_jax.main '
+        '--config=... --workdir=WORKDIR writes WORKDIR/checkpoints).'
+    )
   step = max(steps) if step < 0 else step
   if step not in steps:
-    raise ValueError(f'config.pretrained_step={step} is not among the checkpoints in '
-                     f'{directory}: {sorted(steps)}.')
+    raise ValueError(
+        f'config.pretrained_step={step} is not among the checkpoints in '
+        f'{directory}: {sorted(steps)}.'
+    )
   expected = jax.eval_shape(
-      lambda: models.init_variables(model, jax.random.PRNGKey(0), config.image_size))
+      lambda: models.init_variables(model, jax.random.PRNGKey(0), config.image_size)
+  )
   restored = checkpoints.restore_read_only(
-      manager, step, '--step' if config.mode == 'report' else '--config.pretrained_step')
+      manager, step, '--step' if config.mode == 'report' else '--config.pretrained_step'
+  )
   for collection in ('params', 'batch_stats'):
     want, got = _param_shapes(expected[collection]), _param_shapes(restored[collection])
     # The probe depends on the dataset's classes; evaluation does not use it.
@@ -70,41 +77,64 @@ def restore_encoder_variables(config, model, pretrained_workdir: str, step: int 
           f'image_size {config.image_size}): {len(differences)} {collection} entries differ, '
           f'e.g. {differences[0]}: checkpoint {got.get(differences[0])}, config '
           f'{want.get(differences[0])}. The run was saved with model {saved_model}; pass the '
-          f'same --config.model.* and --config.image_size values.{hint}')
+          f'same --config.model.* and --config.image_size values.{hint}'
+      )
   return {'params': restored['params'], 'batch_stats': restored['batch_stats']}, step
 
 
 def make_feature_fn(model, mesh, encoder: str):
   """jit-compiled images [B, S, S, 3] -> features [B, D], batch split over the mesh."""
+
   def features(variables, images):
     if encoder == 'pixels':
       side = min(_PIXEL_SIDE, images.shape[1])
       images = jax.image.resize(images, (images.shape[0], side, side, 3), 'linear')
       return images.reshape(images.shape[0], -1)
     return model.apply(variables, images, train=False, method='encode')
-  return jax.jit(features, in_shardings=(replicated(mesh), batch_sharded(mesh)),
-                 out_shardings=batch_sharded(mesh))
+
+  return jax.jit(
+      features,
+      in_shardings=(replicated(mesh), batch_sharded(mesh)),
+      out_shardings=batch_sharded(mesh),
+  )
 
 
-def extract_features(feature_fn, variables, dataset, mesh, *, config, split,
-                     description: str = '', num_examples: int = 0):
+def extract_features(
+    feature_fn,
+    variables,
+    dataset,
+    mesh,
+    *,
+    config,
+    split,
+    description: str = '',
+    num_examples: int = 0,
+):
   """Runs `feature_fn` over a padded eval dataset of `split`; returns (features, labels).
 
   Logs progress every 20 batches and at the end (out of `num_examples`, when given).
   """
   features, labels = [], []
   start = time.perf_counter()
-  batches = input_pipeline.device_batches(dataset, batch_sharded(mesh), config=config,
-                                          split=split)
+  batches = input_pipeline.device_batches(dataset, batch_sharded(mesh), config=config, split=split)
   total = f' of {num_examples}' if num_examples else ''
+
   def log_progress():
     done = sum(map(len, labels))
-    logging.info('%s: %d%s examples embedded (%.0f/s).', description, done, total,
-                 done / (time.perf_counter() - start))
+    logging.info(
+        '%s: %d%s examples embedded (%.0f/s).',
+        description,
+        done,
+        total,
+        done / (time.perf_counter() - start),
+    )
+
   for i, batch in enumerate(batches):
     out = feature_fn(variables, batch['image'])
-    out, label, mask = (multihost_utils.process_allgather(x, tiled=True)
-                        for x in (out, batch['label'], batch['mask']))
+    out, label, mask = (
+        multihost_utils.process_allgather(x, tiled=True)
+        for x in (out, batch['label'], batch['mask'])
+    )
     features.append(np.asarray(out)[mask])
     labels.append(np.asarray(label)[mask])
     if (i + 1) % 20 == 0:
@@ -116,12 +146,12 @@ def extract_features(feature_fn, variables, dataset, mesh, *, config, split,
 def encoder_variables(config, model, mesh):
   """Variables of the encoder to evaluate, per config.eval.encoder; returns (vars, step)."""
   if config.eval.encoder == 'pretrained':
-    variables, step = restore_encoder_variables(config, model, config.pretrained_workdir,
-                                                config.pretrained_step)
+    variables, step = restore_encoder_variables(
+        config, model, config.pretrained_workdir, config.pretrained_step
+    )
     return jax.device_put(variables, replicated(mesh)), step
   if config.eval.encoder == 'random':
-    init = lambda: models.init_variables(model, jax.random.PRNGKey(config.seed),
-                                         config.image_size)
+    init = lambda: models.init_variables(model, jax.random.PRNGKey(config.seed), config.image_size)
     return run_once(init, out_shardings=replicated(mesh)), None
   return {}, None
 
@@ -133,10 +163,20 @@ def embed_splits(config, model, variables, mesh):
   splits = []
   for split in (config.train_split, config.eval.split):
     dataset, num_examples = input_pipeline.create_eval_dataset(
-        config, split, local_batch_size=local_batch_size, max_examples=config.eval.max_examples)
-    splits.append(extract_features(feature_fn, variables, dataset, mesh, config=config,
-                                   split=split, description=f'{split} features',
-                                   num_examples=num_examples))
+        config, split, local_batch_size=local_batch_size, max_examples=config.eval.max_examples
+    )
+    splits.append(
+        extract_features(
+            feature_fn,
+            variables,
+            dataset,
+            mesh,
+            config=config,
+            split=split,
+            description=f'{split} features',
+            num_examples=num_examples,
+        )
+    )
   return tuple(splits)
 
 
@@ -145,6 +185,7 @@ def labelled_train_info(config) -> datasets.DatasetInfo:
   info = input_pipeline.get_dataset_info(config, config.train_split)
   input_pipeline.get_dataset_info(config, config.eval.split)
   if info.num_classes == 0:
-    raise ValueError(f'config.dataset={config.dataset!r} has no labels; {config.mode} needs '
-                     'them.')
+    raise ValueError(
+        f'config.dataset={config.dataset!r} has no labels; {config.mode} needs ' 'them.'
+    )
   return info

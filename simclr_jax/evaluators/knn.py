@@ -8,8 +8,10 @@ from simclr_jax.evaluators import core
 class KnnEvaluator(core.Evaluator):
   """Weighted kNN of the evaluation features among the train features."""
 
-  compare_with = ('kNN figures of other codebases (e.g. CIFAR-10 ResNet-18, 1000 epochs: '
-                  '91.4%), not linear-evaluation figures.')
+  compare_with = (
+      'kNN figures of other codebases (e.g. CIFAR-10 ResNet-18, 1000 epochs: '
+      '91.4%), not linear-evaluation figures.'
+  )
 
   def validate(self, config):
     ev = config.eval
@@ -17,7 +19,8 @@ class KnnEvaluator(core.Evaluator):
       raise ValueError(f'config.eval.knn_k={ev.knn_k} must be >= 1 (reference: 200).')
     if ev.knn_temperature <= 0:
       raise ValueError(
-          f'config.eval.knn_temperature={ev.knn_temperature} must be > 0 (reference: 0.1).')
+          f'config.eval.knn_temperature={ev.knn_temperature} must be > 0 (reference: 0.1).'
+      )
 
   def settings(self, config):
     return {'k': config.eval.knn_k, 'knn_temperature': config.eval.knn_temperature}
@@ -25,6 +28,7 @@ class KnnEvaluator(core.Evaluator):
   def run(self, config, train, evaluation, num_classes):
     # A bank smaller than k (a monitor on a subset) votes with all of it.
     k = min(config.eval.knn_k, len(train[1]))
-    scores = knn.knn_scores(*train, evaluation[0], num_classes, k=k,
-                            temperature=config.eval.knn_temperature)
+    scores = knn.knn_scores(
+        *train, evaluation[0], num_classes, k=k, temperature=config.eval.knn_temperature
+    )
     return core.accuracies(scores, evaluation[1], num_classes)

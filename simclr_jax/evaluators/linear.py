@@ -11,9 +11,13 @@ def linear_probe_scores(config, train, eval_features, num_classes: int):
   """(class scores [N, C] of eval_features, {'l2', 'holdout_accuracy'}) of the L-BFGS
   logistic regression fitted on train features (L2 chosen on held-out train examples)."""
   classifier, info = linear_classifier.select_l2_and_fit(
-      *train, num_classes, l2_grid=linear_classifier.DEFAULT_L2_GRID,
-      holdout_fraction=config.eval.holdout_fraction, seed=config.seed,
-      max_iterations=config.eval.max_iterations)
+      *train,
+      num_classes,
+      l2_grid=linear_classifier.DEFAULT_L2_GRID,
+      holdout_fraction=config.eval.holdout_fraction,
+      seed=config.seed,
+      max_iterations=config.eval.max_iterations,
+  )
   return np.asarray(linear_classifier.logits(classifier, eval_features)), info
 
 
@@ -24,7 +28,8 @@ class LinearEvaluator(core.Evaluator):
       "the SimCLR paper's transfer-learning figures (logistic regression on frozen features of "
       "unaugmented images, L2 tuned on held-out train examples). Not the reference's CIFAR-10 "
       '(~91%) or ImageNet (64.5%, 69.1%) linear-evaluation figures: those come from the SGD '
-      'protocol (eval.protocol=linear_sgd, configs/*_linear_eval.py).')
+      'protocol (eval.protocol=linear_sgd, configs/*_linear_eval.py).'
+  )
 
   def validate(self, config):
     ev = config.eval
@@ -35,5 +40,8 @@ class LinearEvaluator(core.Evaluator):
 
   def run(self, config, train, evaluation, num_classes):
     scores, info = linear_probe_scores(config, train, evaluation[0], num_classes)
-    return {'l2': info['l2'], 'holdout_accuracy': info['holdout_accuracy'],
-            **core.accuracies(scores, evaluation[1], num_classes)}
+    return {
+        'l2': info['l2'],
+        'holdout_accuracy': info['holdout_accuracy'],
+        **core.accuracies(scores, evaluation[1], num_classes),
+    }

@@ -20,18 +20,34 @@ class Monitor:
     self._feature_fn = features.make_feature_fn(model, mesh, 'pretrained')
     local_batch_size = config.eval.batch_size // jax.process_count()
     self._datasets = [
-        (split, input_pipeline.create_eval_dataset(
-            config, split, local_batch_size=local_batch_size,
-            max_examples=config.eval.max_examples)[0])
-        for split in (config.train_split, config.eval.split)]
+        (
+            split,
+            input_pipeline.create_eval_dataset(
+                config,
+                split,
+                local_batch_size=local_batch_size,
+                max_examples=config.eval.max_examples,
+            )[0],
+        )
+        for split in (config.train_split, config.eval.split)
+    ]
 
   def __call__(self, params, batch_stats) -> dict:
     variables = {'params': params, 'batch_stats': batch_stats}
     train, evaluation = (
-        features.extract_features(self._feature_fn, variables, ds, self._mesh,
-                                  config=self._config, split=split, description='Monitor')
-        for split, ds in self._datasets)
-    return {f'{name}_{key}': value
-            for name, evaluator in self._evaluators.items()
-            for key, value in evaluator.run(self._config, train, evaluation,
-                                            self._num_classes).items()}
+        features.extract_features(
+            self._feature_fn,
+            variables,
+            ds,
+            self._mesh,
+            config=self._config,
+            split=split,
+            description='Monitor',
+        )
+        for split, ds in self._datasets
+    )
+    return {
+        f'{name}_{key}': value
+        for name, evaluator in self._evaluators.items()
+        for key, value in evaluator.run(self._config, train, evaluation, self._num_classes).items()
+    }

@@ -15,11 +15,11 @@ from simclr_jax.evaluators import core
 # (README: "Which number to compare with which").
 COMPARE_WITH = {
     'linear_sgd': "the reference's linear-evaluation figures: CIFAR-10 ResNet-18 ~91% after "
-                  '1000 epochs; ImageNet ResNet-50 64.5% after 100 epochs, 69.1% after 1000.',
+    '1000 epochs; ImageNet ResNet-50 64.5% after 100 epochs, 69.1% after 1000.',
     'finetune': 'semi-supervised fine-tuning figures at the same label fraction (SimCLRv2, '
-                'ResNet-50 1x: 57.9% with 1% and 68.4% with 10% of the ImageNet labels).',
+    'ResNet-50 1x: 57.9% with 1% and 68.4% with 10% of the ImageNet labels).',
     'report': "its linear number is the L-BFGS protocol ('linear'), its kNN number the kNN "
-              "protocol ('knn'): compare each as those.",
+    "protocol ('knn'): compare each as those.",
 }
 
 
@@ -30,21 +30,32 @@ def compare_with(protocol: str) -> str:
 
 def results_header(config, protocol: str, checkpoint_step) -> dict:
   """The fields of eval_results.json that say what was evaluated."""
-  return {'protocol': protocol, 'compare_with': compare_with(protocol),
-          'dataset': config.dataset, 'train_split': config.train_split,
-          'eval_split': config.eval.split, 'encoder': config.eval.encoder,
-          'model': config.model.name, 'width_multiplier': config.model.width_multiplier,
-          'pretrained_workdir': (config.pretrained_workdir if checkpoint_step is not None
-                                 else None),
-          'checkpoint_step': checkpoint_step}
+  return {
+      'protocol': protocol,
+      'compare_with': compare_with(protocol),
+      'dataset': config.dataset,
+      'train_split': config.train_split,
+      'eval_split': config.eval.split,
+      'encoder': config.eval.encoder,
+      'model': config.model.name,
+      'width_multiplier': config.model.width_multiplier,
+      'pretrained_workdir': (config.pretrained_workdir if checkpoint_step is not None else None),
+      'checkpoint_step': checkpoint_step,
+  }
 
 
 def report_results(results: dict, workdir: str, start_time: float) -> dict:
   """Adds the wall time, logs and prints `results`, writes WORKDIR/eval_results.json."""
   results['wall_time_sec'] = time.perf_counter() - start_time
-  logging.info('%s evaluation of the %s encoder: top-1 %.2f%%, top-5 %.2f%% on %s/%s.',
-               results['protocol'], results['encoder'], 100 * results['top1'],
-               100 * results['top5'], results['dataset'], results['eval_split'])
+  logging.info(
+      '%s evaluation of the %s encoder: top-1 %.2f%%, top-5 %.2f%% on %s/%s.',
+      results['protocol'],
+      results['encoder'],
+      100 * results['top1'],
+      100 * results['top5'],
+      results['dataset'],
+      results['eval_split'],
+  )
   print(json.dumps(results, indent=2))
   if jax.process_index() == 0:
     with tf.io.gfile.GFile(os.path.join(workdir, 'eval_results.json'), 'w') as f:

@@ -44,7 +44,9 @@ class Method(abc.ABC):
 def get(config) -> Method:
   """The method of config.method; a ValueError listing the registered ones otherwise."""
   if config.method not in METHODS:
-    raise ValueError(f'config.method={config.method!r} is not known; registered methods: '
-                     f'{", ".join(METHODS)}.')
+    raise ValueError(
+        f'config.method={config.method!r} is not known; registered methods: '
+        f'{", ".join(METHODS)}.'
+    )
   module, name = METHODS[config.method].split(':')
   return getattr(importlib.import_module(module), name)(config)

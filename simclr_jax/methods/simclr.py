@@ -15,8 +15,9 @@ from simclr_jax.methods import core
 from simclr_jax.sharding import DATA_AXIS, batch_sharded, replicated
 
 
-def loss_and_metrics(params, batch_stats, batch, *, model, temperature, mesh, chunk_size=0,
-                     weight_decay=0.0):
+def loss_and_metrics(
+    params, batch_stats, batch, *, model, temperature, mesh, chunk_size=0, weight_decay=0.0
+):
   """NT-Xent (+ probe loss) of a batch of view pairs; returns (loss, (metrics, stats)).
 
   `batch['views']` is [N, 2, H, W, C]; both views of an image sit in one shard, and the model
@@ -28,14 +29,17 @@ def loss_and_metrics(params, batch_stats, batch, *, model, temperature, mesh, ch
   n = views.shape[0]
   images = views.reshape((2 * n,) + views.shape[2:])
   images = jax.lax.with_sharding_constraint(images, batch_sharded(mesh))
-  out, updates = model.apply({'params': params, 'batch_stats': batch_stats}, images,
-                             train=True, mutable=['batch_stats'])
+  out, updates = model.apply(
+      {'params': params, 'batch_stats': batch_stats}, images, train=True, mutable=['batch_stats']
+  )
   z = out['z'].reshape(n, 2, -1)
   contrastive = losses.nt_xent(z[:, 0], z[:, 1], temperature, mesh, DATA_AXIS, chunk_size)
   loss = contrastive.loss
-  metrics = {'contrastive_loss': contrastive.loss,
-             'contrastive_accuracy': contrastive.accuracy,
-             'contrastive_entropy': contrastive.entropy}
+  metrics = {
+      'contrastive_loss': contrastive.loss,
+      'contrastive_accuracy': contrastive.accuracy,
+      'contrastive_entropy': contrastive.entropy,
+  }
   if 'probe_logits' in out:
     labels = jnp.repeat(batch['label'], 2)
     logits = out['probe_logits']
@@ -56,12 +60,25 @@ def augment_batch(batch, *, config_augment, image_size, mesh):
   splits over the 'data' axis like the batch, without communication.
   """
   views = augment_jax.pretrain_views(batch['image'], batch['seed'], config_augment, image_size)
-  return {'views': jax.lax.with_sharding_constraint(views, batch_sharded(mesh)),
-          'label': batch['label']}
+  return {
+      'views': jax.lax.with_sharding_constraint(views, batch_sharded(mesh)),
+      'label': batch['label'],
+  }
 
 
-def train_step(state: train_state.TrainState, batch, *, model, tx, schedule, temperature, mesh,
-               chunk_size=0, augment=None, weight_decay=0.0):
+def train_step(
+    state: train_state.TrainState,
+    batch,
+    *,
+    model,
+    tx,
+    schedule,
+    temperature,
+    mesh,
+    chunk_size=0,
+    augment=None,
+    weight_decay=0.0,
+):
   """One optimisation step on a global batch; returns the new state and scalar metrics.
 
   `augment`, if given, first turns the batch into views (`augment_batch`).
@@ -69,29 +86,50 @@ def train_step(state: train_state.TrainState, batch, *, model, tx, schedule, tem
   if augment is not None:
     batch = augment(batch)
   grad_fn = jax.value_and_grad(
-      functools.partial(loss_and_metrics, model=model, temperature=temperature, mesh=mesh,
-                        chunk_size=chunk_size, weight_decay=weight_decay),
-      has_aux=True)
+      functools.partial(
+          loss_and_metrics,
+          model=model,
+          temperature=temperature,
+          mesh=mesh,
+          chunk_size=chunk_size,
+          weight_decay=weight_decay,
+      ),
+      has_aux=True,
+  )
   (loss, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics['learning_rate'] = schedule(state.step)
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state)
+  new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+  )
   return train_state.only_if_finite(loss, grads, new_state, state, metrics)
 
 
-def make_train_step(model, tx, schedule, temperature, mesh, chunk_size=0, augment=None,
-                    weight_decay=0.0):
+def make_train_step(
+    model, tx, schedule, temperature, mesh, chunk_size=0, augment=None, weight_decay=0.0
+):
   """jit-compiles `train_step` with the state replicated and the batch split over 'data'.
 
   `weight_decay` is the probe's, added to the loss (loss_and_metrics).
   """
-  step_fn = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                              temperature=temperature, mesh=mesh, chunk_size=chunk_size,
-                              augment=augment, weight_decay=weight_decay)
-  return jax.jit(step_fn, in_shardings=(replicated(mesh), batch_sharded(mesh)),
-                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
+  step_fn = functools.partial(
+      train_step,
+      model=model,
+      tx=tx,
+      schedule=schedule,
+      temperature=temperature,
+      mesh=mesh,
+      chunk_size=chunk_size,
+      augment=augment,
+      weight_decay=weight_decay,
+  )
+  return jax.jit(
+      step_fn,
+      in_shardings=(replicated(mesh), batch_sharded(mesh)),
+      out_shardings=(replicated(mesh), replicated(mesh)),
+      donate_argnums=(0,),
+  )
 
 
 class SimCLR(core.Method):
@@ -100,24 +138,44 @@ class SimCLR(core.Method):
   def validate(self, num_devices):
     config = self.config
     if not config.temperature > 0:
-      raise ValueError(f'config.temperature={config.temperature} must be > 0 '
-                       '(0.5 for CIFAR-10, 0.1 for ImageNet).')
+      raise ValueError(
+          f'config.temperature={config.temperature} must be > 0 '
+          '(0.5 for CIFAR-10, 0.1 for ImageNet).'
+      )
     per_device = config.batch_size // num_devices
     chunk = config.contrastive_chunk_size
     if not (isinstance(chunk, int) and chunk >= 0 and (chunk == 0 or per_device % chunk == 0)):
-      raise ValueError(f'config.contrastive_chunk_size={chunk!r} must be 0 (no chunks) or '
-                       f'divide the {per_device} images per device (batch_size / devices).')
+      raise ValueError(
+          f'config.contrastive_chunk_size={chunk!r} must be 0 (no chunks) or '
+          f'divide the {per_device} images per device (batch_size / devices).'
+      )
 
   def create_model(self, num_classes):
     config = self.config
-    return models.create_model(config.model, image_size=config.image_size,
-                               num_classes=num_classes, dtype=models.DTYPES[config.dtype],
-                               remat=config.remat)
+    return models.create_model(
+        config.model,
+        image_size=config.image_size,
+        num_classes=num_classes,
+        dtype=models.DTYPES[config.dtype],
+        remat=config.remat,
+    )
 
   def make_train_step(self, model, tx, schedule, mesh):
     config = self.config
-    augment = (functools.partial(augment_batch, config_augment=config.augment,
-                                 image_size=config.image_size, mesh=mesh)
-               if config.augment_on_device else None)
-    return make_train_step(model, tx, schedule, config.temperature, mesh,
-                           config.contrastive_chunk_size, augment, config.weight_decay)
+    augment = (
+        functools.partial(
+            augment_batch, config_augment=config.augment, image_size=config.image_size, mesh=mesh
+        )
+        if config.augment_on_device
+        else None
+    )
+    return make_train_step(
+        model,
+        tx,
+        schedule,
+        config.temperature,
+        mesh,
+        config.contrastive_chunk_size,
+        augment,
+        config.weight_decay,
+    )

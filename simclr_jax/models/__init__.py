@@ -25,6 +25,7 @@ class SimCLRModel(nn.Module):
   `num_classes > 0`, `probe_logits` of a linear classifier on stop_gradient(h): the probe
   learns alongside pretraining without shaping the representation.
   """
+
   encoder: nn.Module
   head: nn.Module
   num_classes: int = 0
@@ -36,7 +37,8 @@ class SimCLRModel(nn.Module):
     out = {'h': at_least_float32(h), 'z': z}
     if self.num_classes:
       out['probe_logits'] = nn.Dense(self.num_classes, kernel_init=DENSE_INIT, name='probe')(
-          jax.lax.stop_gradient(out['h']))
+          jax.lax.stop_gradient(out['h'])
+      )
     return out
 
   def encode(self, images, train: bool = False):
@@ -50,6 +52,7 @@ class Classifier(nn.Module):
   The linear layer starts at zero (the reference's zero_init_logits_layer), so fine-tuning
   starts from uniform predictions whatever the scale of the representation.
   """
+
   encoder: nn.Module
   head: Any  # A ProjectionHead with keep_layers > 0, or None.
   num_classes: int
@@ -59,8 +62,9 @@ class Classifier(nn.Module):
     x = self.encoder(images, train=train)
     if self.head is not None:
       x = self.head(x, train=train)
-    return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
-                    name='classifier')(at_least_float32(x))
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name='classifier')(
+        at_least_float32(x)
+    )
 
 
 def init_variables(model, rng, image_size: int):
@@ -70,8 +74,12 @@ def init_variables(model, rng, image_size: int):
 
 def _encoder(model_config, image_size, dtype, fine_tune_after_block=-1, remat=False):
   return encoders.family(model_config).build(
-      model_config, image_size=image_size, dtype=dtype,
-      fine_tune_after_block=fine_tune_after_block, remat=remat)
+      model_config,
+      image_size=image_size,
+      dtype=dtype,
+      fine_tune_after_block=fine_tune_after_block,
+      remat=remat,
+  )
 
 
 def num_encoder_parts(model_config) -> int:
@@ -85,28 +93,50 @@ def encoder_part_of(model_config):
 
 
 def _head(model_config, dtype, keep_layers=0):
-  return ProjectionHead(num_layers=model_config.head_layers,
-                        output_dim=model_config.head_output_dim,
-                        bn_momentum=model_config.bn_momentum,
-                        bn_epsilon=model_config.bn_epsilon, keep_layers=keep_layers, dtype=dtype,
-                        name='head')
+  return ProjectionHead(
+      num_layers=model_config.head_layers,
+      output_dim=model_config.head_output_dim,
+      bn_momentum=model_config.bn_momentum,
+      bn_epsilon=model_config.bn_epsilon,
+      keep_layers=keep_layers,
+      dtype=dtype,
+      name='head',
+  )
 
 
-def create_model(model_config, *, image_size: int, num_classes: int = 0,
-                 dtype: Any = jnp.float32, remat: bool = False) -> SimCLRModel:
+def create_model(
+    model_config,
+    *,
+    image_size: int,
+    num_classes: int = 0,
+    dtype: Any = jnp.float32,
+    remat: bool = False
+) -> SimCLRModel:
   """Builds the SimCLR model described by `config.model`.
 
   `dtype` is the compute type (parameters, BatchNorm statistics, h and z stay float32);
   `remat` recomputes residual blocks in the backward pass instead of storing activations.
   """
-  return SimCLRModel(encoder=_encoder(model_config, image_size, dtype, remat=remat),
-                     head=_head(model_config, dtype), num_classes=num_classes)
+  return SimCLRModel(
+      encoder=_encoder(model_config, image_size, dtype, remat=remat),
+      head=_head(model_config, dtype),
+      num_classes=num_classes,
+  )
 
 
-def create_classifier(model_config, *, image_size: int, num_classes: int,
-                      fine_tune_after_block: int = -1, keep_head_layers: int = 0,
-                      dtype: Any = jnp.float32) -> Classifier:
+def create_classifier(
+    model_config,
+    *,
+    image_size: int,
+    num_classes: int,
+    fine_tune_after_block: int = -1,
+    keep_head_layers: int = 0,
+    dtype: Any = jnp.float32
+) -> Classifier:
   """The fine-tuning network for `config.model`; parameter names match the SimCLR model's."""
   head = _head(model_config, dtype, keep_head_layers) if keep_head_layers else None
-  return Classifier(encoder=_encoder(model_config, image_size, dtype, fine_tune_after_block),
-                    head=head, num_classes=num_classes)
+  return Classifier(
+      encoder=_encoder(model_config, image_size, dtype, fine_tune_after_block),
+      head=head,
+      num_classes=num_classes,
+  )

@@ -43,13 +43,16 @@ def _split(a, n):
 def _pad(x, pads):
   (top, bottom), (left, right) = pads
   # lax.pad also takes the negative padding that 'SAME' can produce.
-  return lax.pad(x, jnp.zeros((), x.dtype),
-                 ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+  return lax.pad(
+      x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0))
+  )
 
 
 def _output_size(in_size, kernel_shape, strides, pads):
-  return tuple((size + lo + hi - k) // s + 1
-               for size, k, s, (lo, hi) in zip(in_size, kernel_shape[:2], strides, pads))
+  return tuple(
+      (size + lo + hi - k) // s + 1
+      for size, k, s, (lo, hi) in zip(in_size, kernel_shape[:2], strides, pads)
+  )
 
 
 def _patches(x_pad, kernel_shape, strides, out_size):
@@ -57,10 +60,16 @@ def _patches(x_pad, kernel_shape, strides, out_size):
   kh, kw, cin, _ = kernel_shape
   batch = x_pad.shape[0]
   (sh, sw), (out_h, out_w) = strides, out_size
-  taps = [lax.slice(x_pad, (0, i, j, 0),
-                    (batch, i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1, cin),
-                    (1, sh, sw, 1))
-          for i in range(kh) for j in range(kw)]
+  taps = [
+      lax.slice(
+          x_pad,
+          (0, i, j, 0),
+          (batch, i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1, cin),
+          (1, sh, sw, 1),
+      )
+      for i in range(kh)
+      for j in range(kw)
+  ]
   return jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
 
 
@@ -97,9 +106,16 @@ def _input_grad(g, w, x_shape, strides, pads, precision):
     for i in range(kh):
       for j in range(kw):
         # Tap (i, j) read x_pad[sh*y + i, sw*x + j]: scatter it back with interior padding.
-        dx_pad += lax.pad(d_patches[:, :, :, i, j], jnp.zeros((), g.dtype),
-                          ((0, 0, 0), (i, padded_h - i - sh * (out_h - 1) - 1, sh - 1),
-                           (j, padded_w - j - sw * (out_w - 1) - 1, sw - 1), (0, 0, 0)))
+        dx_pad += lax.pad(
+            d_patches[:, :, :, i, j],
+            jnp.zeros((), g.dtype),
+            (
+                (0, 0, 0),
+                (i, padded_h - i - sh * (out_h - 1) - 1, sh - 1),
+                (j, padded_w - j - sw * (out_w - 1) - 1, sw - 1),
+                (0, 0, 0),
+            ),
+        )
     return dx_pad
 
   n = _num_chunks(batch, out_h * out_w, kernel.shape[0])
@@ -119,14 +135,23 @@ def _weight_grad(x, g, kernel_shape, strides, pads, precision):
   def add_chunk(total, chunk):
     x_chunk, g_chunk = chunk
     patches = _patches(_pad(x_chunk, pads), kernel_shape, strides, out_size)
-    return total + lax.dot_general(
-        patches.reshape(-1, patches.shape[-1]), g_chunk.reshape(-1, g_chunk.shape[-1]),
-        (((0,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32), None
+    return (
+        total
+        + lax.dot_general(
+            patches.reshape(-1, patches.shape[-1]),
+            g_chunk.reshape(-1, g_chunk.shape[-1]),
+            (((0,), (0,)), ((), ())),
+            precision=precision,
+            preferred_element_type=jnp.float32,
+        ),
+        None,
+    )
 
   kh, kw, cin, cout = kernel_shape
   n = _num_chunks(g.shape[0], out_size[0] * out_size[1], kh * kw * cin)
-  dw, _ = lax.scan(add_chunk, jnp.zeros((kh * kw * cin, cout), jnp.float32),
-                   (_split(x, n), _split(g, n)))
+  dw, _ = lax.scan(
+      add_chunk, jnp.zeros((kh * kw * cin, cout), jnp.float32), (_split(x, n), _split(g, n))
+  )
   return dw.reshape(kernel_shape)
 
 
@@ -149,17 +174,33 @@ def _backward(strides, pads, precision, residuals, g):
 _matmul_conv.defvjp(_forward, _backward)
 
 
-def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                dimension_numbers=None, feature_group_count=1, precision=None,
-                preferred_element_type=None):
+def matmul_conv(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+):
   """`lax.conv_general_dilated` for NHWC/HWIO 2-D convolutions, as chunked matmuls."""
   expected = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC_HWIO)
   given = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   dilated = any(d != 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
-  if lhs.ndim != 4 or given != expected or dilated or feature_group_count != 1 or (
-      preferred_element_type is not None):
-    raise ValueError('matmul_conv supports 2-D NHWC/HWIO convolutions without dilation, '
-                     'groups or preferred_element_type; use model.conv_impl="xla" for others.')
+  if (
+      lhs.ndim != 4
+      or given != expected
+      or dilated
+      or feature_group_count != 1
+      or (preferred_element_type is not None)
+  ):
+    raise ValueError(
+        'matmul_conv supports 2-D NHWC/HWIO convolutions without dilation, '
+        'groups or preferred_element_type; use model.conv_impl="xla" for others.'
+    )
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)

@@ -13,9 +13,7 @@ A new family is one module and one entry in FAMILIES.
 
 import importlib
 
-FAMILIES = (
-    'simclr_jax.models.resnet',
-)
+FAMILIES = ('simclr_jax.models.resnet',)
 
 
 def _modules():
@@ -32,5 +30,7 @@ def family(model_config):
   for module in _modules():
     if model_config.name in module.NAMES:
       return module
-  raise ValueError(f'config.model.name={model_config.name!r} is not a known model; use one of '
-                   f'{", ".join(names())}.')
+  raise ValueError(
+      f'config.model.name={model_config.name!r} is not a known model; use one of '
+      f'{", ".join(names())}.'
+  )

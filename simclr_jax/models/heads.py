@@ -17,6 +17,7 @@ class ProjectionHead(nn.Module):
   reference implementation. With `keep_layers` > 0
   only the first `keep_layers` (hidden) layers run: SimCLRv2 fine-tunes from the first one.
   """
+
   num_layers: int
   output_dim: int
   keep_layers: int = 0
@@ -30,11 +31,21 @@ class ProjectionHead(nn.Module):
     x = h
     for i in range(self.keep_layers or self.num_layers):
       last = i == self.num_layers - 1
-      x = nn.Dense(self.output_dim if last else hidden_dim, use_bias=False, dtype=self.dtype,
-                   kernel_init=DENSE_INIT, name=f'dense{i + 1}')(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                       epsilon=self.bn_epsilon, use_bias=not last, dtype=self.dtype,
-                       name=f'bn{i + 1}')(x)
+      x = nn.Dense(
+          self.output_dim if last else hidden_dim,
+          use_bias=False,
+          dtype=self.dtype,
+          kernel_init=DENSE_INIT,
+          name=f'dense{i + 1}',
+      )(x)
+      x = nn.BatchNorm(
+          use_running_average=not train,
+          momentum=self.bn_momentum,
+          epsilon=self.bn_epsilon,
+          use_bias=not last,
+          dtype=self.dtype,
+          name=f'bn{i + 1}',
+      )(x)
       if not last:
         x = nn.relu(x)
     return x

@@ -39,6 +39,7 @@ def stem_max_pool(x):
 class _ResidualBlock(nn.Module):
   """relu(shortcut(x) + BN(branch(x))); the shortcut projects when the shape changes or
   `project` says so."""
+
   filters: int
   strides: int
   conv_cls: Any  # nn.Conv with the model's dtype, initialiser and weight-gradient method.
@@ -79,6 +80,7 @@ class BottleneckBlock(_ResidualBlock):
 
 class ResNet(nn.Module):
   """ResNet v1 trunk; returns the global-average-pooled representation h."""
+
   stage_sizes: Sequence[int]
   block_cls: Any
   width_multiplier: float = 1.0
@@ -98,14 +100,23 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool):
     def norm_for(part):
       return functools.partial(
-          nn.BatchNorm, use_running_average=not train or part <= self.fine_tune_after_block,
-          momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype)
+          nn.BatchNorm,
+          use_running_average=not train or part <= self.fine_tune_after_block,
+          momentum=self.bn_momentum,
+          epsilon=self.bn_epsilon,
+          dtype=self.dtype,
+      )
 
     def end_of(part, x):
       return jax.lax.stop_gradient(x) if part == self.fine_tune_after_block else x
 
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init,
-                             conv_general_dilated=CONV_IMPLS[self.conv_impl])
+    conv = functools.partial(
+        nn.Conv,
+        use_bias=False,
+        dtype=self.dtype,
+        kernel_init=_conv_init,
+        conv_general_dilated=CONV_IMPLS[self.conv_impl],
+    )
     width = max(1, int(round(64 * self.width_multiplier)))
     x = x.astype(self.dtype)
     if self.cifar_stem:
@@ -121,8 +132,14 @@ class ResNet(nn.Module):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
         project = block == 0 and self.shortcut == 'reference'
-        x = block_cls(width * 2**stage, strides, conv, norm_for(stage + 1), project,
-                      name=f'stage{stage + 1}_block{block + 1}')(x)
+        x = block_cls(
+            width * 2**stage,
+            strides,
+            conv,
+            norm_for(stage + 1),
+            project,
+            name=f'stage{stage + 1}_block{block + 1}',
+        )(x)
       x = end_of(stage + 1, x)
     return jnp.mean(x, axis=(1, 2))
 
@@ -155,24 +172,35 @@ def conv_impl_for(name: str, platform: str = '') -> str:
 
 def validate(model_config):
   if model_config.conv_impl not in CONV_IMPL_NAMES:
-    raise ValueError(f'config.model.conv_impl={model_config.conv_impl!r} is not known; use one '
-                     f'of {", ".join(CONV_IMPL_NAMES)}.')
+    raise ValueError(
+        f'config.model.conv_impl={model_config.conv_impl!r} is not known; use one '
+        f'of {", ".join(CONV_IMPL_NAMES)}.'
+    )
   if model_config.shortcut not in SHORTCUTS:
-    raise ValueError(f'config.model.shortcut={model_config.shortcut!r} is not known; use one of '
-                     f'{", ".join(SHORTCUTS)} (reference: google-research/simclr; torchvision: '
-                     'to load torchvision weights).')
+    raise ValueError(
+        f'config.model.shortcut={model_config.shortcut!r} is not known; use one of '
+        f'{", ".join(SHORTCUTS)} (reference: google-research/simclr; torchvision: '
+        'to load torchvision weights).'
+    )
 
 
 def build(model_config, *, image_size, dtype, fine_tune_after_block=-1, remat=False):
   stage_sizes, block_cls = STAGE_SIZES[model_config.name]
-  return ResNet(stage_sizes=stage_sizes, block_cls=block_cls,
-                width_multiplier=model_config.width_multiplier,
-                cifar_stem=image_size <= 32, bn_momentum=model_config.bn_momentum,
-                bn_epsilon=model_config.bn_epsilon, dtype=dtype,
-                conv_impl=conv_impl_for(model_config.conv_impl),
-                # Runs saved before the option existed used the torchvision layout.
-                shortcut=model_config.get('shortcut', 'torchvision'),
-                fine_tune_after_block=fine_tune_after_block, remat=remat, name='encoder')
+  return ResNet(
+      stage_sizes=stage_sizes,
+      block_cls=block_cls,
+      width_multiplier=model_config.width_multiplier,
+      cifar_stem=image_size <= 32,
+      bn_momentum=model_config.bn_momentum,
+      bn_epsilon=model_config.bn_epsilon,
+      dtype=dtype,
+      conv_impl=conv_impl_for(model_config.conv_impl),
+      # Runs saved before the option existed used the torchvision layout.
+      shortcut=model_config.get('shortcut', 'torchvision'),
+      fine_tune_after_block=fine_tune_after_block,
+      remat=remat,
+      name='encoder',
+  )
 
 
 def num_parts(model_config):

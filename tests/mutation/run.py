@@ -45,120 +45,266 @@ class Mutation(NamedTuple):
 
 MUTATIONS = (
     # NT-Xent (losses.py).
-    Mutation('loss-mean-over-2n', 'simclr_jax/losses.py', 'loss=loss / n,',
-             'loss=loss / (2 * n),', ('tests/test_losses.py', 'tests/test_train_step.py')),
-    Mutation('loss-no-same-view-negatives', 'simclr_jax/losses.py',
-             'jnp.concatenate([logits_other, logits_same], axis=1)', 'logits_other',
-             ('tests/test_losses.py', 'tests/test_train_step.py')),
-    Mutation('loss-positives-without-temperature', 'simclr_jax/losses.py',
-             'logits_other = anchors @ other_view_all.T / temperature',
-             'logits_other = anchors @ other_view_all.T',
-             ('tests/test_losses.py', 'tests/test_train_step.py')),
-    Mutation('loss-self-similarity-kept', 'simclr_jax/losses.py',
-             'same_view_all.T / temperature - self_mask', 'same_view_all.T / temperature',
-             ('tests/test_losses.py', 'tests/test_train_step.py')),
-    Mutation('all-gather-offset-per-row', 'simclr_jax/losses.py',
-             'offset = jax.lax.axis_index(axis_name) * z_a.shape[0]',
-             'offset = jax.lax.axis_index(axis_name)', ('tests/test_losses.py',)),
+    Mutation(
+        'loss-mean-over-2n',
+        'simclr_jax/losses.py',
+        'loss=loss / n,',
+        'loss=loss / (2 * n),',
+        ('tests/test_losses.py', 'tests/test_train_step.py'),
+    ),
+    Mutation(
+        'loss-no-same-view-negatives',
+        'simclr_jax/losses.py',
+        'jnp.concatenate([logits_other, logits_same], axis=1)',
+        'logits_other',
+        ('tests/test_losses.py', 'tests/test_train_step.py'),
+    ),
+    Mutation(
+        'loss-positives-without-temperature',
+        'simclr_jax/losses.py',
+        'logits_other = anchors @ other_view_all.T / temperature',
+        'logits_other = anchors @ other_view_all.T',
+        ('tests/test_losses.py', 'tests/test_train_step.py'),
+    ),
+    Mutation(
+        'loss-self-similarity-kept',
+        'simclr_jax/losses.py',
+        'same_view_all.T / temperature - self_mask',
+        'same_view_all.T / temperature',
+        ('tests/test_losses.py', 'tests/test_train_step.py'),
+    ),
+    Mutation(
+        'all-gather-offset-per-row',
+        'simclr_jax/losses.py',
+        'offset = jax.lax.axis_index(axis_name) * z_a.shape[0]',
+        'offset = jax.lax.axis_index(axis_name)',
+        ('tests/test_losses.py',),
+    ),
     # The train step (train.py).
-    Mutation('train-step-pairs-views-across-images', 'simclr_jax/methods/simclr.py',
-             "z = out['z'].reshape(n, 2, -1)",
-             "z = out['z'].reshape(2, n, -1).transpose(1, 0, 2)", ('tests/test_train_step.py',)),
-    Mutation('train-step-keeps-old-batch-stats', 'simclr_jax/methods/simclr.py',
-             'params=params, batch_stats=batch_stats,',
-             'params=params, batch_stats=state.batch_stats,', ('tests/test_train_step.py',)),
-    Mutation('train-step-drops-probe-weight-decay', 'simclr_jax/methods/simclr.py',
-             'loss = loss + probe_loss + probe_decay', 'loss = loss + probe_loss',
-             ('tests/test_train_step.py',)),
-    Mutation('head-bn-momentum-flipped', 'simclr_jax/models/__init__.py',
-             'output_dim=model_config.head_output_dim,\n'
-             '                        bn_momentum=model_config.bn_momentum,',
-             'output_dim=model_config.head_output_dim,\n'
-             '                        bn_momentum=1 - model_config.bn_momentum,',
-             ('tests/test_models.py',)),
+    Mutation(
+        'train-step-pairs-views-across-images',
+        'simclr_jax/methods/simclr.py',
+        "z = out['z'].reshape(n, 2, -1)",
+        "z = out['z'].reshape(2, n, -1).transpose(1, 0, 2)",
+        ('tests/test_train_step.py',),
+    ),
+    Mutation(
+        'train-step-keeps-old-batch-stats',
+        'simclr_jax/methods/simclr.py',
+        'params=params, batch_stats=batch_stats,',
+        'params=params, batch_stats=state.batch_stats,',
+        ('tests/test_train_step.py',),
+    ),
+    Mutation(
+        'train-step-drops-probe-weight-decay',
+        'simclr_jax/methods/simclr.py',
+        'loss = loss + probe_loss + probe_decay',
+        'loss = loss + probe_loss',
+        ('tests/test_train_step.py',),
+    ),
+    Mutation(
+        'head-bn-momentum-flipped',
+        'simclr_jax/models/__init__.py',
+        'output_dim=model_config.head_output_dim,\n      bn_momentum=model_config.bn_momentum,',
+        'output_dim=model_config.head_output_dim,\n      bn_momentum=1 - model_config.bn_momentum,',
+        ('tests/test_models.py',),
+    ),
     # Optimiser and schedule (optim.py).
-    Mutation('decay-mask-includes-probe', 'simclr_jax/optim.py',
-             " and supervised_head not in names", '', ('tests/test_optim.py',)),
-    Mutation('decay-mask-includes-batchnorm-and-biases', 'simclr_jax/optim.py',
-             "return names[-1] == 'kernel' and ", 'return ', ('tests/test_optim.py',)),
-    Mutation('warmup-one-step-ahead', 'simclr_jax/optim.py', 'warmup = peak * step /',
-             'warmup = peak * (step + 1) /', ('tests/test_optim.py',)),
-    Mutation('warmup-skipped', 'simclr_jax/optim.py',
-             'jnp.where(step < warmup_steps, warmup, cosine)', 'cosine', ('tests/test_optim.py',)),
-    Mutation('cosine-quarter-period', 'simclr_jax/optim.py', 'jnp.cos(jnp.pi * progress)',
-             'jnp.cos(0.5 * jnp.pi * progress)', ('tests/test_optim.py',)),
+    Mutation(
+        'decay-mask-includes-probe',
+        'simclr_jax/optim.py',
+        ' and supervised_head not in names',
+        '',
+        ('tests/test_optim.py',),
+    ),
+    Mutation(
+        'decay-mask-includes-batchnorm-and-biases',
+        'simclr_jax/optim.py',
+        "return names[-1] == 'kernel' and ",
+        'return ',
+        ('tests/test_optim.py',),
+    ),
+    Mutation(
+        'warmup-one-step-ahead',
+        'simclr_jax/optim.py',
+        'warmup = peak * step /',
+        'warmup = peak * (step + 1) /',
+        ('tests/test_optim.py',),
+    ),
+    Mutation(
+        'warmup-skipped',
+        'simclr_jax/optim.py',
+        'jnp.where(step < warmup_steps, warmup, cosine)',
+        'cosine',
+        ('tests/test_optim.py',),
+    ),
+    Mutation(
+        'cosine-quarter-period',
+        'simclr_jax/optim.py',
+        'jnp.cos(jnp.pi * progress)',
+        'jnp.cos(0.5 * jnp.pi * progress)',
+        ('tests/test_optim.py',),
+    ),
     # Evaluation data flow (evaluators/, linear_classifier.py, knn.py, report.py).
-    Mutation('eval-probe-fitted-on-eval-split', 'simclr_jax/evaluators/linear.py',
-             'linear_probe_scores(config, train, evaluation[0], num_classes)',
-             'linear_probe_scores(config, evaluation, evaluation[0], num_classes)',
-             ('tests/test_evaluate.py',)),
-    Mutation('eval-knn-bank-is-eval-split', 'simclr_jax/evaluators/knn.py',
-             'knn.knn_scores(*train, evaluation[0],', 'knn.knn_scores(*evaluation, evaluation[0],',
-             ('tests/test_evaluate.py',)),
-    Mutation('eval-embeds-train-split-as-eval', 'simclr_jax/evaluators/features.py',
-             'return tuple(splits)', 'return splits[0], splits[0]', ('tests/test_evaluate.py',)),
-    Mutation('eval-l2-chosen-on-fitted-examples', 'simclr_jax/linear_classifier.py',
-             'logits(classifier, features[holdout_idx]),\n'
-             '                                   labels[holdout_idx], 1)',
-             'logits(classifier, features[fit_idx]),\n'
-             '                                   labels[fit_idx], 1)',
-             ('tests/test_linear_classifier.py',)),
-    Mutation('eval-l2-ties-to-smaller', 'simclr_jax/linear_classifier.py',
-             'max(reversed(grid), key=', 'max(grid, key=', ('tests/test_linear_classifier.py',)),
-    Mutation('knn-votes-not-exponentiated', 'simclr_jax/knn.py',
-             'weights = jnp.exp(top_sim / temperature)', 'weights = top_sim / temperature',
-             ('tests/test_knn.py',)),
-    Mutation('report-confusion-transposed', 'simclr_jax/report.py',
-             'confusion_matrix(eval_data[1], scores.argmax(axis=-1),',
-             'confusion_matrix(scores.argmax(axis=-1), eval_data[1],', ('tests/test_report.py',)),
+    Mutation(
+        'eval-probe-fitted-on-eval-split',
+        'simclr_jax/evaluators/linear.py',
+        'linear_probe_scores(config, train, evaluation[0], num_classes)',
+        'linear_probe_scores(config, evaluation, evaluation[0], num_classes)',
+        ('tests/test_evaluate.py',),
+    ),
+    Mutation(
+        'eval-knn-bank-is-eval-split',
+        'simclr_jax/evaluators/knn.py',
+        '*train, evaluation[0], num_classes, k=k,',
+        '*evaluation, evaluation[0], num_classes, k=k,',
+        ('tests/test_evaluate.py',),
+    ),
+    Mutation(
+        'eval-embeds-train-split-as-eval',
+        'simclr_jax/evaluators/features.py',
+        'return tuple(splits)',
+        'return splits[0], splits[0]',
+        ('tests/test_evaluate.py',),
+    ),
+    Mutation(
+        'eval-l2-chosen-on-fitted-examples',
+        'simclr_jax/linear_classifier.py',
+        'logits(classifier, features[holdout_idx]), labels[holdout_idx], 1',
+        'logits(classifier, features[fit_idx]), labels[fit_idx], 1',
+        ('tests/test_linear_classifier.py',),
+    ),
+    Mutation(
+        'eval-l2-ties-to-smaller',
+        'simclr_jax/linear_classifier.py',
+        'max(reversed(grid), key=',
+        'max(grid, key=',
+        ('tests/test_linear_classifier.py',),
+    ),
+    Mutation(
+        'knn-votes-not-exponentiated',
+        'simclr_jax/knn.py',
+        'weights = jnp.exp(top_sim / temperature)',
+        'weights = top_sim / temperature',
+        ('tests/test_knn.py',),
+    ),
+    Mutation(
+        'report-confusion-transposed',
+        'simclr_jax/report.py',
+        'confusion_matrix(eval_data[1], scores.argmax(axis=-1),',
+        'confusion_matrix(scores.argmax(axis=-1), eval_data[1],',
+        ('tests/test_report.py',),
+    ),
     # Checkpoint restore (checkpoints.py, evaluators/features.py).
-    Mutation('resume-restores-earliest-checkpoint', 'simclr_jax/checkpoints.py',
-             'steps = sorted(manager.all_steps(), reverse=True)',
-             'steps = sorted(manager.all_steps())', ('tests/test_main.py',)),
-    Mutation('damaged-checkpoint-left-in-place', 'simclr_jax/checkpoints.py',
-             '      tf.io.gfile.rename(source, target)\n', '', ('tests/test_checkpoints.py',)),
-    Mutation('eval-restores-earliest-checkpoint', 'simclr_jax/evaluators/features.py',
-             'step = max(steps) if step < 0 else step', 'step = min(steps) if step < 0 else step',
-             ('tests/test_evaluate.py',)),
+    Mutation(
+        'resume-restores-earliest-checkpoint',
+        'simclr_jax/checkpoints.py',
+        'steps = sorted(manager.all_steps(), reverse=True)',
+        'steps = sorted(manager.all_steps())',
+        ('tests/test_main.py',),
+    ),
+    Mutation(
+        'damaged-checkpoint-left-in-place',
+        'simclr_jax/checkpoints.py',
+        '      tf.io.gfile.rename(source, target)\n',
+        '',
+        ('tests/test_checkpoints.py',),
+    ),
+    Mutation(
+        'eval-restores-earliest-checkpoint',
+        'simclr_jax/evaluators/features.py',
+        'step = max(steps) if step < 0 else step',
+        'step = min(steps) if step < 0 else step',
+        ('tests/test_evaluate.py',),
+    ),
     # Augmentation (augment.py: tf.data; augment_jax.py: on device).
-    Mutation('augment-colour-ops-in-fixed-order', 'simclr_jax/augment.py',
-             'random_permutation(perm_seed, _NUM_JITTER_OPS)', 'tf.range(_NUM_JITTER_OPS)',
-             ('tests/test_augment.py',)),
-    Mutation('augment-grayscale-dropped', 'simclr_jax/augment.py',
-             'lambda x, s: to_grayscale(x)', 'lambda x, s: x', ('tests/test_augment.py',)),
-    Mutation('augment-jax-colour-ops-in-fixed-order', 'simclr_jax/augment_jax.py',
-             'jnp.argsort(jax.random.uniform(perm_key, [_NUM_JITTER_OPS]))',
-             'jnp.arange(_NUM_JITTER_OPS)', ('tests/test_augment_jax.py',)),
-    Mutation('augment-jax-grayscale-dropped', 'simclr_jax/augment_jax.py',
-             'lambda x, _: to_grayscale(x)', 'lambda x, _: x', ('tests/test_augment_jax.py',)),
-    Mutation('augment-on-device-seeds-of-other-images', 'simclr_jax/methods/simclr.py',
-             "pretrain_views(batch['image'], batch['seed'],",
-             "pretrain_views(batch['image'], batch['seed'][::-1],",
-             ('tests/test_train_step.py',)),
+    Mutation(
+        'augment-colour-ops-in-fixed-order',
+        'simclr_jax/augment.py',
+        'random_permutation(perm_seed, _NUM_JITTER_OPS)',
+        'tf.range(_NUM_JITTER_OPS)',
+        ('tests/test_augment.py',),
+    ),
+    Mutation(
+        'augment-grayscale-dropped',
+        'simclr_jax/augment.py',
+        'lambda x, s: to_grayscale(x)',
+        'lambda x, s: x',
+        ('tests/test_augment.py',),
+    ),
+    Mutation(
+        'augment-jax-colour-ops-in-fixed-order',
+        'simclr_jax/augment_jax.py',
+        'jnp.argsort(jax.random.uniform(perm_key, [_NUM_JITTER_OPS]))',
+        'jnp.arange(_NUM_JITTER_OPS)',
+        ('tests/test_augment_jax.py',),
+    ),
+    Mutation(
+        'augment-jax-grayscale-dropped',
+        'simclr_jax/augment_jax.py',
+        'lambda x, _: to_grayscale(x)',
+        'lambda x, _: x',
+        ('tests/test_augment_jax.py',),
+    ),
+    Mutation(
+        'augment-on-device-seeds-of-other-images',
+        'simclr_jax/methods/simclr.py',
+        "pretrain_views(batch['image'], batch['seed'],",
+        "pretrain_views(batch['image'], batch['seed'][::-1],",
+        ('tests/test_train_step.py',),
+    ),
     # The probe's learning rate (optim.py).
-    Mutation('probe-learning-rate-scale-ignored', 'simclr_jax/optim.py',
-             "updates = {**updates, 'probe': jax.tree.map(lambda u: scale * u, updates['probe'])}",
-             'updates = dict(updates)', ('tests/test_optim.py',)),
+    Mutation(
+        'probe-learning-rate-scale-ignored',
+        'simclr_jax/optim.py',
+        "updates = {**updates, 'probe': jax.tree.map(lambda u: scale * u, updates['probe'])}",
+        'updates = dict(updates)',
+        ('tests/test_optim.py',),
+    ),
     # Stopping and locking (train.py, workdir_lock.py).
-    Mutation('loop-queues-steps-without-waiting', 'simclr_jax/training_loop.py',
-             '      jax.block_until_ready(metrics)\n      progress.step_done(step)',
-             '      progress.step_done(step)', ('tests/test_stop_request.py',)),
-    Mutation('lock-ignores-a-live-holder', 'simclr_jax/workdir_lock.py',
-             'raise WorkdirLocked(self._held_message(self._read(), alive=True)) from None',
-             'return', ('tests/test_workdir_lock.py',)),
-    Mutation('lock-of-a-dead-run-never-taken-over', 'simclr_jax/workdir_lock.py',
-             "if self._fd is not None or not _pid_alive(holder.get('pid')):", 'if False:',
-             ('tests/test_workdir_lock.py',)),
-    Mutation('lock-heartbeat-ignored', 'simclr_jax/workdir_lock.py',
-             'if age <= STALE_SECS:', 'if False:', ('tests/test_workdir_lock.py',)),
+    Mutation(
+        'loop-queues-steps-without-waiting',
+        'simclr_jax/training_loop.py',
+        '      jax.block_until_ready(metrics)\n      progress.step_done(step)',
+        '      progress.step_done(step)',
+        ('tests/test_stop_request.py',),
+    ),
+    Mutation(
+        'lock-ignores-a-live-holder',
+        'simclr_jax/workdir_lock.py',
+        'raise WorkdirLocked(self._held_message(self._read(), alive=True)) from None',
+        'return',
+        ('tests/test_workdir_lock.py',),
+    ),
+    Mutation(
+        'lock-of-a-dead-run-never-taken-over',
+        'simclr_jax/workdir_lock.py',
+        "if self._fd is not None or not _pid_alive(holder.get('pid')):",
+        'if False:',
+        ('tests/test_workdir_lock.py',),
+    ),
+    Mutation(
+        'lock-heartbeat-ignored',
+        'simclr_jax/workdir_lock.py',
+        'if age <= STALE_SECS:',
+        'if False:',
+        ('tests/test_workdir_lock.py',),
+    ),
 )
 
 
 def copy_checkout(destination: pathlib.Path):
   """Copies the tracked and the untracked-but-not-ignored files of REPO_ROOT to destination."""
-  listed = subprocess.run(
-      ['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'], cwd=REPO_ROOT,
-      check=True, capture_output=True).stdout.decode().split('\0')
+  listed = (
+      subprocess.run(
+          ['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'],
+          cwd=REPO_ROOT,
+          check=True,
+          capture_output=True,
+      )
+      .stdout.decode()
+      .split('\0')
+  )
   for name in filter(None, listed):
     source = REPO_ROOT / name
     if not source.is_file() and not source.is_symlink():
@@ -172,15 +318,22 @@ def copy_environment(copy_root: pathlib.Path) -> dict:
   """Environment that makes Python in copy_root import its simclr_jax and find CIFAR-10."""
   env = dict(os.environ)
   env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(copy_root), env.get('PYTHONPATH')]))
-  env.setdefault('SIMCLR_CIFAR10_DIR',
-                 str((REPO_ROOT / '..' / 'shared' / 'data' / 'cifar10-jpeg').resolve()))
+  env.setdefault(
+      'SIMCLR_CIFAR10_DIR', str((REPO_ROOT / '..' / 'shared' / 'data' / 'cifar10-jpeg').resolve())
+  )
   return env
 
 
 def imported_package(copy_root: pathlib.Path, env: dict) -> pathlib.Path:
   """The simclr_jax/__init__.py that Python run in copy_root imports."""
-  out = subprocess.run([sys.executable, '-c', 'import simclr_jax; print(simclr_jax.__file__)'],
-                       cwd=copy_root, env=env, check=True, capture_output=True, text=True)
+  out = subprocess.run(
+      [sys.executable, '-c', 'import simclr_jax; print(simclr_jax.__file__)'],
+      cwd=copy_root,
+      env=env,
+      check=True,
+      capture_output=True,
+      text=True,
+  )
   return pathlib.Path(out.stdout.strip().splitlines()[-1]).resolve()
 
 
@@ -188,9 +341,14 @@ def run_tests(copy_root, env, tests, timeout) -> tuple[str, float, str]:
   """(status, seconds, output tail) of pytest over `tests` in the copy."""
   start = time.perf_counter()
   try:
-    proc = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-x', '-p', 'no:randomly',
-                           *tests], cwd=copy_root, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, '-m', 'pytest', '-q', '-x', '-p', 'no:randomly', *tests],
+        cwd=copy_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
   except subprocess.TimeoutExpired:
     return 'timeout', time.perf_counter() - start, ''
   status = {0: 'survived', 1: 'caught'}.get(proc.returncode, f'error (exit {proc.returncode})')
@@ -202,10 +360,16 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--list', action='store_true', help='list the mutations and exit')
   parser.add_argument('--only', nargs='+', metavar='NAME', help='run only these mutations')
-  parser.add_argument('--baseline', action='store_true',
-                      help='first check that the selected test files pass unmutated')
-  parser.add_argument('--dry_run', action='store_true',
-                      help='copy, check the import and every snippet; run no tests')
+  parser.add_argument(
+      '--baseline',
+      action='store_true',
+      help='first check that the selected test files pass unmutated',
+  )
+  parser.add_argument(
+      '--dry_run',
+      action='store_true',
+      help='copy, check the import and every snippet; run no tests',
+  )
   parser.add_argument('--timeout', type=float, default=1800, help='seconds per pytest run')
   args = parser.parse_args()
 
@@ -236,8 +400,11 @@ def main():
       for tests in sorted({m.tests for m in mutations}):
         status, seconds, tail = run_tests(copy_root, env, tests, args.timeout)
         baseline[tests] = status == 'survived'
-        print(f'baseline {" ".join(tests)}: {"pass" if baseline[tests] else status} '
-              f'({seconds:.0f} s)' + ('' if baseline[tests] else f'\n{tail}'), flush=True)
+        print(
+            f'baseline {" ".join(tests)}: {"pass" if baseline[tests] else status} '
+            f'({seconds:.0f} s)' + ('' if baseline[tests] else f'\n{tail}'),
+            flush=True,
+        )
 
     for m in mutations:
       path = copy_root / m.file
@@ -264,8 +431,12 @@ def main():
   for m, status, seconds in rows:
     print(f'| {m.name} | {m.file} | {status} | {seconds:.0f} | {", ".join(m.tests)} |')
   # Non-zero when a snippet is stale, or (when tests ran) a mutation was not caught.
-  return int(any(status.startswith('stale') or (not args.dry_run and status != 'caught')
-                 for _, status, _ in rows))
+  return int(
+      any(
+          status.startswith('stale') or (not args.dry_run and status != 'caught')
+          for _, status, _ in rows
+      )
+  )
 
 
 if __name__ == '__main__':
