@@ -14,10 +14,10 @@ import tensorflow as tf
 from simclr_jax import checkpoints
 from simclr_jax import config_validation
 from simclr_jax import evaluators
+from simclr_jax import image_grid
 from simclr_jax import input_pipeline
 from simclr_jax import methods
 from simclr_jax import optim
-from simclr_jax import plots
 from simclr_jax import run_config
 from simclr_jax import train_state
 from simclr_jax import training_loop
@@ -35,7 +35,7 @@ def augmentation_images(config) -> dict:
   images, views, _ = input_pipeline.augmentation_examples(
       config, config.train_split, num_images=_SUMMARY_IMAGES, num_views=_SUMMARY_VIEWS
   )
-  return {'augmentations': plots.augmentation_grid(images, views)[None]}
+  return {'augmentations': image_grid.augmentation_grid(images, views)[None]}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_state.TrainState:

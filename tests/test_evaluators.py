@@ -78,7 +78,8 @@ def test_registered_evaluator_monitors_pretraining(with_centroid, cifar10_subset
   config = tiny_config(cifar10_subset)
   config.eval.monitors = 'knn,centroid'
   model = models.create_model(config.model, image_size=config.image_size, num_classes=10)
-  variables = models.init_variables(model, jax.random.PRNGKey(0), config.image_size)
+  size = config.image_size
+  variables = jax.jit(lambda: models.init_variables(model, jax.random.PRNGKey(0), size))()
   metrics = monitor.Monitor(config, model, create_mesh(), 10)(
       variables['params'], variables['batch_stats']
   )
