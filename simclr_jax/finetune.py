@@ -13,7 +13,6 @@ checkpoints into their own workdir (and resume from them), and score the eval sp
 """
 
 import functools
-import math
 import time
 
 from absl import logging
@@ -69,21 +68,6 @@ def with_pretrained(variables, pretrained):
   return out
 
 
-def init_finetune_state(model, tx, rng, image_size: int, pretrained=None) -> train_state.TrainState:
-  """A fresh state whose encoder comes from `pretrained` (None: random initialisation)."""
-  init_rng, state_rng = jax.random.split(rng)
-  variables = models.init_variables(model, init_rng, image_size)
-  if pretrained is not None:
-    variables = with_pretrained(variables, pretrained)
-  return train_state.TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=variables['params'],
-      batch_stats=variables['batch_stats'],
-      opt_state=tx.init(variables['params']),
-      rng=state_rng,
-  )
-
-
 def finetune_step(state, batch, *, model, tx, schedule):
   """One SGD step of softmax cross-entropy on a global batch of labelled views."""
 
@@ -111,12 +95,8 @@ def finetune_step(state, batch, *, model, tx, schedule):
 
 
 def make_finetune_step(model, tx, schedule, mesh):
-  step_fn = functools.partial(finetune_step, model=model, tx=tx, schedule=schedule)
-  return jax.jit(
-      step_fn,
-      in_shardings=(replicated(mesh), batch_sharded(mesh)),
-      out_shardings=(replicated(mesh), replicated(mesh)),
-      donate_argnums=(0,),
+  return train_state.jit_step(
+      functools.partial(finetune_step, model=model, tx=tx, schedule=schedule), mesh
   )
 
 
@@ -157,7 +137,7 @@ def finetune(config, workdir: str):
       fine_tune_after_block=settings.fine_tune_after_block,
       keep_head_layers=settings.keep_head_layers,
   )
-  total_steps = max(1, math.ceil(settings.epochs * len(subset) / settings.batch_size))
+  total_steps = optim.steps_for_epochs(settings.epochs, len(subset), settings.batch_size)
   schedule = optim.warmup_cosine_schedule(
       optim.scaled_learning_rate(settings.learning_rate, settings.batch_size, settings.lr_scaling),
       optim.warmup_steps(settings.warmup_epochs, len(subset), settings.batch_size),
@@ -165,7 +145,14 @@ def finetune(config, workdir: str):
   )
   tx = optim.create_finetune_optimizer(settings, schedule, models.encoder_part_of(config.model))
   init_fn = functools.partial(
-      init_finetune_state, model, tx, jax.random.PRNGKey(config.seed), config.image_size, pretrained
+      train_state.init_train_state,
+      model,
+      tx,
+      jax.random.PRNGKey(config.seed),
+      config.image_size,
+      pretrained=None
+      if pretrained is None
+      else functools.partial(with_pretrained, pretrained=pretrained),
   )
 
   manager = checkpoints.create_checkpoint_manager(workdir, config)

@@ -21,11 +21,16 @@ def scaled_learning_rate(base_lr: float, batch_size: int, scaling: str) -> float
   raise ValueError(f'config.lr_scaling={scaling!r} is not known; use one of {LR_SCALINGS}.')
 
 
+def steps_for_epochs(epochs: float, num_examples: int, batch_size: int) -> int:
+  """epochs * num_examples // batch_size + 1, as the reference counts training steps."""
+  return int(epochs * num_examples // batch_size) + 1
+
+
 def total_train_steps(config, num_examples: int) -> int:
-  """config.num_train_steps if > 0, else num_examples * num_epochs // batch_size + 1."""
+  """config.num_train_steps if > 0, else steps_for_epochs of config.num_epochs."""
   if config.num_train_steps > 0:
     return config.num_train_steps
-  return num_examples * config.num_epochs // config.batch_size + 1
+  return steps_for_epochs(config.num_epochs, num_examples, config.batch_size)
 
 
 def warmup_cosine_schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:

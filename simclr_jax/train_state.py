@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from simclr_jax import models
+from simclr_jax.sharding import batch_sharded, replicated
 
 
 @flax.struct.dataclass
@@ -20,10 +21,16 @@ class TrainState:
   rng: jax.Array  # Base key; step t uses fold_in(rng, t), so randomness is a function of step.
 
 
-def init_train_state(model, tx, rng, image_size: int) -> TrainState:
-  """Initialises parameters, BatchNorm statistics and optimiser state from `rng`."""
+def init_train_state(model, tx, rng, image_size: int, pretrained=None) -> TrainState:
+  """Initialises parameters, BatchNorm statistics and optimiser state from `rng`.
+
+  `pretrained` (optional) maps the fresh variables to those to start from (fine-tuning: the
+  pretrained encoder in place of the random one).
+  """
   init_rng, state_rng = jax.random.split(rng)
   variables = models.init_variables(model, init_rng, image_size)
+  if pretrained is not None:
+    variables = pretrained(variables)
   params = variables['params']
   return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -31,6 +38,17 @@ def init_train_state(model, tx, rng, image_size: int) -> TrainState:
       batch_stats=variables['batch_stats'],
       opt_state=tx.init(params),
       rng=state_rng,
+  )
+
+
+def jit_step(step_fn, mesh):
+  """jit-compiles step_fn(state, batch) -> (state, metrics) with the state replicated, the batch
+  split over the mesh's 'data' axis, and the old state donated."""
+  return jax.jit(
+      step_fn,
+      in_shardings=(replicated(mesh), batch_sharded(mesh)),
+      out_shardings=(replicated(mesh), replicated(mesh)),
+      donate_argnums=(0,),
   )
 
 

@@ -106,7 +106,7 @@ def finetune_program(config, mesh):
   schedule = optim.warmup_cosine_schedule(0.1, 0, 10)
   tx = optim.create_finetune_optimizer(settings, schedule, models.encoder_part_of(config.model))
   state = jax.eval_shape(
-      functools.partial(finetune.init_finetune_state, model, tx, jax.random.PRNGKey(0), SIZE)
+      functools.partial(train_state.init_train_state, model, tx, jax.random.PRNGKey(0), SIZE)
   )
   batch = {
       'image': jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.float32),

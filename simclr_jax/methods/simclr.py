@@ -12,7 +12,7 @@ from simclr_jax import losses
 from simclr_jax import models
 from simclr_jax import train_state
 from simclr_jax.methods import core
-from simclr_jax.sharding import DATA_AXIS, batch_sharded, replicated
+from simclr_jax.sharding import DATA_AXIS, batch_sharded
 
 
 def loss_and_metrics(
@@ -124,12 +124,7 @@ def make_train_step(
       augment=augment,
       weight_decay=weight_decay,
   )
-  return jax.jit(
-      step_fn,
-      in_shardings=(replicated(mesh), batch_sharded(mesh)),
-      out_shardings=(replicated(mesh), replicated(mesh)),
-      donate_argnums=(0,),
-  )
+  return train_state.jit_step(step_fn, mesh)
 
 
 class SimCLR(core.Method):
