@@ -77,7 +77,7 @@ def peak_bytes(config, batch_size: int) -> int:
       remat=config.remat,
   )
   schedule = optim.learning_rate_schedule(config, 1_281_167, 1000)
-  tx = optim.create_optimizer(config, schedule)
+  tx = simclr.create_optimizer(config, schedule)
   init = functools.partial(
       train_state.init_train_state, model, tx, jax.random.PRNGKey(0), config.image_size
   )

@@ -128,7 +128,7 @@ def time_train_step(config, devices):
   total = FLAGS.warmup_steps + FLAGS.steps + 1
   config.num_train_steps = total
   schedule = optim.learning_rate_schedule(config, 50_000, total)
-  tx = optim.create_optimizer(config, schedule)
+  tx = simclr.create_optimizer(config, schedule)
   model, step_fn = _train_step(config, mesh, schedule, tx)
   init = functools.partial(train_state.init_train_state, model, tx, jax.random.PRNGKey(0), size)
   state = run_once(init, out_shardings=replicated(mesh))

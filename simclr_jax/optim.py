@@ -67,11 +67,12 @@ def _names(path):
   return [str(getattr(k, 'key', k)) for k in path]
 
 
-def decay_mask(params, supervised_head: str = 'probe'):
-  """True for the conv and dense kernels of encoder and head.
+def decay_mask(params, supervised_head: str | None = None):
+  """True for the conv and dense kernels, less those of `supervised_head` (a module name).
 
-  BatchNorm parameters, biases and the supervised head (the online probe in pretraining) are
-  excluded from weight decay and from the LARS trust ratio, as in the reference.
+  BatchNorm parameters, biases and the supervised head (the online probe in pretraining, the
+  classifier in LARS fine-tuning) are excluded from weight decay and from the LARS trust ratio,
+  as in the reference.
   """
 
   def is_decayed(path, _):
@@ -94,35 +95,41 @@ def _lars(section, schedule: optax.Schedule, mask) -> optax.GradientTransformati
   )
 
 
-def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """The optimiser named by config.optimizer, with decay masked as in `decay_mask`, and the
-  probe's updates scaled by config.probe_learning_rate_scale."""
+def create_optimizer(
+    config, schedule: optax.Schedule, supervised_head: str | None = None
+) -> optax.GradientTransformation:
+  """The optimiser named by config.optimizer, with decay masked as in `decay_mask`.
+
+  The updates of params[supervised_head] (SimCLR's online probe), if given, are scaled by
+  config.probe_learning_rate_scale.
+  """
+  mask = functools.partial(decay_mask, supervised_head=supervised_head)
   if config.optimizer == 'lars':
-    tx = _lars(config, schedule, decay_mask)
+    tx = _lars(config, schedule, mask)
   elif config.optimizer == 'sgd':
     tx = optax.chain(
-        optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+        optax.add_decayed_weights(config.weight_decay, mask=mask),
         optax.sgd(schedule, momentum=config.momentum),
     )
   elif config.optimizer == 'adamw':
-    tx = optax.adamw(
-        schedule, b1=config.momentum, weight_decay=config.weight_decay, mask=decay_mask
-    )
+    tx = optax.adamw(schedule, b1=config.momentum, weight_decay=config.weight_decay, mask=mask)
   else:
     raise ValueError(
         f'config.optimizer={config.optimizer!r} is not known; use one of {OPTIMIZERS}.'
     )
-  return scale_probe_updates(tx, config.probe_learning_rate_scale)
+  if supervised_head is None:
+    return tx
+  return scale_updates(tx, supervised_head, config.probe_learning_rate_scale)
 
 
-def scale_probe_updates(tx: optax.GradientTransformation, scale: float):
-  """`tx` with the updates of params['probe'] multiplied by `scale`: its learning rate times
+def scale_updates(tx: optax.GradientTransformation, name: str, scale: float):
+  """`tx` with the updates of params[name] multiplied by `scale`: its learning rate times
   `scale`. The optimiser state is tx's own, so checkpoints do not depend on `scale`."""
 
   def update(updates, state, params=None):
     updates, state = tx.update(updates, state, params)
-    if 'probe' in updates:
-      updates = {**updates, 'probe': jax.tree.map(lambda u: scale * u, updates['probe'])}
+    if name in updates:
+      updates = {**updates, name: jax.tree.map(lambda u: scale * u, updates[name])}
     return updates, state
 
   return optax.GradientTransformation(tx.init, update)

@@ -62,7 +62,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   model = method.create_model(num_classes)
   total_steps = optim.total_train_steps(config, info.num_examples)
   schedule = optim.learning_rate_schedule(config, info.num_examples, total_steps)
-  tx = optim.create_optimizer(config, schedule)
+  tx = method.create_optimizer(schedule)
   init_fn = functools.partial(method.init_state, model, tx, jax.random.PRNGKey(config.seed))
 
   manager = checkpoints.create_checkpoint_manager(workdir, config)

@@ -64,7 +64,7 @@ def pretrain_program(config, mesh):
       remat=config.remat,
   )
   schedule = optim.learning_rate_schedule(config, 1000, 10)
-  tx = optim.create_optimizer(config, schedule)
+  tx = simclr.create_optimizer(config, schedule)
   state = jax.eval_shape(
       functools.partial(train_state.init_train_state, model, tx, jax.random.PRNGKey(0), SIZE)
   )

@@ -27,6 +27,7 @@ from simclr_jax import checkpoints
 from simclr_jax import evaluate
 from simclr_jax import models
 from simclr_jax import optim
+from simclr_jax.methods import simclr
 from simclr_jax import train
 from simclr_jax import train_state
 from simclr_jax import run_config
@@ -43,7 +44,7 @@ def _init_fn(config):
       dtype=models.DTYPES[config.dtype],
       remat=config.remat,
   )
-  tx = optim.create_optimizer(config, optim.learning_rate_schedule(config, 260, 4))
+  tx = simclr.create_optimizer(config, optim.learning_rate_schedule(config, 260, 4))
   return functools.partial(
       train_state.init_train_state, model, tx, jax.random.PRNGKey(config.seed), config.image_size
   )
@@ -182,6 +183,7 @@ _TWO_PROCESS_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, 'tests')
     from conftest import tiny_config
     from simclr_jax import checkpoints, models, optim, train_state
+    from simclr_jax.methods import simclr
     from simclr_jax.sharding import create_mesh
     if process == 1:
       read = checkpoints.read_metadata
@@ -192,7 +194,7 @@ _TWO_PROCESS_SCRIPT = textwrap.dedent("""
       checkpoints.read_metadata = flaky
     config = tiny_config(dataset)
     model = models.create_model(config.model, image_size=config.image_size, num_classes=10)
-    tx = optim.create_optimizer(config, optim.learning_rate_schedule(config, 260, 4))
+    tx = simclr.create_optimizer(config, optim.learning_rate_schedule(config, 260, 4))
     init_fn = functools.partial(train_state.init_train_state, model, tx, jax.random.PRNGKey(0),
                                 config.image_size)
     manager = checkpoints.create_checkpoint_manager(workdir, config)
@@ -325,7 +327,7 @@ def test_run_saved_before_the_shortcut_option_gets_the_fix(cifar10_subset, tmp_p
   old.model.shortcut = 'torchvision'
   workdir = tmp_path / 'old_run'
   model = models.create_model(old.model, image_size=old.image_size, num_classes=10)
-  tx = optim.create_optimizer(old, optim.learning_rate_schedule(old, 260, 4))
+  tx = simclr.create_optimizer(old, optim.learning_rate_schedule(old, 260, 4))
   # Only the shapes matter: zeros of them, without compiling the initialisation.
   state = jax.tree.map(
       lambda x: jnp.zeros(x.shape, x.dtype),

@@ -20,7 +20,7 @@ def test_decay_mask_excludes_exactly_batchnorm_parameters_biases_and_probe(cifar
   params = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)), train=False)
   )['params']
-  mask = optim.decay_mask(params)
+  mask = optim.decay_mask(params, supervised_head='probe')
   flat_mask = dict(jax.tree_util.tree_leaves_with_path(mask))
   num_bn = num_bias = num_kernels = 0
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
@@ -100,7 +100,7 @@ def test_probe_learning_rate_scale_scales_only_the_probe_updates(cifar_config, o
 
   def updates(scale):
     cifar_config.probe_learning_rate_scale = scale
-    tx = optim.create_optimizer(cifar_config, lambda step: 0.5)
+    tx = optim.create_optimizer(cifar_config, lambda step: 0.5, supervised_head='probe')
     state, out = tx.init(params), []
     for g in grads:
       u, state = tx.update(g, state, params)

@@ -308,7 +308,7 @@ def test_lars_update_is_the_reference_update():
   num_examples = 5120  # 10 steps per epoch.
   total = optim.total_train_steps(config, num_examples)
   schedule = optim.learning_rate_schedule(config, num_examples, total)
-  tx = optim.create_optimizer(config, schedule)
+  tx = simclr.create_optimizer(config, schedule)
   rng = np.random.default_rng(15)
   shapes = {
       ('encoder', 'stem_conv', 'kernel'): (3, 3, 2, 4),

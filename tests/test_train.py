@@ -38,7 +38,7 @@ _STEP_SCRIPT = textwrap.dedent("""
     model = model.clone(encoder=model.encoder.clone(stage_sizes=(1, 1)))
     schedule = optim.learning_rate_schedule(config, 160, 10)
     assert float(schedule(0)) == 1.0
-    tx = optim.create_optimizer(config, schedule)
+    tx = simclr.create_optimizer(config, schedule)
     rng = np.random.default_rng(0)
     batch = {'views': rng.uniform(size=(16, 2, 16, 16, 3)),
              'label': rng.integers(0, 10, size=16).astype(np.int32)}

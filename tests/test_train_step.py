@@ -13,7 +13,6 @@ import pytest
 from conftest import load_config
 from simclr_jax import augment_jax
 from simclr_jax import models
-from simclr_jax import optim
 from simclr_jax import train_state
 from simclr_jax.methods import simclr
 from simclr_jax.sharding import create_mesh, run_once
@@ -70,7 +69,7 @@ def step_and_expectations():
   # Two one-block stages (a stride-2 projection included) compile far faster than four.
   model = model.clone(encoder=model.encoder.clone(stage_sizes=(1, 1)))
   schedule = optax.constant_schedule(1.0)
-  tx = optim.create_optimizer(config, schedule)
+  tx = simclr.create_optimizer(config, schedule)
   rng = np.random.default_rng(0)
   batch = {
       'views': rng.uniform(size=(N, 2, SIZE, SIZE, 3)).astype(np.float32),
@@ -174,7 +173,7 @@ def test_on_device_augmentation_feeds_the_step_each_images_own_views():
   model = models.create_model(config.model, image_size=SIZE, num_classes=NUM_CLASSES)
   model = model.clone(encoder=model.encoder.clone(stage_sizes=(1, 1)))
   schedule = optax.constant_schedule(0.5)
-  tx = optim.create_optimizer(config, schedule)
+  tx = simclr.create_optimizer(config, schedule)
   mesh = create_mesh(jax.devices()[:1])
   rng = np.random.default_rng(1)
   decoded = {

@@ -20,6 +20,8 @@ from simclr_jax.sharding import batch_sharded, replicated, run_once
 
 # Raw-pixel features are images downsampled to at most this side, then flattened.
 _PIXEL_SIDE = 32
+# Parameter paths compared with the configured architecture's before evaluating.
+_COMPARED = ("['encoder']", "['head']")
 
 
 def _param_shapes(tree):
@@ -59,9 +61,10 @@ def restore_encoder_variables(config, model, pretrained_workdir: str, step: int 
   )
   for collection in ('params', 'batch_stats'):
     want, got = _param_shapes(expected[collection]), _param_shapes(restored[collection])
-    # The probe depends on the dataset's classes; evaluation does not use it.
-    want = {k: v for k, v in want.items() if not k.startswith("['probe']")}
-    got = {k: v for k, v in got.items() if not k.startswith("['probe']")}
+    # What evaluation and fine-tuning take: the encoder and the projection head (a probe or
+    # classifier depends on the dataset's classes).
+    want = {k: v for k, v in want.items() if k.startswith(_COMPARED)}
+    got = {k: v for k, v in got.items() if k.startswith(_COMPARED)}
     if want != got:
       differences = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
       saved = writers.workdir_path(pretrained_workdir, 'config.json')

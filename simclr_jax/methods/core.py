@@ -9,6 +9,7 @@ config.method.
 import abc
 import importlib
 
+from simclr_jax import optim
 from simclr_jax import train_state
 
 # config.method -> 'module:class'.
@@ -30,6 +31,10 @@ class Method(abc.ABC):
   @abc.abstractmethod
   def create_model(self, num_classes: int):
     """The Flax module trained; num_classes (0: no labels) sizes its online probe, if any."""
+
+  def create_optimizer(self, schedule):
+    """The optimiser (optax) of the pretraining parameters."""
+    return optim.create_optimizer(self.config, schedule)
 
   def init_state(self, model, tx, rng) -> train_state.TrainState:
     """The state at step 0, from `rng`."""

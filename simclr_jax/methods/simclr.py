@@ -10,6 +10,7 @@ import optax
 from simclr_jax import augment_jax
 from simclr_jax import losses
 from simclr_jax import models
+from simclr_jax import optim
 from simclr_jax import train_state
 from simclr_jax.methods import core
 from simclr_jax.sharding import DATA_AXIS, batch_sharded
@@ -127,6 +128,12 @@ def make_train_step(
   return train_state.jit_step(step_fn, mesh)
 
 
+def create_optimizer(config, schedule):
+  """The pretraining optimiser, the online probe ('probe') out of weight decay and the trust
+  ratio and at config.probe_learning_rate_scale times the learning rate."""
+  return optim.create_optimizer(config, schedule, supervised_head='probe')
+
+
 class SimCLR(core.Method):
   """SimCLR with the SimCLRv2 projection head and the online probe (configs/cifar10.py)."""
 
@@ -154,6 +161,9 @@ class SimCLR(core.Method):
         dtype=models.DTYPES[config.dtype],
         remat=config.remat,
     )
+
+  def create_optimizer(self, schedule):
+    return create_optimizer(self.config, schedule)
 
   def make_train_step(self, model, tx, schedule, mesh):
     config = self.config

@@ -257,7 +257,7 @@ MUTATIONS = (
     Mutation(
         'probe-learning-rate-scale-ignored',
         'simclr_jax/optim.py',
-        "updates = {**updates, 'probe': jax.tree.map(lambda u: scale * u, updates['probe'])}",
+        'updates = {**updates, name: jax.tree.map(lambda u: scale * u, updates[name])}',
         'updates = dict(updates)',
         ('tests/test_optim.py',),
     ),
