@@ -25,7 +25,7 @@ from orbax.checkpoint._src import asyncio_utils
 import tensorflow as tf
 
 from simclr_jax import distributed
-from simclr_jax import writers
+from simclr_jax import workdirs
 from simclr_jax.sharding import replicated, run_once
 
 # Orbax's folder for the one item every checkpoint here holds (a TrainState).
@@ -50,7 +50,7 @@ _agreements = itertools.count()
 def create_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
   """The manager of WORKDIR/checkpoints, keeping the last config.keep_checkpoints."""
   return ocp.CheckpointManager(
-      writers.workdir_path(workdir, 'checkpoints'),
+      workdirs.path(workdir, 'checkpoints'),
       options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
   )
 
@@ -58,7 +58,7 @@ def create_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
 def read_only_manager(workdir: str) -> ocp.CheckpointManager:
   """A manager of WORKDIR/checkpoints that writes, deletes and moves nothing."""
   return ocp.CheckpointManager(
-      writers.workdir_path(workdir, 'checkpoints'),
+      workdirs.path(workdir, 'checkpoints'),
       options=ocp.CheckpointManagerOptions(read_only=True, create=False),
   )
 

@@ -47,6 +47,7 @@ from simclr_jax import knn
 from simclr_jax import models
 from simclr_jax import plots
 from simclr_jax import run_config
+from simclr_jax import workdirs
 from simclr_jax import writers
 from simclr_jax.evaluators import features
 from simclr_jax.evaluators import linear
@@ -123,7 +124,7 @@ def load_run(
     ValueError: naming the fix, when WORKDIR has no checkpoint or no config.json, or the
       dataset cannot be read.
   """
-  workdir = writers.absolute_workdir(workdir)
+  workdir = workdirs.absolute(workdir)
   if not checkpoints.checkpoint_steps(workdir):
     raise ValueError(
         f'No checkpoint in {workdir}/checkpoints: --workdir must be the workdir of a '
@@ -372,7 +373,7 @@ def write_report(
       'k': min(k, len(train_data[1])),
       **results,
   }
-  with tf.io.gfile.GFile(writers.workdir_path(run.workdir, 'config.json')) as f:
+  with tf.io.gfile.GFile(workdirs.path(run.workdir, 'config.json')) as f:
     saved_config = f.read()
   with tf.io.gfile.GFile(out('report.md'), 'w') as f:
     f.write(report_markdown(summary, saved_config))

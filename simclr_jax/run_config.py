@@ -7,7 +7,7 @@ import jax
 import ml_collections
 import tensorflow as tf
 
-from simclr_jax import writers
+from simclr_jax import workdirs
 
 
 def save_config(config, workdir: str):
@@ -17,14 +17,14 @@ def save_config(config, workdir: str):
   resuming.
   """
   if jax.process_index() == 0:
-    writers.write_atomically(
+    workdirs.write_atomically(
         os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2) + '\n'
     )
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved in WORKDIR/config.json (save_config), as a ConfigDict."""
-  path = writers.workdir_path(workdir, 'config.json')
+  path = workdirs.path(workdir, 'config.json')
   if not tf.io.gfile.exists(path):
     raise ValueError(
         f'No config.json in {workdir}: the model is rebuilt from the config its run saved '

@@ -10,6 +10,7 @@ import orbax.checkpoint as ocp
 from simclr_jax import distributed
 from simclr_jax import progress as progress_lib
 from simclr_jax import stop_request
+from simclr_jax import workdirs
 from simclr_jax import writers
 
 
@@ -124,7 +125,7 @@ def run(
         timer_step, timer_start = step, time.perf_counter()
       if save_now:
         manager.wait_until_finished()  # The previous save, and the deletion of old ones.
-        writers.require_free_space(
+        workdirs.require_free_space(
             str(manager.directory), checkpoint_bytes, f'the checkpoint of step {step}'
         )
         manager.save(step, args=ocp.args.StandardSave(state), force=stopping)

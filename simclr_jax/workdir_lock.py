@@ -23,7 +23,7 @@ import jax
 import tensorflow as tf
 
 from simclr_jax import distributed
-from simclr_jax import writers
+from simclr_jax import workdirs
 
 LOCK_NAME = 'lock'
 HEARTBEAT_SECS = 60
@@ -47,7 +47,7 @@ class _Lock:
   """The lock file of one workdir, held by this process."""
 
   def __init__(self, workdir: str):
-    self.path = writers.workdir_path(workdir, LOCK_NAME)
+    self.path = workdirs.path(workdir, LOCK_NAME)
     self._local = '://' not in self.path
     self._fd = None
     self._record = {
@@ -154,7 +154,7 @@ class _Lock:
       os.ftruncate(self._fd, 0)
       os.pwrite(self._fd, text.encode(), 0)
     else:
-      writers.write_atomically(self.path, text)
+      workdirs.write_atomically(self.path, text)
 
   def _beat(self):
     while not self._stop.wait(HEARTBEAT_SECS):

@@ -1,11 +1,8 @@
-"""Metric writers (clu's TensorBoard + log writers, plus a JSON-lines file for scripts), and the
-workdir's files: local, or on a filesystem that all hosts see such as gs:// (tf.io.gfile)."""
+"""Metric writers: clu's TensorBoard + log writers, plus a JSON-lines file for scripts."""
 
-import errno
 import json
 import logging as std_logging
 import os
-import shutil
 from typing import Any
 from collections.abc import Mapping
 
@@ -14,41 +11,7 @@ import jax
 from clu import metric_writers
 import tensorflow as tf
 
-
-def absolute_workdir(workdir: str) -> str:
-  """A local WORKDIR made absolute (as Orbax needs), a URL (gs://...) as it is."""
-  return workdir if '://' in workdir else os.path.abspath(workdir)
-
-
-def workdir_path(workdir: str, name: str) -> str:
-  """WORKDIR/name, with WORKDIR as absolute_workdir gives it."""
-  return os.path.join(absolute_workdir(workdir), name)
-
-
-def write_atomically(path: str, text: str):
-  """Writes `text` aside, then renames it to `path`: no reader ever sees half a file."""
-  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
-    f.write(text)
-  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
-
-
-def require_free_space(directory: str, nbytes: int, what: str):
-  """Raises OSError(ENOSPC) naming `what`, `directory` and the space it needs, if short.
-
-  Checked before writing, as a save that runs out of space mid-way fails deep inside Orbax's
-  threads. Local directories only: a URL's free space is not known.
-  """
-  if '://' in directory:
-    return
-  needed = int(1.1 * nbytes) + (1 << 20)  # Metadata and file-system blocks on top.
-  free = shutil.disk_usage(directory).free
-  if free < needed:
-    raise OSError(
-        errno.ENOSPC,
-        f'{what} needs about {needed / 2**20:,.1f} MB in {directory}, '
-        f'which has {free / 2**20:,.1f} MB free',
-        directory,
-    )
+from simclr_jax import workdirs
 
 
 class JsonlWriter(metric_writers.MetricWriter):
@@ -111,7 +74,7 @@ def drop_records_after(path: str, step: int):
     logging.warning(
         'Dropped %d unreadable line(s) of %s, as a kill mid-write leaves them.', torn, path
     )
-  write_atomically(
+  workdirs.write_atomically(
       path,
       ''.join(
           line if line.endswith('\n') else line + '\n'

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
+from simclr_jax import workdirs
 from simclr_jax import writers
 
 
@@ -59,23 +60,23 @@ def test_pretraining_starts_with_the_augmentation_grid_in_tensorboard(pretrained
 
 def test_workdir_paths_are_absolute_or_urls(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  assert writers.workdir_path('run', 'checkpoints') == os.path.join(tmp_path, 'run', 'checkpoints')
+  assert workdirs.path('run', 'checkpoints') == os.path.join(tmp_path, 'run', 'checkpoints')
   # Orbax, TensorBoard and tf.io.gfile take gs:// paths as they are.
-  assert writers.workdir_path('gs://bucket/run', 'config.json') == 'gs://bucket/run/config.json'
-  writers.write_atomically(writers.workdir_path('.', 'config.json'), '{}\n')
+  assert workdirs.path('gs://bucket/run', 'config.json') == 'gs://bucket/run/config.json'
+  workdirs.write_atomically(workdirs.path('.', 'config.json'), '{}\n')
   assert os.listdir(tmp_path) == ['config.json']  # Renamed into place: no .tmp left.
 
 
 def test_a_save_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch):
   free = 50 * 2**20
   monkeypatch.setattr(
-      writers.shutil,
+      workdirs.shutil,
       'disk_usage',
       lambda _: collections.namedtuple('Usage', 'total used free')(10 * free, 9 * free, free),
   )
-  writers.require_free_space(str(tmp_path), 40 * 2**20, 'the checkpoint of step 6')
+  workdirs.require_free_space(str(tmp_path), 40 * 2**20, 'the checkpoint of step 6')
   try:
-    writers.require_free_space(str(tmp_path), 48 * 2**20, 'the checkpoint of step 6')
+    workdirs.require_free_space(str(tmp_path), 48 * 2**20, 'the checkpoint of step 6')
   except OSError as e:
     assert e.errno == errno.ENOSPC and e.filename == str(tmp_path)
     assert e.strerror == (
@@ -83,7 +84,7 @@ def test_a_save_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch)
     )
   else:
     raise AssertionError('not refused')
-  writers.require_free_space('gs://bucket/run', 2**40, 'unknowable')  # URLs are not checked.
+  workdirs.require_free_space('gs://bucket/run', 2**40, 'unknowable')  # URLs are not checked.
   assert not os.listdir(tmp_path)
 
 

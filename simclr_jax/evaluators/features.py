@@ -15,7 +15,7 @@ from simclr_jax import checkpoints
 from simclr_jax import datasets
 from simclr_jax import input_pipeline
 from simclr_jax import models
-from simclr_jax import writers
+from simclr_jax import workdirs
 from simclr_jax.sharding import batch_sharded, replicated, run_once
 
 # Raw-pixel features are images downsampled to at most this side, then flattened.
@@ -67,7 +67,7 @@ def restore_encoder_variables(config, model, pretrained_workdir: str, step: int 
     got = {k: v for k, v in got.items() if k.startswith(_COMPARED)}
     if want != got:
       differences = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
-      saved = writers.workdir_path(pretrained_workdir, 'config.json')
+      saved = workdirs.path(pretrained_workdir, 'config.json')
       saved_model, hint = 'unknown (no config.json)', ''
       if tf.io.gfile.exists(saved):
         with tf.io.gfile.GFile(saved) as f:
