@@ -27,6 +27,7 @@ from simclr_jax import config_validation
 from simclr_jax import datasets
 from simclr_jax import evaluators
 from simclr_jax import input_pipeline
+from simclr_jax import prefetch
 from simclr_jax import label_fractions
 from simclr_jax import models
 from simclr_jax import optim
@@ -175,7 +176,7 @@ def finetune(config, workdir: str):
       subset=subset,
       start_step=start_step,
   )
-  batches = input_pipeline.device_batches(
+  batches = prefetch.device_batches(
       dataset,
       batch_sharded(mesh),
       prefetch=config.prefetch_batches,

@@ -14,24 +14,19 @@ effect. Image folders get a full permutation per epoch; TFDS datasets, read
 sequentially, a permutation within each block of config.shuffle_buffer_size.
 """
 
-import collections
-import itertools
 import logging
-import os
 
 import jax
-import numpy as np
 import tensorflow as tf
 
 from simclr_jax import augment
 from simclr_jax import datasets
-from simclr_jax.datasets import image_folder
 
 # Distinct streams so the shuffle and augmentation seeds are independent.
 _SHUFFLE_STREAM = 1
 _AUGMENT_STREAM = 2
 _EVAL_SUBSET_STREAM = 3
-_EXAMPLE_VIEWS_STREAM = 4
+EXAMPLE_VIEWS_STREAM = 4  # example_images.augmentation_examples
 
 
 def _hide_gpus_from_tf():
@@ -81,7 +76,7 @@ def get_dataset_info(config, split) -> datasets.DatasetInfo:
   return info
 
 
-def _stream_seed(config_seed, stream, *data):
+def stream_seed(config_seed, stream, *data):
   """A [2] int64 stateless seed derived from (config_seed, stream, *data)."""
   seed = tf.constant([config_seed, stream], tf.int64)
   for d in data:
@@ -117,7 +112,7 @@ def _shuffled_stream(source, n_local, block, config_seed, start_index):
     is_first = tf.equal(e, start_epoch)
     block0 = tf.where(is_first, tf.constant(first_block, tf.int64), 0)
     skip = tf.where(is_first, tf.constant(offset_in_block, tf.int64), 0)
-    epoch_seed = _stream_seed(config_seed, _SHUFFLE_STREAM, e)
+    epoch_seed = stream_seed(config_seed, _SHUFFLE_STREAM, e)
 
     @tf.autograph.experimental.do_not_convert
     def permute(b, elements):
@@ -205,7 +200,7 @@ def _shard_batches(
 
   start_index = int(start_step) * int(batch_size)
   stream = _shuffled_stream(data.pairs, data.num_examples, data.block, config.seed, start_index)
-  augment_seed = _stream_seed(config.seed, _AUGMENT_STREAM, shard)
+  augment_seed = stream_seed(config.seed, _AUGMENT_STREAM, shard)
 
   # Control flow is explicit (tf.cond, tf.switch_case), so AutoGraph has
   # nothing to convert; skipping it saves tracing time.
@@ -344,7 +339,7 @@ def create_finetune_dataset(
   )
 
 
-def _eval_pairs(config, split, max_examples):
+def eval_pairs(config, split, max_examples):
   """(source, pairs, count) of `split` in evaluation order (DataSource.ordered)."""
   source = datasets.get(config)
   pairs, count = source.ordered(split, max_examples, [config.seed, _EVAL_SUBSET_STREAM])
@@ -370,7 +365,7 @@ def create_eval_dataset(
     (dataset, num_examples): num_examples is the global count before padding.
   """
   process_index, process_count = _process_or_default(process_index, process_count)
-  source, pairs, num_examples = _eval_pairs(config, split, max_examples)
+  source, pairs, num_examples = eval_pairs(config, split, max_examples)
   # Hosts take interleaved examples; the padding below evens out their counts.
   pairs = pairs.shard(process_count, process_index)
   num_batches = -(-num_examples // (process_count * local_batch_size))
@@ -391,134 +386,3 @@ def create_eval_dataset(
   ).repeat(num_batches * local_batch_size - local_count)
   ds = ds.concatenate(padding).batch(local_batch_size).prefetch(tf.data.AUTOTUNE)
   return ds.with_options(datasets.read_options()), num_examples
-
-
-def _numpy_examples(source, make_example, decode_error_message):
-  """All of a small dataset, mapped and stacked into one dict of numpy arrays.
-
-  A decoding failure becomes a ValueError with decode_error_message(error).
-  """
-  ds = source.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  try:
-    examples = list(ds.as_numpy_iterator())
-  except tf.errors.InvalidArgumentError as e:
-    raise ValueError(decode_error_message(e)) from None
-  return {k: np.stack([e[k] for e in examples]) for k in ds.element_spec}
-
-
-def eval_images(config, split, indices, max_examples: int = 0) -> np.ndarray:
-  """Evaluation views [len(indices), S, S, 3] of the examples at `indices` of `split`.
-
-  Positions count in the order of create_eval_dataset(config, split, max_examples=...), i.e.
-  of the features that extraction returns, so feature rows can be shown as images. Only the
-  wanted examples are decoded.
-  """
-  indices = np.asarray(indices, np.int64).reshape(-1)
-  if not indices.size:
-    return np.zeros((0, config.image_size, config.image_size, 3), np.float32)
-  source, pairs, _ = _eval_pairs(config, split, max_examples)
-  wanted = np.unique(indices)
-  keep = tf.constant(wanted)
-  pairs = pairs.enumerate().filter(lambda i, _: tf.reduce_any(tf.equal(keep, i)))
-
-  @tf.autograph.experimental.do_not_convert
-  def make_example(index, pair):
-    image = augment.eval_view(source.decode(pair[0]), config.image_size)
-    return {'index': index, 'image': image}
-
-  found = _numpy_examples(pairs, make_example, lambda e: source.decode_error_message(split, e))
-  if len(found['index']) != len(wanted):
-    raise IndexError(f'{split} has no example at {sorted(set(wanted) - set(found["index"]))}.')
-  return found['image'][np.searchsorted(found['index'], indices)]
-
-
-def augmentation_examples(config, split, num_images: int, num_views: int):
-  """What pretraining feeds the encoder: (images, views, labels) of a few examples of `split`.
-
-  images [N, S, S, 3] are evaluation views of the first N examples of the evaluation subset
-  (create_eval_dataset with max_examples=N); views [N, num_views, S, S, 3] are independent
-  draws of the pretraining augmentation (config.augment), seeded by config.seed.
-  """
-  source, pairs, _ = _eval_pairs(config, split, num_images)
-  seed = _stream_seed(config.seed, _EXAMPLE_VIEWS_STREAM)
-
-  @tf.autograph.experimental.do_not_convert
-  def make_example(index, pair):
-    encoded, label = pair
-    image = source.decode(encoded)
-    view_seeds = tf.random.experimental.stateless_split(
-        tf.random.experimental.stateless_fold_in(seed, index), num_views
-    )
-    # map_fn traces the augmentation once, however many views (unrolled, each one costs ~1 s).
-    views = tf.map_fn(
-        lambda s: augment.pretrain_view(image, s, config.augment, config.image_size),
-        view_seeds,
-        fn_output_signature=tf.float32,
-    )
-    return {'image': augment.eval_view(image, config.image_size), 'views': views, 'label': label}
-
-  examples = _numpy_examples(
-      pairs.enumerate(), make_example, lambda e: source.decode_error_message(split, e)
-  )
-  return examples['image'], examples['views'], examples['label']
-
-
-def folder_images(folder: str, image_size: int):
-  """(sorted paths, evaluation views [N, S, S, 3]) of the images directly in `folder`."""
-  if not os.path.isdir(folder):
-    raise ValueError(
-        f'{folder} is not a folder; give a folder of images '
-        f'({", ".join(image_folder.IMAGE_EXTENSIONS)}).'
-    )
-  paths = sorted(
-      e.path
-      for e in os.scandir(folder)
-      if e.name.lower().endswith(image_folder.IMAGE_EXTENSIONS) and not e.name.startswith('.')
-  )
-  if not paths:
-    raise ValueError(f'No images ({", ".join(image_folder.IMAGE_EXTENSIONS)}) in {folder}.')
-  source = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string))
-
-  def unreadable(error):
-    bad = image_folder.find_unreadable_images(paths) or [('?', datasets.error_reason(error))]
-    return (
-        f'{len(bad)} image(s) in {folder} cannot be decoded: {image_folder.listed(bad)}. '
-        'Remove or replace them.'
-    )
-
-  examples = _numpy_examples(
-      source,
-      lambda path: {
-          'image': augment.eval_view(datasets.decode_bytes(tf.io.read_file(path)), image_size)
-      },
-      unreadable,
-  )
-  return paths, examples['image']
-
-
-def device_batches(dataset, sharding, prefetch=2, *, config=None, split=None):
-  """Yields global jax.Arrays per batch, keeping `prefetch` batches in flight.
-
-  Each host's local numpy batch becomes its part of a global array laid out by
-  `sharding` (jax.make_array_from_process_local_data), so host-to-device
-  copies of the next batches overlap the current step. Given the `config` and `split` the
-  dataset reads, a decoding failure becomes a ValueError naming the unreadable files.
-  """
-  iterator = dataset.as_numpy_iterator()
-  queue = collections.deque()
-
-  def enqueue(n):
-    try:
-      for batch in itertools.islice(iterator, n):
-        queue.append(
-            {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-        )
-    except tf.errors.InvalidArgumentError as e:
-      if config is None:
-        raise
-      raise ValueError(datasets.get(config).decode_error_message(split, e)) from None
-
-  enqueue(max(prefetch, 1))
-  while queue:
-    yield queue.popleft()
-    enqueue(1)

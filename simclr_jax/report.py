@@ -42,7 +42,7 @@ from simclr_jax import checkpoints
 from simclr_jax import cli_errors
 from simclr_jax import datasets
 from simclr_jax import evaluators
-from simclr_jax import input_pipeline
+from simclr_jax import example_images
 from simclr_jax import knn
 from simclr_jax import models
 from simclr_jax import plots
@@ -175,7 +175,7 @@ def load_run(
 
 def augmentations_figure(run: Run, num_images: int = 8, num_pairs: int = 2):
   """Train images (first column) with `num_pairs` pairs of their pretraining views."""
-  images, views, _ = input_pipeline.augmentation_examples(
+  images, views, _ = example_images.augmentation_examples(
       run.config, run.config.train_split, num_images, 2 * num_pairs
   )
   return plots.augmentation_plot(images, views)
@@ -209,7 +209,7 @@ def _neighbours(run: Run, train_data, query_features, k: int):
   similarities, indices = knn.nearest_neighbours(
       train_data[0], query_features, min(k, len(train_data[1]))
   )
-  images = input_pipeline.eval_images(
+  images = example_images.eval_images(
       run.config, run.config.train_split, indices, run.config.eval.max_examples
   )
   return similarities, indices, images.reshape(indices.shape + images.shape[1:])
@@ -219,7 +219,7 @@ def neighbours_figure(run: Run, train_data, eval_data, *, num_queries: int = 8, 
   """`num_queries` eval images and their k nearest train images (cosine similarity of h)."""
   queries = spread_indices(len(eval_data[1]), num_queries, run.config.seed)
   similarities, indices, images = _neighbours(run, train_data, eval_data[0][queries], k)
-  query_images = input_pipeline.eval_images(
+  query_images = example_images.eval_images(
       run.config, run.config.eval.split, queries, run.config.eval.max_examples
   )
   return plots.neighbours_plot(
@@ -234,7 +234,7 @@ def neighbours_figure(run: Run, train_data, eval_data, *, num_queries: int = 8, 
 
 def folder_neighbours_figure(run: Run, train_data, folder: str, *, k: int = 8):
   """The images of `folder` (any, unlabelled) and their k nearest train images."""
-  paths, query_images = input_pipeline.folder_images(folder, run.config.image_size)
+  paths, query_images = example_images.folder_images(folder, run.config.image_size)
   similarities, indices, images = _neighbours(run, train_data, run.embed_images(query_images), k)
   return plots.neighbours_plot(
       query_images,

@@ -16,6 +16,8 @@ from simclr_jax import config_validation
 from simclr_jax import evaluators
 from simclr_jax import image_grid
 from simclr_jax import input_pipeline
+from simclr_jax import example_images
+from simclr_jax import prefetch
 from simclr_jax import methods
 from simclr_jax import optim
 from simclr_jax import run_config
@@ -32,7 +34,7 @@ _SUMMARY_VIEWS = 4
 
 def augmentation_images(config) -> dict:
   """{'augmentations': [1, H, W, 3]}: a few train images and their pretraining views."""
-  images, views, _ = input_pipeline.augmentation_examples(
+  images, views, _ = example_images.augmentation_examples(
       config, config.train_split, num_images=_SUMMARY_IMAGES, num_views=_SUMMARY_VIEWS
   )
   return {'augmentations': image_grid.augmentation_grid(images, views)[None]}
@@ -84,7 +86,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   dataset = input_pipeline.create_pretrain_dataset(
       config, local_batch_size=local_batch_size, start_step=start_step
   )
-  batches = input_pipeline.device_batches(
+  batches = prefetch.device_batches(
       dataset,
       batch_sharded(mesh),
       prefetch=config.prefetch_batches,

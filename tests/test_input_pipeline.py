@@ -15,6 +15,7 @@ from conftest import load_config
 from simclr_jax import datasets
 from simclr_jax.datasets import image_folder as folder_listing
 from simclr_jax import input_pipeline
+from simclr_jax import prefetch
 
 SIZE = 8  # Output side: tiny keeps the tests fast.
 
@@ -303,7 +304,7 @@ def test_device_batches_are_sharded_global_arrays(image_folder):
   ).take(3)
   sharding = NamedSharding(Mesh(jax.devices(), ('data',)), P('data'))
   expected = list(dataset.as_numpy_iterator())
-  produced = list(input_pipeline.device_batches(dataset, sharding, prefetch=2))
+  produced = list(prefetch.device_batches(dataset, sharding, prefetch=2))
   assert len(produced) == 3
   for got, want in zip(produced, expected):
     for key in ('views', 'label'):
@@ -517,7 +518,7 @@ def test_unreadable_images_are_named(tmp_path):
   )
   sharding = NamedSharding(Mesh(np.array(jax.devices()[:1]), ('data',)), P('data'))
   with pytest.raises(ValueError) as error:
-    next(input_pipeline.device_batches(dataset, sharding, config=config, split='train'))
+    next(prefetch.device_batches(dataset, sharding, config=config, split='train'))
   message = str(error.value)
   assert message.startswith('2 image(s) in ')
   assert 'truncated.jpg' in message and 'zzz.png' in message and 'ok0' not in message
@@ -600,7 +601,7 @@ def test_augment_on_device_needs_images_of_one_size(image_folder, tfds_dir):
       match=r'augment_on_device=True needs images of one size, but '
       r'.* not 10x12 .*--config.augment_on_device=false',
   ):
-    next(input_pipeline.device_batches(dataset, sharding, config=config, split='train'))
+    next(prefetch.device_batches(dataset, sharding, config=config, split='train'))
   config = _config('simclr_test_tiny_labeled', tfds_data_dir=str(tfds_dir), augment_on_device=True)
   with pytest.raises(
       ValueError,

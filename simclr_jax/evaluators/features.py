@@ -14,6 +14,7 @@ import tensorflow as tf
 from simclr_jax import checkpoints
 from simclr_jax import datasets
 from simclr_jax import input_pipeline
+from simclr_jax import prefetch
 from simclr_jax import models
 from simclr_jax import workdirs
 from simclr_jax.sharding import batch_sharded, replicated, run_once
@@ -119,7 +120,7 @@ def extract_features(
   """
   features, labels = [], []
   start = time.perf_counter()
-  batches = input_pipeline.device_batches(dataset, batch_sharded(mesh), config=config, split=split)
+  batches = prefetch.device_batches(dataset, batch_sharded(mesh), config=config, split=split)
   total = f' of {num_examples}' if num_examples else ''
 
   def log_progress():
