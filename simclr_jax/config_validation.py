@@ -20,7 +20,12 @@ COLOR_JITTER_IMPLS = ('simclrv2', 'simclrv1')
 
 def trains_classifier(config) -> bool:
   """Whether config runs the fine-tuning program (protocols finetune and linear_sgd)."""
-  return config.mode != 'pretrain' and evaluators.protocol(config) in evaluators.TRAINING_PROTOCOLS
+  protocol = evaluators.protocol(config)
+  return (
+      config.mode != 'pretrain'
+      and protocol in evaluators.EVALUATORS
+      and evaluators.trains(protocol)
+  )
 
 
 def validate_config(config, *, num_devices: int, num_processes: int = 1):
@@ -139,11 +144,12 @@ def validate_config(config, *, num_devices: int, num_processes: int = 1):
     methods.get(config).validate(num_devices)
     _validate_data_shards(config, config.batch_size, 'config.batch_size', num_processes)
     if config.eval_every_steps:
+      scoring = [n for n in evaluators.EVALUATORS if not evaluators.trains(n)]
       for name in evaluators.monitors(config):
         _require(
-            name in evaluators.EVALUATORS,
-            f'config.eval.monitors names {name!r}, which is not an evaluator; use '
-            f'names among {", ".join(evaluators.EVALUATORS)}, comma-separated.',
+            name in scoring,
+            f'config.eval.monitors names {name!r}, which is not an evaluator of features; use '
+            f'names among {", ".join(scoring)}, comma-separated.',
         )
         evaluators.get(name).validate(config)
   else:
@@ -226,12 +232,12 @@ def _validate_eval_config(config, num_devices):
       '--config.eval.protocol=linear_sgd (or linear: L-BFGS).',
   )
   protocol = evaluators.protocol(config)
-  known = (*evaluators.EVALUATORS, *evaluators.TRAINING_PROTOCOLS)
   _require(
-      protocol in known,
-      f'config.eval.protocol={protocol!r} is not known; use one of ' f'{", ".join(known)}.',
+      protocol in evaluators.EVALUATORS,
+      f'config.eval.protocol={protocol!r} is not known; use one of '
+      f'{", ".join(evaluators.EVALUATORS)}.',
   )
-  if protocol in evaluators.EVALUATORS:
+  if not evaluators.trains(protocol):
     evaluators.get(protocol).validate(config)
 
 

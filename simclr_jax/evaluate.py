@@ -1,9 +1,11 @@
-"""The evaluation program: a pretrained encoder's features scored by a registered evaluator.
+"""The evaluation program: a pretrained encoder evaluated by the registered evaluator of
+config.eval.protocol (evaluators/).
 
-Restores the encoder from a pretraining workdir's Orbax checkpoint (read-only), or takes a
-randomly initialised one or raw pixels (the baselines), extracts representations h of the
-train and evaluation splits once, and scores them with the evaluator of config.eval.protocol
-(evaluators/: L-BFGS linear, kNN, ...). Writes WORKDIR/eval_results.json.
+For an evaluator of features (L-BFGS linear, kNN, ...): restores the encoder from a pretraining
+workdir's Orbax checkpoint (read-only), or takes a randomly initialised one or raw pixels (the
+baselines), extracts representations h of the train and evaluation splits once, and scores
+them. A training evaluator (finetune, linear_sgd) runs its own training instead. Either writes
+WORKDIR/eval_results.json.
 """
 
 import time
@@ -26,6 +28,8 @@ def evaluate(config, workdir: str) -> dict:
       config, num_devices=jax.device_count(), num_processes=jax.process_count()
   )
   protocol = evaluators.protocol(config)
+  if evaluators.trains(protocol):
+    return evaluators.get(protocol).evaluate(config, workdir)
   train_info = features.labelled_train_info(config)
   mesh = create_mesh()
   num_classes = train_info.num_classes

@@ -154,7 +154,6 @@ def with_absolute_paths(config):
 
 def run(config, workdir: str):
   """Runs the program config.mode names: pretraining, or the evaluation protocol's."""
-  from simclr_jax import config_validation
   from simclr_jax import evaluators
 
   config = with_absolute_paths(config)
@@ -164,10 +163,6 @@ def run(config, workdir: str):
     from simclr_jax import train
 
     train.train_and_evaluate(config, workdir)
-  elif config_validation.trains_classifier(config):
-    from simclr_jax import finetune
-
-    finetune.finetune(config, workdir)
   else:
     from simclr_jax import evaluate
 

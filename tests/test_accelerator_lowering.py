@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from simclr_jax import finetune
+from simclr_jax.evaluators import finetune
 from simclr_jax import models
 from simclr_jax.models import resnet
 from simclr_jax import optim

@@ -89,6 +89,7 @@ def test_registered_evaluator_monitors_pretraining(with_centroid, cifar10_subset
 
 
 def test_unknown_protocol_and_monitor_are_refused_before_work(cifar10_subset):
+  """Also a training evaluator as a monitor: it trains a classifier, it scores no features."""
   from simclr_jax import config_validation  # pylint: disable=g-import-not-at-top
 
   config = tiny_config(cifar10_subset)
@@ -96,8 +97,11 @@ def test_unknown_protocol_and_monitor_are_refused_before_work(cifar10_subset):
   with pytest.raises(
       ValueError,
       match=r"config.eval.monitors names 'centroid', which is not an "
-      r'evaluator; use names among linear, knn',
+      r'evaluator of features; use names among linear, knn,',
   ):
+    config_validation.validate_config(config, num_devices=1)
+  config.eval.monitors = 'finetune'
+  with pytest.raises(ValueError, match=r"names 'finetune', which is not an evaluator of features"):
     config_validation.validate_config(config, num_devices=1)
   config = tiny_config(cifar10_subset)
   config.mode, config.eval.protocol, config.pretrained_workdir = 'evaluate', 'centroid', 'x'

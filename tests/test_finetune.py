@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import load_config, tiny_config
-from simclr_jax import finetune
+from simclr_jax.evaluators import finetune
 from simclr_jax import models
 from simclr_jax.models import resnet
 from simclr_jax import optim

@@ -1,12 +1,12 @@
-"""Evaluators of frozen features, behind one registry.
+"""Evaluators of a pretrained encoder, behind one registry.
 
-An evaluator scores features of the train and evaluation splits (extracted once by
-features.py): `run(config, train, evaluation, num_classes)` returns its metrics
-(`top1` and `top5` at least). A registered
-evaluator serves as a protocol of the evaluation program (--config.mode=evaluate
---config.eval.protocol=NAME) and as a monitor during pretraining (config.eval.monitors,
-every config.eval_every_steps). A new one is one module with an Evaluator subclass and one
-entry in EVALUATORS.
+An Evaluator scores features of the train and evaluation splits (extracted once by
+features.py): `run(config, train, evaluation, num_classes)` returns its metrics (`top1` and
+`top5` at least). It serves as a protocol of the evaluation program (--config.mode=evaluate
+--config.eval.protocol=NAME) and as a monitor during pretraining (config.eval.monitors, every
+config.eval_every_steps). A TrainingEvaluator (fine-tuning, the reference's SGD linear
+protocol) trains a classifier on images instead, as a protocol only. A new one is one module
+with a subclass of either and one entry in EVALUATORS.
 """
 
 import abc
@@ -18,9 +18,9 @@ from simclr_jax import linear_classifier
 EVALUATORS = {
     'linear': 'simclr_jax.evaluators.linear:LinearEvaluator',
     'knn': 'simclr_jax.evaluators.knn:KnnEvaluator',
+    'linear_sgd': 'simclr_jax.evaluators.finetune:LinearSgdEvaluator',
+    'finetune': 'simclr_jax.evaluators.finetune:FinetuneEvaluator',
 }
-# Protocols that train a classifier on images rather than score features: finetune.py's.
-TRAINING_PROTOCOLS = ('linear_sgd', 'finetune')
 # Older spellings of the evaluation modes, accepted for one more release: mode -> protocol
 # (linear_eval: linear, or linear_sgd with eval.linear_protocol=sgd).
 _LEGACY_MODES = {'knn_eval': 'knn', 'finetune': 'finetune'}
@@ -48,7 +48,25 @@ class Evaluator(abc.ABC):
     labels) pair."""
 
 
-def get(name: str) -> Evaluator:
+class TrainingEvaluator(abc.ABC):
+  """Trains a classifier on the train split's images, from the pretrained encoder, and scores
+  it: a program of its own (checkpoints in its workdir, resume), not a pretraining monitor."""
+
+  # Which published figures its numbers compare with (eval_results.json's `compare_with`).
+  compare_with = ''
+
+  @abc.abstractmethod
+  def evaluate(self, config, workdir: str):
+    """Trains, scores and writes WORKDIR/eval_results.json; returns the results, or None when
+    a stop request ended training early (the same command resumes)."""
+
+
+def trains(name: str) -> bool:
+  """Whether the registered evaluator `name` trains a classifier (a TrainingEvaluator)."""
+  return isinstance(get(name), TrainingEvaluator)
+
+
+def get(name: str) -> Evaluator | TrainingEvaluator:
   """The registered evaluator `name`; a ValueError listing the known ones otherwise."""
   if name not in EVALUATORS:
     raise ValueError(f'No evaluator {name!r}; registered: {", ".join(EVALUATORS)}.')

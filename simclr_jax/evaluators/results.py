@@ -11,15 +11,13 @@ import tensorflow as tf
 
 from simclr_jax.evaluators import core
 
-# eval_results.json's `compare_with` of the protocols that are not registered evaluators
+# eval_results.json's `compare_with` of the programs that are not registered evaluators
 # (README: "Which number to compare with which").
 COMPARE_WITH = {
-    'linear_sgd': "the reference's linear-evaluation figures: CIFAR-10 ResNet-18 ~91% after "
-    '1000 epochs; ImageNet ResNet-50 64.5% after 100 epochs, 69.1% after 1000.',
-    'finetune': 'semi-supervised fine-tuning figures at the same label fraction (SimCLRv2, '
-    'ResNet-50 1x: 57.9% with 1% and 68.4% with 10% of the ImageNet labels).',
-    'report': "its linear number is the L-BFGS protocol ('linear'), its kNN number the kNN "
-    "protocol ('knn'): compare each as those.",
+    'report': (
+        "its linear number is the L-BFGS protocol ('linear'), its kNN number the kNN "
+        "protocol ('knn'): compare each as those."
+    ),
 }
 
 
