@@ -27,7 +27,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from simclr_jax import checkpoints
+from simclr_jax.core import checkpoints
 from simclr_jax import main as main_lib
 from simclr_jax.config_files import load_config_file
 

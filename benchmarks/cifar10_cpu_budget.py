@@ -33,12 +33,12 @@ sys.path.insert(0, REPO_ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax import evaluators
-from simclr_jax import huge_pages
+from simclr_jax.core import huge_pages
 from simclr_jax import input_pipeline
 from simclr_jax import models
 from simclr_jax import train
 from simclr_jax.evaluators import features
-from simclr_jax.sharding import create_mesh
+from simclr_jax.core.sharding import create_mesh
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(

@@ -33,10 +33,10 @@ sys.path.insert(0, REPO_ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax import models
-from simclr_jax import optim
-from simclr_jax import train_state
+from simclr_jax.core import optim
+from simclr_jax.core import train_state
 from simclr_jax.methods import simclr
-from simclr_jax.sharding import create_mesh
+from simclr_jax.core.sharding import create_mesh
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(

@@ -42,14 +42,14 @@ sys.path.insert(0, REPO_ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax import augment_jax
-from simclr_jax import huge_pages
+from simclr_jax.core import huge_pages
 from simclr_jax import input_pipeline
 from simclr_jax import models
 from simclr_jax.models import resnet
-from simclr_jax import optim
-from simclr_jax import train_state
+from simclr_jax.core import optim
+from simclr_jax.core import train_state
 from simclr_jax.methods import simclr
-from simclr_jax.sharding import batch_sharded, create_mesh, replicated, run_once
+from simclr_jax.core.sharding import batch_sharded, create_mesh, replicated, run_once
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SimCLR pretraining on a Cloud TPU VM pod slice: every worker runs the same
 # `python3 -m simclr_jax.main`, and JAX finds the other workers by itself on TPU VMs
-# (simclr_jax/distributed.py). Not run by the project (no TPU access): the gcloud commands
+# (simclr_jax/core/distributed.py). Not run by the project (no TPU access): the gcloud commands
 # follow the Cloud TPU documentation (gcloud compute tpus tpu-vm create/scp/ssh/delete).
 #
 # Usage: launch/tpu_pod.sh create|setup|run|logs|stop|delete

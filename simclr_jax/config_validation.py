@@ -4,7 +4,7 @@ from simclr_jax import evaluators
 from simclr_jax import methods
 from simclr_jax import models
 from simclr_jax.models import encoders
-from simclr_jax import optim
+from simclr_jax.core import optim
 
 
 def _require(ok: bool, message: str):

@@ -18,7 +18,7 @@ from simclr_jax import evaluators
 from simclr_jax import models
 from simclr_jax.evaluators import features
 from simclr_jax.evaluators import results as results_lib
-from simclr_jax.sharding import create_mesh
+from simclr_jax.core.sharding import create_mesh
 
 
 def evaluate(config, workdir: str) -> dict:

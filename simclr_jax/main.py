@@ -117,12 +117,12 @@ def main(argv):
     print(FLAGS.config)
     return
   if FLAGS.config.huge_page_malloc:
-    from simclr_jax import huge_pages
+    from simclr_jax.core import huge_pages
 
     huge_pages.reexec_with_huge_pages()
-  from simclr_jax import distributed
-  from simclr_jax import workdir_lock
-  from simclr_jax import writers
+  from simclr_jax.core import distributed
+  from simclr_jax.core import workdir_lock
+  from simclr_jax.core import writers
 
   with cli_errors.as_sentences(FLAGS.verbose):
     distributed.initialize(

@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from simclr_jax import checkpoints
+from simclr_jax.core import checkpoints
 from simclr_jax import cli_errors
 from simclr_jax import datasets
 from simclr_jax import evaluators
@@ -46,13 +46,13 @@ from simclr_jax import example_images
 from simclr_jax import knn
 from simclr_jax import models
 from simclr_jax import plots
-from simclr_jax import run_config
-from simclr_jax import workdirs
-from simclr_jax import writers
+from simclr_jax.core import run_config
+from simclr_jax.core import workdirs
+from simclr_jax.core import writers
 from simclr_jax.evaluators import features
 from simclr_jax.evaluators import linear
 from simclr_jax.evaluators import results as results_lib
-from simclr_jax.sharding import create_mesh
+from simclr_jax.core.sharding import create_mesh
 
 FIGURES = {
     'augmentations.png': 'Augmentations',

@@ -11,20 +11,20 @@ import jax
 import ml_collections
 import tensorflow as tf
 
-from simclr_jax import checkpoints
+from simclr_jax.core import checkpoints
 from simclr_jax import config_validation
 from simclr_jax import evaluators
 from simclr_jax import image_grid
 from simclr_jax import input_pipeline
 from simclr_jax import example_images
-from simclr_jax import prefetch
+from simclr_jax.core import prefetch
 from simclr_jax import methods
-from simclr_jax import optim
-from simclr_jax import run_config
-from simclr_jax import train_state
-from simclr_jax import training_loop
+from simclr_jax.core import optim
+from simclr_jax.core import run_config
+from simclr_jax.core import train_state
+from simclr_jax.core import training_loop
 from simclr_jax.evaluators import monitor as evaluator_monitor
-from simclr_jax.sharding import batch_sharded, create_mesh
+from simclr_jax.core.sharding import batch_sharded, create_mesh
 
 # The augmentation summary written to TensorBoard when pretraining starts: a few images (cheap
 # to decode and augment) with two pairs of views each.

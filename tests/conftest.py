@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from simclr_jax import huge_pages
+from simclr_jax.core import huge_pages
 
 # One persistent compilation cache for the whole run, its subprocesses and both xdist workers
 # (set here, before JAX loads and before the workers start): tests that compile the same
@@ -20,7 +20,7 @@ else:
   _OWN_CACHE = None
 
 # Subprocesses and workers start with huge-page malloc, as the command-line program restarts
-# itself to (simclr_jax/huge_pages.py): faster steps, and no restart per program run.
+# itself to (simclr_jax/core/huge_pages.py): faster steps, and no restart per program run.
 if huge_pages.supported():
   os.environ.setdefault('GLIBC_TUNABLES', huge_pages.TUNABLE)
 

@@ -17,11 +17,11 @@ from conftest import load_config
 from simclr_jax.evaluators import finetune
 from simclr_jax import models
 from simclr_jax.models import resnet
-from simclr_jax import optim
-from simclr_jax import train_state
+from simclr_jax.core import optim
+from simclr_jax.core import train_state
 from simclr_jax.methods import simclr
 from simclr_jax.evaluators import features
-from simclr_jax.sharding import batch_sharded, create_mesh, replicated
+from simclr_jax.core.sharding import batch_sharded, create_mesh, replicated
 
 PLATFORMS = ('cuda', 'tpu')
 SIZE, BATCH = 16, 8

@@ -448,7 +448,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from simclr_jax import augment_jax
     from simclr_jax.config_files import load_config_file
-    from simclr_jax.sharding import batch_sharded, create_mesh
+    from simclr_jax.core.sharding import batch_sharded, create_mesh
     config = load_config_file('configs/cifar10.py').augment
     config.blur_prob = 0.5
     inputs = np.load(sys.argv[1])

@@ -23,16 +23,16 @@ from orbax.checkpoint._src import asyncio_utils
 import pytest
 
 from conftest import REPO_ROOT, tiny_config
-from simclr_jax import checkpoints
+from simclr_jax.core import checkpoints
 from simclr_jax import evaluate
 from simclr_jax import models
-from simclr_jax import optim
+from simclr_jax.core import optim
 from simclr_jax.methods import simclr
 from simclr_jax import train
-from simclr_jax import train_state
-from simclr_jax import run_config
+from simclr_jax.core import train_state
+from simclr_jax.core import run_config
 from simclr_jax.evaluators import features
-from simclr_jax.sharding import create_mesh
+from simclr_jax.core.sharding import create_mesh
 
 
 def _init_fn(config):
@@ -178,13 +178,14 @@ _TWO_PROCESS_SCRIPT = textwrap.dedent("""
     import functools, json, os, sys
     import jax
     process, port, workdir, dataset = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-    from simclr_jax import distributed
+    from simclr_jax.core import distributed
     distributed.initialize(f'localhost:{port}', 2, process)
     sys.path.insert(0, 'tests')
     from conftest import tiny_config
-    from simclr_jax import checkpoints, models, optim, train_state
+    from simclr_jax import models
+    from simclr_jax.core import checkpoints, optim, train_state
     from simclr_jax.methods import simclr
-    from simclr_jax.sharding import create_mesh
+    from simclr_jax.core.sharding import create_mesh
     if process == 1:
       read = checkpoints.read_metadata
       def flaky(directory, step):

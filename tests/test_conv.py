@@ -9,7 +9,7 @@ import pytest
 from simclr_jax.models import conv
 from simclr_jax.models.conv import matmul_conv
 from simclr_jax.models.resnet import BasicBlock, ResNet
-from simclr_jax.sharding import run_once
+from simclr_jax.core.sharding import run_once
 
 _DN = ('NHWC', 'HWIO', 'NHWC')
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import load_config
 from simclr_jax import config_validation
 from simclr_jax import models
-from simclr_jax import optim
+from simclr_jax.core import optim
 from simclr_jax.models import encoders
 
 # The family interface: an MLP of config.model.width_multiplier * 16 units per layer.

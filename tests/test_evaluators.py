@@ -13,7 +13,7 @@ from simclr_jax import evaluators
 from simclr_jax import models
 from simclr_jax.evaluators import core
 from simclr_jax.evaluators import monitor
-from simclr_jax.sharding import create_mesh
+from simclr_jax.core.sharding import create_mesh
 
 
 class NearestCentroid(core.Evaluator):

@@ -13,7 +13,7 @@ from conftest import load_config, tiny_config
 from simclr_jax.evaluators import finetune
 from simclr_jax import models
 from simclr_jax.models import resnet
-from simclr_jax import optim
+from simclr_jax.core import optim
 
 
 def _model_config():

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from simclr_jax import huge_pages
+from simclr_jax.core import huge_pages
 
 pytestmark = pytest.mark.skipif(
     not huge_pages.supported(), reason='needs glibc >= 2.35 and transparent huge pages'
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(
 _ALLOCATE = """
 import ctypes
 import sys
-from simclr_jax import huge_pages
+from simclr_jax.core import huge_pages
 if sys.argv[1] == 'reexec':
   huge_pages.reexec_with_huge_pages()
 print('argv', sys.argv[1:])

@@ -15,7 +15,7 @@ from conftest import load_config
 from simclr_jax import datasets
 from simclr_jax.datasets import image_folder as folder_listing
 from simclr_jax import input_pipeline
-from simclr_jax import prefetch
+from simclr_jax.core import prefetch
 
 SIZE = 8  # Output side: tiny keeps the tests fast.
 

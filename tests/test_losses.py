@@ -122,7 +122,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update('jax_enable_x64', True)
     from simclr_jax import losses
-    from simclr_jax.sharding import create_mesh
+    from simclr_jax.core.sharding import create_mesh
     assert jax.device_count() == 8, jax.devices()
     rng = np.random.default_rng(5)
     z_a, z_b = (jnp.asarray(rng.normal(size=(32, 16)), jnp.float64) for _ in range(2))

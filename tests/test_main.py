@@ -15,7 +15,7 @@ import time
 
 from multidevice import REPO_ROOT
 from simclr_jax import cli_errors
-from simclr_jax import workdir_lock
+from simclr_jax.core import workdir_lock
 
 _REQUIRED_SCALARS = {
     'loss',

@@ -12,9 +12,9 @@ import pytest
 from conftest import tiny_config
 from simclr_jax import methods
 from simclr_jax import train
-from simclr_jax import train_state
+from simclr_jax.core import train_state
 from simclr_jax.methods import core
-from simclr_jax.sharding import batch_sharded, replicated
+from simclr_jax.core.sharding import batch_sharded, replicated
 
 
 class _ToyEncoder(nn.Module):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from simclr_jax import models
-from simclr_jax import sharding
+from simclr_jax.core import sharding
 
 
 def _init_shapes(model_config, image_size, num_classes=0):

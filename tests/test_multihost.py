@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from multidevice import REPO_ROOT
-from simclr_jax import distributed
+from simclr_jax.core import distributed
 
 _STEPS = 8
 _LOSSES = ('loss', 'contrastive_loss', 'contrastive_entropy', 'probe_loss')

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from simclr_jax import models
-from simclr_jax import optim
+from simclr_jax.core import optim
 
 
 def test_decay_mask_excludes_exactly_batchnorm_parameters_biases_and_probe(cifar_config):

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from simclr_jax import progress
+from simclr_jax.core import progress
 
 
 class _Clock:

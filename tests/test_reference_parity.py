@@ -17,7 +17,7 @@ import pytest
 from conftest import load_config
 from simclr_jax import losses
 from simclr_jax import models
-from simclr_jax import optim
+from simclr_jax.core import optim
 from simclr_jax.methods import simclr
 from simclr_jax.models import resnet
 

@@ -15,8 +15,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from multidevice import REPO_ROOT
-from simclr_jax import stop_request
-from simclr_jax import training_loop
+from simclr_jax.core import stop_request
+from simclr_jax.core import training_loop
 
 
 def _wait(condition, timeout=10.0):
@@ -40,7 +40,7 @@ def test_sigint_and_sigterm_become_a_stop_request():
 
 _BLOCKED_SCRIPT = """
 import threading
-from simclr_jax import stop_request
+from simclr_jax.core import stop_request
 with stop_request.StopRequest():
   print('ready', flush=True)
   threading.Event().wait(120)  # Stands for a long computation the main thread waits on.

@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_config
 from multidevice import run_on_eight_cpu_devices
 from simclr_jax import train
-from simclr_jax import train_state
+from simclr_jax.core import train_state
 
 # In float64 (jax_enable_x64): the 8-device and 1-device steps sum in different orders, and in
 # float32 the BatchNorm-scale gradients, small sums of large terms that cancel, came out 6e-4
@@ -22,10 +22,11 @@ _STEP_SCRIPT = textwrap.dedent("""
     import functools, sys
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update('jax_enable_x64', True)
-    from simclr_jax import models, optim, sharding, train_state
+    from simclr_jax import models
+    from simclr_jax.core import optim, sharding, train_state
     from simclr_jax.config_files import load_config_file
     from simclr_jax.methods import simclr
-    from simclr_jax.sharding import batch_sharded, create_mesh, replicated
+    from simclr_jax.core.sharding import batch_sharded, create_mesh, replicated
     config = load_config_file('configs/cifar10.py')
     config.model.width_multiplier = 0.125
     config.model.conv_impl = 'xla'  # The patch matmuls accumulate in float32.

@@ -13,9 +13,9 @@ import pytest
 from conftest import load_config
 from simclr_jax import augment_jax
 from simclr_jax import models
-from simclr_jax import train_state
+from simclr_jax.core import train_state
 from simclr_jax.methods import simclr
-from simclr_jax.sharding import create_mesh, run_once
+from simclr_jax.core.sharding import create_mesh, run_once
 
 N, SIZE, NUM_CLASSES = 8, 16, 10  # Images per batch (2N views), their side, probe classes.
 TEMPERATURE = 0.2

@@ -10,11 +10,11 @@ import time
 import pytest
 
 from multidevice import REPO_ROOT
-from simclr_jax import workdir_lock
+from simclr_jax.core import workdir_lock
 
 _HOLDER = """
 import sys, threading
-from simclr_jax import workdir_lock
+from simclr_jax.core import workdir_lock
 with workdir_lock.hold(sys.argv[1]):
   print('holding', flush=True)
   threading.Event().wait(120)

@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
-from simclr_jax import workdirs
-from simclr_jax import writers
+from simclr_jax.core import workdirs
+from simclr_jax.core import writers
 
 
 def test_jsonl_records_and_resume_truncation(tmp_path):

@@ -11,13 +11,13 @@ from jax.experimental import multihost_utils
 import numpy as np
 import tensorflow as tf
 
-from simclr_jax import checkpoints
+from simclr_jax.core import checkpoints
 from simclr_jax import datasets
 from simclr_jax import input_pipeline
-from simclr_jax import prefetch
+from simclr_jax.core import prefetch
 from simclr_jax import models
-from simclr_jax import workdirs
-from simclr_jax.sharding import batch_sharded, replicated, run_once
+from simclr_jax.core import workdirs
+from simclr_jax.core.sharding import batch_sharded, replicated, run_once
 
 # Raw-pixel features are images downsampled to at most this side, then flattened.
 _PIXEL_SIDE = 32

@@ -22,22 +22,22 @@ import ml_collections
 import optax
 import tensorflow as tf
 
-from simclr_jax import checkpoints
+from simclr_jax.core import checkpoints
 from simclr_jax import config_validation
 from simclr_jax import datasets
 from simclr_jax import evaluators
 from simclr_jax import input_pipeline
-from simclr_jax import prefetch
+from simclr_jax.core import prefetch
 from simclr_jax import label_fractions
 from simclr_jax import models
-from simclr_jax import optim
-from simclr_jax import run_config
-from simclr_jax import train_state
-from simclr_jax import training_loop
+from simclr_jax.core import optim
+from simclr_jax.core import run_config
+from simclr_jax.core import train_state
+from simclr_jax.core import training_loop
 from simclr_jax.evaluators import core
 from simclr_jax.evaluators import features
 from simclr_jax.evaluators import results as results_lib
-from simclr_jax.sharding import batch_sharded, create_mesh, replicated
+from simclr_jax.core.sharding import batch_sharded, create_mesh, replicated
 
 
 def protocol_settings(config) -> tuple[str, ml_collections.ConfigDict]:

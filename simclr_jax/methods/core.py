@@ -9,8 +9,8 @@ config.method.
 import abc
 import importlib
 
-from simclr_jax import optim
-from simclr_jax import train_state
+from simclr_jax.core import optim
+from simclr_jax.core import train_state
 
 # config.method -> 'module:class'.
 METHODS = {

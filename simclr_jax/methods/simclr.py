@@ -10,10 +10,10 @@ import optax
 from simclr_jax import augment_jax
 from simclr_jax import losses
 from simclr_jax import models
-from simclr_jax import optim
-from simclr_jax import train_state
+from simclr_jax.core import optim
+from simclr_jax.core import train_state
 from simclr_jax.methods import core
-from simclr_jax.sharding import DATA_AXIS, batch_sharded
+from simclr_jax.core.sharding import DATA_AXIS, batch_sharded
 
 
 def loss_and_metrics(

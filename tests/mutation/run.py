@@ -112,35 +112,35 @@ MUTATIONS = (
     # Optimiser and schedule (optim.py).
     Mutation(
         'decay-mask-includes-probe',
-        'simclr_jax/optim.py',
+        'simclr_jax/core/optim.py',
         ' and supervised_head not in names',
         '',
         ('tests/test_optim.py',),
     ),
     Mutation(
         'decay-mask-includes-batchnorm-and-biases',
-        'simclr_jax/optim.py',
+        'simclr_jax/core/optim.py',
         "return names[-1] == 'kernel' and ",
         'return ',
         ('tests/test_optim.py',),
     ),
     Mutation(
         'warmup-one-step-ahead',
-        'simclr_jax/optim.py',
+        'simclr_jax/core/optim.py',
         'warmup = peak * step /',
         'warmup = peak * (step + 1) /',
         ('tests/test_optim.py',),
     ),
     Mutation(
         'warmup-skipped',
-        'simclr_jax/optim.py',
+        'simclr_jax/core/optim.py',
         'jnp.where(step < warmup_steps, warmup, cosine)',
         'cosine',
         ('tests/test_optim.py',),
     ),
     Mutation(
         'cosine-quarter-period',
-        'simclr_jax/optim.py',
+        'simclr_jax/core/optim.py',
         'jnp.cos(jnp.pi * progress)',
         'jnp.cos(0.5 * jnp.pi * progress)',
         ('tests/test_optim.py',),
@@ -198,14 +198,14 @@ MUTATIONS = (
     # Checkpoint restore (checkpoints.py, evaluators/features.py).
     Mutation(
         'resume-restores-earliest-checkpoint',
-        'simclr_jax/checkpoints.py',
+        'simclr_jax/core/checkpoints.py',
         'steps = sorted(manager.all_steps(), reverse=True)',
         'steps = sorted(manager.all_steps())',
         ('tests/test_main.py',),
     ),
     Mutation(
         'damaged-checkpoint-left-in-place',
-        'simclr_jax/checkpoints.py',
+        'simclr_jax/core/checkpoints.py',
         '      tf.io.gfile.rename(source, target)\n',
         '',
         ('tests/test_checkpoints.py',),
@@ -256,7 +256,7 @@ MUTATIONS = (
     # The probe's learning rate (optim.py).
     Mutation(
         'probe-learning-rate-scale-ignored',
-        'simclr_jax/optim.py',
+        'simclr_jax/core/optim.py',
         'updates = {**updates, name: jax.tree.map(lambda u: scale * u, updates[name])}',
         'updates = dict(updates)',
         ('tests/test_optim.py',),
@@ -264,28 +264,28 @@ MUTATIONS = (
     # Stopping and locking (train.py, workdir_lock.py).
     Mutation(
         'loop-queues-steps-without-waiting',
-        'simclr_jax/training_loop.py',
+        'simclr_jax/core/training_loop.py',
         '      jax.block_until_ready(metrics)\n      progress.step_done(step)',
         '      progress.step_done(step)',
         ('tests/test_stop_request.py',),
     ),
     Mutation(
         'lock-ignores-a-live-holder',
-        'simclr_jax/workdir_lock.py',
+        'simclr_jax/core/workdir_lock.py',
         'raise WorkdirLocked(self._held_message(self._read(), alive=True)) from None',
         'return',
         ('tests/test_workdir_lock.py',),
     ),
     Mutation(
         'lock-of-a-dead-run-never-taken-over',
-        'simclr_jax/workdir_lock.py',
+        'simclr_jax/core/workdir_lock.py',
         "if self._fd is not None or not _pid_alive(holder.get('pid')):",
         'if False:',
         ('tests/test_workdir_lock.py',),
     ),
     Mutation(
         'lock-heartbeat-ignored',
-        'simclr_jax/workdir_lock.py',
+        'simclr_jax/core/workdir_lock.py',
         'if age <= STALE_SECS:',
         'if False:',
         ('tests/test_workdir_lock.py',),

@@ -22,8 +22,8 @@ from absl import logging
 import jax
 import tensorflow as tf
 
-from simclr_jax import distributed
-from simclr_jax import workdirs
+from simclr_jax.core import distributed
+from simclr_jax.core import workdirs
 
 LOCK_NAME = 'lock'
 HEARTBEAT_SECS = 60

@@ -7,7 +7,7 @@ import jax
 import ml_collections
 import tensorflow as tf
 
-from simclr_jax import workdirs
+from simclr_jax.core import workdirs
 
 
 def save_config(config, workdir: str):

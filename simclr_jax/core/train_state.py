@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from simclr_jax import models
-from simclr_jax.sharding import batch_sharded, replicated
+from simclr_jax.core.sharding import batch_sharded, replicated
 
 
 @flax.struct.dataclass

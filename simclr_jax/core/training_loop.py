@@ -7,11 +7,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from simclr_jax import distributed
-from simclr_jax import progress as progress_lib
-from simclr_jax import stop_request
-from simclr_jax import workdirs
-from simclr_jax import writers
+from simclr_jax.core import distributed
+from simclr_jax.core import progress as progress_lib
+from simclr_jax.core import stop_request
+from simclr_jax.core import workdirs
+from simclr_jax.core import writers
 
 
 def _check_finite(steps, metrics, manager):

@@ -24,9 +24,9 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint._src import asyncio_utils
 import tensorflow as tf
 
-from simclr_jax import distributed
-from simclr_jax import workdirs
-from simclr_jax.sharding import replicated, run_once
+from simclr_jax.core import distributed
+from simclr_jax.core import workdirs
+from simclr_jax.core.sharding import replicated, run_once
 
 # Orbax's folder for the one item every checkpoint here holds (a TrainState).
 _ITEM = 'default'

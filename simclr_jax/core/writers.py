@@ -11,7 +11,7 @@ import jax
 from clu import metric_writers
 import tensorflow as tf
 
-from simclr_jax import workdirs
+from simclr_jax.core import workdirs
 
 
 class JsonlWriter(metric_writers.MetricWriter):
