@@ -30,7 +30,7 @@ def explained(error) -> str | None:
         'command to resume.'
     )
   # Here, not at the top: the programs import this module before JAX and TensorFlow load.
-  from simclr_jax import workdir_lock  # pylint: disable=g-import-not-at-top
+  from simclr_jax.core import workdir_lock  # pylint: disable=g-import-not-at-top
 
   if isinstance(error, (ValueError, FloatingPointError, workdir_lock.WorkdirLocked)):
     return str(error)

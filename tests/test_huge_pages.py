@@ -61,7 +61,7 @@ def test_without_the_tunable_malloc_gets_small_pages():
 
 def test_other_tunables_are_kept_and_a_set_hugetlb_is_left_alone():
   code = (
-      'import os; from simclr_jax import huge_pages; huge_pages.reexec_with_huge_pages(); '
+      'import os; from simclr_jax.core import huge_pages; huge_pages.reexec_with_huge_pages(); '
       'print(os.environ["GLIBC_TUNABLES"])'
   )
   for given, expected in (
