@@ -57,7 +57,8 @@ def get_config():
 
   # Model.
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'resnet18'  # resnet18|resnet34|resnet50|resnet101|resnet152|resnet200.
+  # resnet18|resnet34|resnet50|resnet101|resnet152|resnet200 | vit_ti|vit_s|vit_b|vit_l.
+  config.model.name = 'resnet18'
   config.model.width_multiplier = 1.0  # Channel multiplier; 0.25 gives a 16-channel stem.
   # Convolutions: xla | matmul (as patch matrix products: equal results, faster on CPU) |
   # auto (matmul on CPU, XLA's own on GPU and TPU).
@@ -65,6 +66,10 @@ def get_config():
   # reference: a projection shortcut (1x1 conv + BN) on the first block of every stage, as in
   # google-research/simclr; torchvision: only where the shape changes (loads torchvision weights).
   config.model.shortcut = 'reference'
+  # ViT encoders (model.name vit_ti, vit_s, vit_b, vit_l: models/vit.py) read these three.
+  config.model.patch_size = 4  # Patch side: 4 at 32x32 (64 tokens), 16 at 224x224.
+  config.model.pool = 'cls'  # h: the [CLS] token (cls) or the mean of the patch tokens (gap).
+  config.model.position_embedding = 'learned'  # learned | sincos (fixed 2-D, as MoCo v3).
   config.model.head_layers = 3  # Projection head depth (SimCLRv2: 3; v1: 2).
   config.model.head_output_dim = 128  # Dimension of z, the projection the loss sees.
   config.model.bn_momentum = 0.9  # BatchNorm running-average momentum.

@@ -29,6 +29,7 @@ def get_config():
   config.augment.color_strength = 1.0  # Full colour distortion strength.
   config.augment.blur_prob = 0.5  # Gaussian blur on, p = 0.5.
   config.model.name = 'resnet50'  # 2048-d representation.
+  config.model.patch_size = 16  # With a ViT (--config.model.name=vit_b): 196 tokens.
   config.temperature = 0.1  # Best for large batches on ImageNet.
   config.batch_size = 4096  # Global batch size.
   config.num_epochs = 100  # 100 epochs by default; the headline results use 1000.

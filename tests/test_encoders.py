@@ -50,7 +50,8 @@ def num_parts(model_config):
   return int(model_config.name[-1])
 
 
-def part_of(names):
+def part_of(model_config, names):
+  del model_config
   return int(names[0][len('layer') :])
 
 

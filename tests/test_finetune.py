@@ -1,5 +1,6 @@
 """Fine-tuning and the reference (SGD) linear evaluation: freezing, optimiser, end to end."""
 
+import functools
 import json
 
 import jax
@@ -115,7 +116,8 @@ def test_optimizer_is_nesterov_sgd_and_leaves_frozen_parameters_alone():
       'classifier': {'kernel': jnp.full((3,), -1.0)},
   }
   lr = 0.5
-  tx = optim.create_finetune_optimizer(settings, optax.constant_schedule(lr), resnet.part_of)
+  part_of = functools.partial(resnet.part_of, None)
+  tx = optim.create_finetune_optimizer(settings, optax.constant_schedule(lr), part_of)
   state = tx.init(params)
   rng = np.random.default_rng(0)
   expected = {

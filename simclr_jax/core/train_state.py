@@ -35,7 +35,7 @@ def init_train_state(model, tx, rng, image_size: int, pretrained=None) -> TrainS
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
-      batch_stats=variables['batch_stats'],
+      batch_stats=variables.get('batch_stats', {}),  # {}: a model without BatchNorm.
       opt_state=tx.init(params),
       rng=state_rng,
   )

@@ -1,5 +1,6 @@
 """Encoders, projection head and the SimCLR model that ties them together."""
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -89,7 +90,7 @@ def num_encoder_parts(model_config) -> int:
 
 def encoder_part_of(model_config):
   """names under the encoder -> part (finetune.fine_tune_after_block counts parts)."""
-  return encoders.family(model_config).part_of
+  return functools.partial(encoders.family(model_config).part_of, model_config)
 
 
 def _head(model_config, dtype, keep_layers=0):

@@ -7,13 +7,17 @@ A family module defines:
   nn.Module named 'encoder' that maps images [B, H, W, 3] to representations h [B, D];
 - num_parts(model_config): what config.finetune.fine_tune_after_block counts, parts 0..n-1
   from the input up (-1 freezes none, n - 1 all);
-- part_of(names): the part of a parameter, given its path under the encoder as names.
+- part_of(model_config, names): the part of a parameter, given its path under the encoder as
+  names.
 A new family is one module and one entry in FAMILIES.
 """
 
 import importlib
 
-FAMILIES = ('simclr_jax.models.resnet',)
+FAMILIES = (
+    'simclr_jax.models.resnet',
+    'simclr_jax.models.vit',
+)
 
 
 def _modules():

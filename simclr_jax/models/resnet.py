@@ -209,6 +209,7 @@ def num_parts(model_config):
   return 5
 
 
-def part_of(names):
+def part_of(model_config, names):
   """0 for the stem's parameters ('stem_conv', ...), k for stage k's ('stage2_block1', ...)."""
+  del model_config
   return 0 if names[0].startswith('stem') else int(names[0][len('stage')])

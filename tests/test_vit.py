@@ -1,0 +1,107 @@
+"""models/vit.py: published parameter counts, attention against a numpy loop, the sin-cos
+embedding, and SimCLR pretraining and evaluation with a small ViT through the whole stack."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import load_config, tiny_config
+from simclr_jax import config_validation
+from simclr_jax import evaluate
+from simclr_jax import models
+from simclr_jax import train
+from simclr_jax.models import vit
+
+
+def _encoder_params(name, patch_size, image_size, pool='cls'):
+  config = load_config('cifar10')
+  config.model.name, config.model.patch_size, config.model.pool = name, patch_size, pool
+  encoder = vit.build(config.model, image_size=image_size, dtype=jnp.float32)
+  shapes = jax.eval_shape(
+      lambda: encoder.init(jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, 3)))
+  )
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+
+
+@pytest.mark.parametrize(
+    'name,patch,size,count',
+    [('vit_b', 16, 224, 85_798_656), ('vit_s', 16, 224, 21_665_664)],
+)
+def test_parameter_counts_are_the_published_ones(name, patch, size, count):
+  # timm's vit_base_patch16_224 / vit_small_patch16_224 without the classifier: 85.8M, 21.7M.
+  assert _encoder_params(name, patch, size) == count
+
+
+def test_attention_equals_a_numpy_loop():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 5, 12)).astype(np.float32)
+  attention = vit.MultiHeadSelfAttention(heads=3)
+  params = attention.init(jax.random.PRNGKey(1), x)['params']
+  out = np.asarray(attention.apply({'params': params}, x))
+  qkv_w, qkv_b = (np.asarray(params['qkv'][k], np.float64) for k in ('kernel', 'bias'))
+  proj_w, proj_b = (np.asarray(params['proj'][k], np.float64) for k in ('kernel', 'bias'))
+  expected = np.zeros((2, 5, 12))
+  for b in range(2):
+    qkv = x[b].astype(np.float64) @ qkv_w + qkv_b  # [5, 36]: q, k, v, each of 3 heads of 4.
+    heads = []
+    for h in range(3):
+      q, k, v = (qkv[:, part * 12 + h * 4 : part * 12 + (h + 1) * 4] for part in range(3))
+      logits = q @ k.T / 2.0
+      weights = np.exp(logits - logits.max(1, keepdims=True))
+      weights /= weights.sum(1, keepdims=True)
+      heads.append(weights @ v)
+    expected[b] = np.concatenate(heads, axis=1) @ proj_w + proj_b
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_sincos_embedding_by_its_formula():
+  table = vit.sincos_position_embedding(3, 8)
+  row, col = divmod(5, 3)  # Token 5 of a 3x3 grid.
+  omega = 1 / 10000 ** (np.arange(2) / 2)
+  expected = np.concatenate(
+      [np.sin(row * omega), np.cos(row * omega), np.sin(col * omega), np.cos(col * omega)]
+  )
+  np.testing.assert_allclose(table[5], expected, rtol=1e-6)
+
+
+def test_bad_vit_settings_are_named(cifar_config):
+  cifar_config.model.name, cifar_config.model.width_multiplier = 'vit_s', 0.01
+  with pytest.raises(ValueError, match=r'gives vit_s a width of 4, which its 6 heads'):
+    config_validation.validate_config(cifar_config, num_devices=1)
+  cifar_config.model.width_multiplier, cifar_config.model.pool = 1.0, 'max'
+  with pytest.raises(ValueError, match=r"config.model.pool='max' is not known"):
+    config_validation.validate_config(cifar_config, num_devices=1)
+
+
+def _tiny_vit(dataset):
+  config = tiny_config(dataset)
+  config.model.name, config.model.width_multiplier = 'vit_ti', 0.125  # 24 wide, 3 heads.
+  config.model.patch_size = 8  # 16 tokens at 32x32.
+  return config
+
+
+def test_simclr_pretrains_and_evaluates_a_vit(cifar10_subset, tmp_path):
+  config = _tiny_vit(cifar10_subset)
+  state = train.train_and_evaluate(config, str(tmp_path / 'pretrain'))
+  assert sorted(state.params['encoder']) == sorted(
+      ['patch_embedding', 'position_embedding', 'cls', 'norm'] + [f'block{i}' for i in range(1, 13)]
+  )
+  records = [json.loads(line) for line in open(tmp_path / 'pretrain' / 'metrics.jsonl')]
+  assert np.isfinite(records[-1]['contrastive_loss']) and 0 <= records[-1]['knn_top1'] <= 1
+  config.mode, config.eval.protocol = 'evaluate', 'knn'
+  config.pretrained_workdir = str(tmp_path / 'pretrain')
+  results = evaluate.evaluate(config, str(tmp_path / 'knn'))
+  assert results['feature_dim'] == 24 and 0 <= results['top1'] <= 1
+  # Freezing counts the embeddings (0) and the 12 blocks; the final LayerNorm goes with block 12.
+  part_of = models.encoder_part_of(config.model)
+  assert [part_of([n]) for n in ('patch_embedding', 'cls', 'block1', 'block12', 'norm')] == [
+      0,
+      0,
+      1,
+      12,
+      12,
+  ]
+  assert models.num_encoder_parts(config.model) == 13
