@@ -105,3 +105,22 @@ def test_simclr_pretrains_and_evaluates_a_vit(cifar10_subset, tmp_path):
       12,
   ]
   assert models.num_encoder_parts(config.model) == 13
+
+
+def test_imagenet_vit_config_is_the_moco_v3_vit_recipe():
+  """facebookresearch/moco-v3 CONFIG.md's ViT pretraining flags, on SimCLR's ImageNet config."""
+  config = load_config('imagenet_vit')
+  assert (
+      config.model.name,
+      config.model.patch_size,
+      config.optimizer,
+      config.learning_rate,
+      config.lr_scaling,
+      config.weight_decay,
+      config.warmup_epochs,
+      config.num_epochs,
+      config.batch_size,
+      config.temperature,
+      config.image_size,
+  ) == ('vit_b', 16, 'adamw', 1.5e-4, 'linear', 0.1, 40.0, 300, 4096, 0.2, 224)
+  config_validation.validate_config(config, num_devices=8)
