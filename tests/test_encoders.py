@@ -96,6 +96,6 @@ def test_unknown_model_names_every_registered_one(toy_config):
   with pytest.raises(
       ValueError,
       match=r"config.model.name='vit_b16' is not a known model; use "
-      r'one of resnet18, .*resnet200, toy_mlp2, toy_mlp3',
+      r'one of resnet18, .*resnet200, vit_ti, .*vit_l, toy_mlp2, toy_mlp3',
   ):
     config_validation.validate_config(toy_config, num_devices=1)
