@@ -116,7 +116,12 @@ def get_config():
   config.eval.max_iterations = 1000  # L-BFGS iterations of the linear classifier.
   config.eval.knn_k = 200  # Neighbours that vote in kNN.
   config.eval.knn_temperature = 0.1  # A neighbour's vote weighs exp(similarity / temperature).
-  # linear: L-BFGS on features | linear_sgd: the reference's | knn | finetune (evaluators/).
+  # The MLP probe (eval.protocol=mlp): standardised h -> hidden ReLU layer -> classes, Adam.
+  config.eval.mlp_hidden_dim = 512  # Hidden units.
+  config.eval.mlp_epochs = 20  # Epochs over the train features.
+  config.eval.mlp_learning_rate = 1e-3  # Adam's learning rate.
+  config.eval.mlp_batch_size = 256  # Minibatch of features.
+  # linear: L-BFGS on features | linear_sgd: the reference's | knn | mlp | finetune (evaluators/).
   config.eval.protocol = 'linear'
   config.eval.linear_protocol = 'lbfgs'  # Older: with mode=linear_eval, lbfgs | sgd.
   config.eval.monitors = 'knn'  # Evaluators run in pretraining (comma-separated: knn,linear).

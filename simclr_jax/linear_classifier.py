@@ -37,7 +37,7 @@ def logits(classifier: LinearClassifier, features: jax.Array) -> jax.Array:
   return x @ classifier.weights + classifier.bias
 
 
-def _standardisation(x):
+def standardisation(x):
   """Per-feature mean and 1 / std (floored at _MIN_STD) of x [n, d]."""
   mean = jnp.mean(x, axis=0)
   centred = x - mean
@@ -58,7 +58,7 @@ def _objective(params, x, labels, l2):
 @jax.jit(static_argnames=('num_classes',))
 def _fit(features, labels, l2, max_iterations, tolerance, *, num_classes):
   """Standardisation and L-BFGS minimisation of `_objective`, in one while_loop."""
-  mean, scale = _standardisation(features)
+  mean, scale = standardisation(features)
   x = (features - mean) * scale
   params = (
       jnp.zeros((x.shape[1], num_classes), jnp.float32),

@@ -108,7 +108,7 @@ def test_unknown_protocol_and_monitor_are_refused_before_work(cifar10_subset):
   with pytest.raises(
       ValueError,
       match=r"config.eval.protocol='centroid' is not known; use one "
-      r'of linear, knn, linear_sgd, finetune',
+      r'of linear, knn, mlp, linear_sgd, finetune',
   ):
     config_validation.validate_config(config, num_devices=1)
 

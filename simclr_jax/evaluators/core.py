@@ -18,6 +18,7 @@ from simclr_jax import linear_classifier
 EVALUATORS = {
     'linear': 'simclr_jax.evaluators.linear:LinearEvaluator',
     'knn': 'simclr_jax.evaluators.knn:KnnEvaluator',
+    'mlp': 'simclr_jax.evaluators.mlp:MlpEvaluator',
     'linear_sgd': 'simclr_jax.evaluators.finetune:LinearSgdEvaluator',
     'finetune': 'simclr_jax.evaluators.finetune:FinetuneEvaluator',
 }
