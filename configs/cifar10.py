@@ -116,6 +116,7 @@ def get_config():
   config.eval.max_iterations = 1000  # L-BFGS iterations of the linear classifier.
   config.eval.knn_k = 200  # Neighbours that vote in kNN.
   config.eval.knn_temperature = 0.1  # A neighbour's vote weighs exp(similarity / temperature).
+  config.eval.pca_dim = 0  # If > 0, linear and MLP probes see the top principal components.
   # The MLP probe (eval.protocol=mlp): standardised h -> hidden ReLU layer -> classes, Adam.
   config.eval.mlp_hidden_dim = 512  # Hidden units.
   config.eval.mlp_epochs = 20  # Epochs over the train features.

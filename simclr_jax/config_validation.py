@@ -221,6 +221,10 @@ def _validate_eval_config(config, num_devices):
       ev.max_examples >= 0, f'config.eval.max_examples={ev.max_examples} must be >= 0 (0 = all).'
   )
   _require(
+      isinstance(ev.pca_dim, int) and ev.pca_dim >= 0,
+      f'config.eval.pca_dim={ev.pca_dim!r} must be an integer >= 0 (0 = no PCA).',
+  )
+  _require(
       ev.linear_protocol in LINEAR_PROTOCOLS,
       f'config.eval.linear_protocol={ev.linear_protocol!r} is not known; use one of '
       f'{LINEAR_PROTOCOLS}.',

@@ -89,3 +89,26 @@ def test_bad_mlp_settings_are_named(key, value):
 
   with pytest.raises(ValueError, match=rf'config.eval.{key}={value!r} must be'):
     config_validation.validate_config(config, num_devices=1)
+
+
+def test_pca_option_projects_on_the_train_features_principal_components():
+  rng = np.random.default_rng(2)
+  # Variance 9, 4 and 0.01 along three random orthogonal directions, plus an offset.
+  basis = np.linalg.qr(rng.normal(size=(5, 5)))[0][:, :3]
+  train_x = (rng.normal(size=(300, 3)) * [3.0, 2.0, 0.1]) @ basis.T + 7.0
+  eval_x = rng.normal(size=(20, 5))
+  config = _config(pca_dim=2)
+  (train_p, _), (eval_p, _) = evaluators.core.pca_reduced(
+      config, (train_x, np.zeros(300)), (eval_x, np.zeros(20))
+  )
+  # numpy's eigenvectors of the train covariance, largest first, up to sign.
+  centred = train_x - train_x.mean(0)
+  values, vectors = np.linalg.eigh(centred.T @ centred)
+  top = vectors[:, ::-1][:, :2]
+  expected = (eval_x - train_x.mean(0)) @ top
+  signs = np.sign(np.sum(eval_p * expected, axis=0))
+  np.testing.assert_allclose(eval_p * signs, expected, rtol=1e-4, atol=1e-5)
+  assert train_p.shape == (300, 2)
+  # Off by default: features unchanged.
+  (same, _), _ = evaluators.core.pca_reduced(_config(), (train_x, None), (eval_x, None))
+  assert same is train_x

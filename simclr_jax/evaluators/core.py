@@ -12,6 +12,8 @@ with a subclass of either and one entry in EVALUATORS.
 import abc
 import importlib
 
+import numpy as np
+
 from simclr_jax import linear_classifier
 
 # name -> 'module:class'.
@@ -102,6 +104,21 @@ def score(name: str, config, train, evaluation, num_classes: int) -> dict:
   """Evaluator `name`'s settings and metrics on (features, labels) of both splits."""
   evaluator = get(name)
   return {**evaluator.settings(config), **evaluator.run(config, train, evaluation, num_classes)}
+
+
+def pca_reduced(config, train, evaluation):
+  """(train, evaluation) with features projected on the config.eval.pca_dim principal
+  components of the train features (centred on their mean); unchanged when pca_dim is 0."""
+  dim = config.eval.pca_dim
+  if not dim:
+    return train, evaluation
+  x = np.asarray(train[0], np.float64)
+  mean = x.mean(axis=0)
+  # Rows of vt: the principal directions, by decreasing variance.
+  _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+  basis = vt[:dim].T
+  project = lambda f: ((np.asarray(f, np.float64) - mean) @ basis).astype(np.float32)
+  return (project(train[0]), train[1]), (project(evaluation[0]), evaluation[1])
 
 
 def accuracies(scores, labels, num_classes):

@@ -39,6 +39,7 @@ class LinearEvaluator(core.Evaluator):
       raise ValueError(f'config.eval.max_iterations={ev.max_iterations} must be >= 1.')
 
   def run(self, config, train, evaluation, num_classes):
+    train, evaluation = core.pca_reduced(config, train, evaluation)
     scores, info = linear_probe_scores(config, train, evaluation[0], num_classes)
     return {
         'l2': info['l2'],

@@ -101,6 +101,7 @@ class MlpEvaluator(core.Evaluator):
 
   def run(self, config, train, evaluation, num_classes):
     ev = config.eval
+    train, evaluation = core.pca_reduced(config, train, evaluation)
     params, mean, scale = fit(
         *train,
         num_classes,
