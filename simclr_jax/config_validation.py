@@ -12,7 +12,7 @@ def _require(ok: bool, message: str):
     raise ValueError(message)
 
 
-MODES = ('pretrain', 'evaluate', 'linear_eval', 'knn_eval', 'finetune')
+MODES = ('pretrain', 'evaluate', *evaluators.LEGACY_MODES)
 EVAL_ENCODERS = ('pretrained', 'random', 'pixels')
 LINEAR_PROTOCOLS = ('lbfgs', 'sgd')
 COLOR_JITTER_IMPLS = ('simclrv2', 'simclrv1')

@@ -19,7 +19,7 @@ from simclr_jax import models
 from simclr_jax.models import resnet
 from simclr_jax.core import optim
 from simclr_jax.core import train_state
-from simclr_jax.methods import simclr
+from simclr_jax import methods
 from simclr_jax.evaluators import features
 from simclr_jax.core.sharding import batch_sharded, create_mesh, replicated
 
@@ -56,23 +56,12 @@ def abstract(tree, sharding):
 
 def pretrain_program(config, mesh):
   """(jitted train step, abstract args) as train.train_and_evaluate builds them."""
-  model = models.create_model(
-      config.model,
-      image_size=SIZE,
-      num_classes=10,
-      dtype=models.DTYPES[config.dtype],
-      remat=config.remat,
-  )
+  method = methods.get(config)
+  model = method.create_model(10)
   schedule = optim.learning_rate_schedule(config, 1000, 10)
-  tx = simclr.create_optimizer(config, schedule)
-  state = jax.eval_shape(
-      functools.partial(train_state.init_train_state, model, tx, jax.random.PRNGKey(0), SIZE)
-  )
-  augment = None
+  tx = method.create_optimizer(schedule)
+  state = jax.eval_shape(functools.partial(method.init_state, model, tx, jax.random.PRNGKey(0)))
   if config.augment_on_device:
-    augment = functools.partial(
-        simclr.augment_batch, config_augment=config.augment, image_size=SIZE, mesh=mesh
-    )
     batch = {
         'image': jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.uint8),
         'seed': jax.ShapeDtypeStruct((BATCH, 2), jnp.uint32),
@@ -80,16 +69,7 @@ def pretrain_program(config, mesh):
   else:
     batch = {'views': jax.ShapeDtypeStruct((BATCH, 2, SIZE, SIZE, 3), jnp.float32)}
   batch['label'] = jax.ShapeDtypeStruct((BATCH,), jnp.int32)
-  step = simclr.make_train_step(
-      model,
-      tx,
-      schedule,
-      config.temperature,
-      mesh,
-      config.contrastive_chunk_size,
-      augment,
-      config.weight_decay,
-  )
+  step = method.make_train_step(model, tx, schedule, mesh)
   return step, (abstract(state, replicated(mesh)), abstract(batch, batch_sharded(mesh)))
 
 

@@ -3,6 +3,7 @@ share (features.py), periodic evaluation in pretraining (monitor.py), eval_resul
 (results.py)."""
 
 from simclr_jax.evaluators.core import EVALUATORS
+from simclr_jax.evaluators.core import LEGACY_MODES
 from simclr_jax.evaluators.core import Evaluator
 from simclr_jax.evaluators.core import TrainingEvaluator
 from simclr_jax.evaluators.core import accuracies
@@ -15,6 +16,7 @@ from simclr_jax.evaluators.core import trains
 
 __all__ = [
     'EVALUATORS',
+    'LEGACY_MODES',
     'Evaluator',
     'TrainingEvaluator',
     'accuracies',
