@@ -37,6 +37,9 @@ def get_config():
 
   # Augmentation (SimCLR appendix A; every parameter of the reference is a knob here).
   config.augment = ml_collections.ConfigDict()
+  # 'simclr': the paper's views, the keys below; 'weak': a down-scaled CIFAR-10 study's
+  # policy, the keys of config.augment.weak (simclr_jax/augment.py, weak_view).
+  config.augment.policy = 'simclr'
   config.augment.crop_area_min = 0.08  # Random resized crop: smallest area fraction.
   config.augment.crop_area_max = 1.0  # Random resized crop: largest area fraction.
   config.augment.aspect_ratio_min = 3 / 4  # Random resized crop: smallest width/height ratio.
@@ -51,6 +54,19 @@ def get_config():
   config.augment.blur_prob = 0.0  # Probability of Gaussian blur (0 = off, as for CIFAR).
   config.augment.blur_sigma_min = 0.1  # Gaussian blur: smallest sigma (pixels).
   config.augment.blur_sigma_max = 2.0  # Gaussian blur: largest sigma (pixels).
+  # The weak policy: per view, with p crop_branch_prob a crop resized back and a flip, else
+  # a flip and a colour jitter (torchvision ColorJitter's brightness/contrast/saturation/hue).
+  config.augment.weak = ml_collections.ConfigDict()
+  config.augment.weak.crop_branch_prob = 0.5  # Probability of the crop branch.
+  config.augment.weak.crop_area_min = 0.7  # Crop area fraction ~ U[min, max].
+  config.augment.weak.crop_area_max = 1.0
+  config.augment.weak.aspect_ratio_min = 0.8  # Crop width/height ~ U[min, max].
+  config.augment.weak.aspect_ratio_max = 1.2
+  config.augment.weak.flip_prob = 0.3  # Probability of a horizontal flip (either branch).
+  config.augment.weak.brightness = 0.1  # Brightness factor ~ U[1 - x, 1 + x].
+  config.augment.weak.contrast = 0.1  # Contrast factor ~ U[1 - x, 1 + x].
+  config.augment.weak.saturation = 0.1  # Saturation factor ~ U[1 - x, 1 + x].
+  config.augment.weak.hue = 0.05  # Hue shift ~ U[-x, x] (fraction of the colour circle).
   # Pretraining views made on the accelerator in the train step (simclr_jax/augment_jax.py,
   # same distribution) while tf.data only decodes; needs images of one size.
   config.augment_on_device = False

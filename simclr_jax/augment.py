@@ -82,28 +82,35 @@ def random_permutation(seed, n):
   return tf.argsort(tf.random.stateless_uniform([n], seed))
 
 
-def sample_color_jitter(seed, strength, impl='simclrv2'):
-  """The random draws of `color_jitter`: its order of ops and their parameters.
+def jitter_ranges(strength, impl='simclrv2'):
+  """SimCLR's (low, high) draws of brightness, contrast, saturation and hue for `strength`.
 
   Brightness is U[max(0, 1 - b), 1 + b] (a factor, simclrv2) or U[-b, b] (an offset,
   simclrv1), contrast and saturation factors U[max(0, 1 - c), 1 + c], hue delta U[-h, h],
-  with b = c = 0.8 * strength and h = 0.2 * strength. The same seeds and ranges as
-  tf.image.stateless_random_{brightness, contrast, saturation, hue} would draw.
-
-  Returns:
-    (order, params): an int32 [4] uniformly random permutation, step i applying op
-    order[i] of (brightness, contrast, saturation, hue); float32 [4], their parameters.
+  with b = c = 0.8 * strength and h = 0.2 * strength.
   """
   b = c = s = 0.8 * strength
   h = min(0.2 * strength, 0.5)  # TF's limit; a +-0.5 shift spans the hue circle.
-  perm_seed, *op_seeds = _split(seed, _NUM_JITTER_OPS + 1)
   # Factors are clamped at 0 as TF's random contrast/saturation require (only for s > 1.25).
-  ranges = (
+  return (
       augment_jax.brightness_range(b, impl),
       (max(0.0, 1 - c), 1 + c),
       (max(0.0, 1 - s), 1 + s),
       (-h, h),
   )
+
+
+def sample_jitter(seed, ranges):
+  """The random draws of a colour jitter: its order of ops and their parameters.
+
+  Each parameter is uniform in its (low, high) of `ranges`, drawn with the same seeds as
+  tf.image.stateless_random_{brightness, contrast, saturation, hue} would.
+
+  Returns:
+    (order, params): an int32 [4] uniformly random permutation, step i applying op
+    order[i] of (brightness, contrast, saturation, hue); float32 [4], their parameters.
+  """
+  perm_seed, *op_seeds = _split(seed, _NUM_JITTER_OPS + 1)
   params = tf.stack(
       [
           tf.random.stateless_uniform([], op_seed, minval=low, maxval=high)
@@ -113,15 +120,16 @@ def sample_color_jitter(seed, strength, impl='simclrv2'):
   return random_permutation(perm_seed, _NUM_JITTER_OPS), params
 
 
-def color_jitter(image, seed, strength, impl='simclrv2'):
-  """Brightness, contrast, saturation (0.8s) and hue (0.2s) in random order.
+def sample_color_jitter(seed, strength, impl='simclrv2'):
+  """`sample_jitter` with SimCLR's ranges for `strength` (see `jitter_ranges`)."""
+  return sample_jitter(seed, jitter_ranges(strength, impl))
 
-  The image is clipped to [0, 1] after each op. `impl` picks the brightness op of the
-  reference's `color_jitter_rand`: 'simclrv2' multiplies, 'simclrv1' adds.
+
+def apply_jitter(image, order, params, impl='simclrv2'):
+  """Applies the ops of `sample_jitter` in `order`, clipping to [0, 1] after each.
+
+  `impl` picks the brightness op: 'simclrv2' multiplies by params[0], 'simclrv1' adds it.
   """
-  if strength <= 0:
-    return image  # Every op would be the identity; the official code skips them.
-  order, params = sample_color_jitter(seed, strength, impl)
   ops = (
       lambda x: adjust_brightness(x, params[0], impl),
       lambda x: tf.image.adjust_contrast(x, params[1]),
@@ -134,6 +142,18 @@ def color_jitter(image, seed, strength, impl='simclrv2'):
     image = tf.switch_case(order[i], [lambda op=op: op(image) for op in ops])
     image = tf.clip_by_value(image, 0.0, 1.0)
   return image
+
+
+def color_jitter(image, seed, strength, impl='simclrv2'):
+  """Brightness, contrast, saturation (0.8s) and hue (0.2s) in random order.
+
+  The image is clipped to [0, 1] after each op. `impl` picks the brightness op of the
+  reference's `color_jitter_rand`: 'simclrv2' multiplies, 'simclrv1' adds.
+  """
+  if strength <= 0:
+    return image  # Every op would be the identity; the official code skips them.
+  order, params = sample_color_jitter(seed, strength, impl)
+  return apply_jitter(image, order, params, impl)
 
 
 def to_grayscale(image):
@@ -179,7 +199,7 @@ def random_gaussian_blur(image, seed, prob=0.5, sigma_min=0.1, sigma_max=2.0):
   return _random_apply(blur, image, seed, prob)
 
 
-def pretrain_view(image, seed, config_augment, size):
+def simclr_view(image, seed, config_augment, size):
   """One SimCLR view: crop -> flip -> colour distortion -> blur -> clip to [0, 1].
 
   Args:
@@ -214,6 +234,122 @@ def pretrain_view(image, seed, config_augment, size):
     image = random_gaussian_blur(image, blur_seed, c.blur_prob, c.blur_sigma_min, c.blur_sigma_max)
   image = tf.clip_by_value(image, 0.0, 1.0)
   return tf.ensure_shape(image, [size, size, 3])
+
+
+def sample_weak_crop_window(image_shape, seed, area_range, aspect_ratio_range, attempts=10):
+  """The weak policy's crop window: area U[area_range], width/height U[aspect_ratio_range].
+
+  Up to `attempts` (area, ratio) draws; the first whose rounded height and width fit the
+  image is taken, at a uniformly random position. If none fits, the centred crop of the
+  largest size whose ratio is clamped into the range. The area is not bounded below by
+  `min_object_covered` and is uniform, unlike `sample_crop_window`'s.
+
+  Returns:
+    (begin, size), each int32 [3], for tf.slice.
+  """
+  area_seed, ratio_seed, top_seed, left_seed = _split(seed, 4)
+  height, width = image_shape[0], image_shape[1]
+  h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  areas = h_f * w_f * tf.random.stateless_uniform([attempts], area_seed, *area_range)
+  ratios = tf.random.stateless_uniform([attempts], ratio_seed, *aspect_ratio_range)
+  widths = tf.cast(tf.round(tf.sqrt(areas * ratios)), tf.int32)
+  heights = tf.cast(tf.round(tf.sqrt(areas / ratios)), tf.int32)
+  fits = (widths >= 1) & (widths <= width) & (heights >= 1) & (heights <= height)
+  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+  low, high = aspect_ratio_range
+  # Clamping the ratio shrinks one side only, so the fallback always fits.
+  fallback_w = tf.where(w_f / h_f > high, tf.cast(tf.round(h_f * high), tf.int32), width)
+  fallback_h = tf.where(w_f / h_f < low, tf.cast(tf.round(w_f / low), tf.int32), height)
+  found = tf.reduce_any(fits)
+  crop_h = tf.where(found, heights[first], fallback_h)
+  crop_w = tf.where(found, widths[first], fallback_w)
+  top = tf.where(
+      found,
+      tf.random.stateless_uniform([], top_seed, 0, height - crop_h + 1, dtype=tf.int32),
+      (height - crop_h) // 2,
+  )
+  left = tf.where(
+      found,
+      tf.random.stateless_uniform([], left_seed, 0, width - crop_w + 1, dtype=tf.int32),
+      (width - crop_w) // 2,
+  )
+  return tf.stack([top, left, 0]), tf.stack([crop_h, crop_w, -1])
+
+
+def _resize_bilinear(image, size):
+  """Bilinear (antialiased) resize to size x size: the identity on a size x size image."""
+  image = tf.image.resize(image[None], [size, size], method='bilinear', antialias=True)[0]
+  return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def weak_jitter_ranges(config_weak):
+  """The weak policy's jitter draws: factors U[1 - x, 1 + x] and a hue shift U[-h, h]."""
+  w = config_weak
+  return tuple((max(0.0, 1 - x), 1 + x) for x in (w.brightness, w.contrast, w.saturation)) + (
+      (-w.hue, w.hue),
+  )
+
+
+def sample_weak_view(seed, image_shape, config_weak):
+  """The random draws of `weak_view`.
+
+  Returns:
+    {'crop': scalar bool, the crop branch is taken; 'flip': scalar bool; 'begin', 'size':
+    the crop window (`sample_weak_crop_window`); 'order', 'params': the colour jitter's
+    (`sample_jitter` with `weak_jitter_ranges`)}. The window and the jitter are drawn in
+    both branches and used in one.
+  """
+  w = config_weak
+  branch_seed, flip_seed, crop_seed, jitter_seed = _split(seed, 4)
+  begin, size = sample_weak_crop_window(
+      image_shape,
+      crop_seed,
+      (w.crop_area_min, w.crop_area_max),
+      (w.aspect_ratio_min, w.aspect_ratio_max),
+  )
+  order, params = sample_jitter(jitter_seed, weak_jitter_ranges(w))
+  return {
+      'crop': _coin(branch_seed, w.crop_branch_prob),
+      'flip': _coin(flip_seed, w.flip_prob),
+      'begin': begin,
+      'size': size,
+      'order': order,
+      'params': params,
+  }
+
+
+def weak_view(image, seed, config_augment, size):
+  """One view of the down-scaled study's weak policy (config.augment.policy='weak').
+
+  With p=crop_branch_prob, a crop (`sample_weak_crop_window`) resized bilinearly to the
+  output size, then a flip; else a flip, then a colour jitter (`weak_jitter_ranges`, the
+  ops in random order, multiplicative brightness). Each flip has p=flip_prob. The knobs
+  are config.augment.weak.
+
+  Returns:
+    float32 [size, size, 3] in [0, 1].
+  """
+  draws = sample_weak_view(seed, tf.shape(image), config_augment.weak)
+
+  def flipped(x):
+    return tf.cond(draws['flip'], lambda: tf.image.flip_left_right(x), lambda: x)
+
+  def crop_branch():
+    return flipped(_resize_bilinear(tf.slice(image, draws['begin'], draws['size']), size))
+
+  def jitter_branch():
+    return apply_jitter(flipped(_resize_bilinear(image, size)), draws['order'], draws['params'])
+
+  return tf.ensure_shape(tf.cond(draws['crop'], crop_branch, jitter_branch), [size, size, 3])
+
+
+POLICIES = {'simclr': simclr_view, 'weak': weak_view}
+
+
+def pretrain_view(image, seed, config_augment, size):
+  """One pretraining view of the policy config_augment.policy (see POLICIES)."""
+  # A config.json saved before augment.policy existed was trained with SimCLR's.
+  return POLICIES[config_augment.get('policy', 'simclr')](image, seed, config_augment, size)
 
 
 def crop_flip_view(image, seed, config_augment, size):

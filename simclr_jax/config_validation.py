@@ -1,5 +1,6 @@
 """Checks a config before any expensive work, with messages that name the value and the fix."""
 
+from simclr_jax import augment
 from simclr_jax import evaluators
 from simclr_jax import methods
 from simclr_jax import models
@@ -26,6 +27,24 @@ def trains_classifier(config) -> bool:
       and protocol in evaluators.EVALUATORS
       and evaluators.trains(protocol)
   )
+
+
+def _validate_weak_policy(weak):
+  for name in ('crop_branch_prob', 'flip_prob'):
+    _require(0 <= weak[name] <= 1, f'config.augment.weak.{name}={weak[name]} must be in [0, 1].')
+  _require(
+      0 < weak.crop_area_min <= weak.crop_area_max <= 1,
+      f'config.augment.weak.crop_area_min={weak.crop_area_min} and crop_area_max='
+      f'{weak.crop_area_max} must satisfy 0 < min <= max <= 1 (the study: 0.7, 1.0).',
+  )
+  _require(
+      0 < weak.aspect_ratio_min <= weak.aspect_ratio_max,
+      f'config.augment.weak.aspect_ratio_min={weak.aspect_ratio_min} and aspect_ratio_max='
+      f'{weak.aspect_ratio_max} must satisfy 0 < min <= max (the study: 0.8, 1.2).',
+  )
+  for name in ('brightness', 'contrast', 'saturation'):
+    _require(weak[name] >= 0, f'config.augment.weak.{name}={weak[name]} must be >= 0.')
+  _require(0 <= weak.hue <= 0.5, f'config.augment.weak.hue={weak.hue} must be in [0, 0.5].')
 
 
 def validate_config(config, *, num_devices: int, num_processes: int = 1):
@@ -108,6 +127,17 @@ def validate_config(config, *, num_devices: int, num_processes: int = 1):
   )
 
   aug = config.augment
+  _require(
+      aug.policy in augment.POLICIES,
+      f'config.augment.policy={aug.policy!r} is not known; use one of '
+      f'{", ".join(augment.POLICIES)}.',
+  )
+  _require(
+      aug.policy == 'simclr' or not config.augment_on_device,
+      f'config.augment.policy={aug.policy!r} runs in tf.data only; set '
+      '--config.augment_on_device=false (or use the simclr policy).',
+  )
+  _validate_weak_policy(aug.weak)
   for name in ('flip_prob', 'color_jitter_prob', 'grayscale_prob', 'blur_prob'):
     _require(0 <= aug[name] <= 1, f'config.augment.{name}={aug[name]} must be in [0, 1].')
   _require(

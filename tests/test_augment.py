@@ -128,6 +128,114 @@ def test_crop_area_statistics():
   assert abs(area.mean() - expected) < 4 * standard_error
 
 
+def _naive_weak_windows(height, width, n, rng, area_range=(0.7, 1.0), ratio_range=(0.8, 1.2)):
+  """The weak crop's sampling as a plain loop: [n, 4] (top, left, crop height, crop width)."""
+  windows = []
+  for _ in range(n):
+    for _ in range(10):
+      area = height * width * rng.uniform(*area_range)
+      ratio = rng.uniform(*ratio_range)
+      w, h = int(round(np.sqrt(area * ratio))), int(round(np.sqrt(area / ratio)))
+      if 0 < w <= width and 0 < h <= height:
+        windows.append((rng.integers(0, height - h + 1), rng.integers(0, width - w + 1), h, w))
+        break
+    else:  # Centred, with the image's ratio clamped into the range.
+      w, h = width, height
+      if width / height > ratio_range[1]:
+        w = int(round(height * ratio_range[1]))
+      elif width / height < ratio_range[0]:
+        h = int(round(width / ratio_range[0]))
+      windows.append(((height - h) // 2, (width - w) // 2, h, w))
+  return np.array(windows, np.float64)
+
+
+@pytest.mark.parametrize('height,width', [(32, 32), (24, 36)])
+def test_weak_crop_window_matches_a_naive_sampler(height, width):
+  n = 3000
+
+  def window(seed):
+    begin, size = augment.sample_weak_crop_window(
+        tf.constant([height, width, 3]), seed, (0.7, 1.0), (0.8, 1.2)
+    )
+    return tf.concat([begin[:2], size[:2]], 0)
+
+  ours = _map_seeds(window, n, tf.int32).astype(np.float64)
+  naive = _naive_weak_windows(height, width, 20000, np.random.default_rng(0))
+  area, naive_area = (w[:, 2] * w[:, 3] / (height * width) for w in (ours, naive))
+  aspect, naive_aspect = (w[:, 3] / w[:, 2] for w in (ours, naive))
+  assert area.min() >= 0.7 * (1 - 2 / min(height, width)) and area.max() <= 1.0
+  # The last attempts' failures leave a few fallback windows: the largest centred crop.
+  for values, reference in ((area, naive_area), (aspect, naive_aspect)):
+    # Two-sample KS at p = 1e-3 tells CDFs ~0.035 apart (e.g. TF's sampler, whose height,
+    # not area, is uniform); the seeds are fixed, so the outcome is deterministic.
+    assert stats.ks_2samp(values, reference).pvalue > 1e-3
+  # Positions: uniform over the free rows and columns (mean of the free fraction 1/2).
+  free = ours[:, 2] < height
+  position = ours[free, 0] / (height - ours[free, 2])
+  assert abs(position.mean() - 0.5) < 4 * 0.29 / np.sqrt(free.sum())
+
+
+def test_weak_crop_window_falls_back_to_a_centred_crop():
+  # At 20 x 60 no area >= 0.7 fits with a ratio <= 1.2: the centred 20 x 24 crop is taken.
+  for seed in range(5):
+    begin, size = augment.sample_weak_crop_window(
+        tf.constant([20, 60, 3]), _seed(seed), (0.7, 1.0), (0.8, 1.2)
+    )
+    np.testing.assert_array_equal(begin.numpy(), [0, 18, 0])
+    np.testing.assert_array_equal(size.numpy()[:2], [20, 24])
+
+
+def test_weak_view_applies_its_draws_as_the_policy_says(aug_config):
+  # Each view against its draws applied by hand: crop -> resize -> flip, or flip -> jitter.
+  n = 1000
+  weak = aug_config.weak
+  image = _image(32, 32)
+
+  def view_and_draws(seed):
+    draws = augment.sample_weak_view(seed, tf.shape(image), weak)
+    view = augment.weak_view(image, seed, aug_config, 32)
+    return (
+        view,
+        draws['crop'],
+        draws['flip'],
+        draws['begin'],
+        draws['size'],
+        draws['order'],
+        draws['params'],
+    )
+
+  views, crop, flip, begin, size, order, params = _map_seeds(
+      view_and_draws, n, (tf.float32, tf.bool, tf.bool, tf.int32, tf.int32, tf.int32, tf.float32)
+  )
+  for i in range(100):
+    if crop[i]:
+      (y, x, _), (h, w, _) = begin[i], size[i]
+      expected = tf.image.resize(
+          image[None, y : y + h, x : x + w], [32, 32], method='bilinear', antialias=True
+      )[0].numpy()
+      expected = expected[:, ::-1] if flip[i] else expected
+    else:
+      flipped = image.numpy()[:, ::-1] if flip[i] else image.numpy()
+      expected = reference_jitter(flipped, order[i], params[i], 'simclrv2')
+    np.testing.assert_allclose(views[i], np.clip(expected, 0, 1), rtol=0, atol=1e-5)
+  for count, prob in ((crop.sum(), 0.5), (flip.sum(), 0.3), ((crop & flip).sum(), 0.15)):
+    # Within 4.5 binomial standard deviations: a wrong rate of 0.5 vs 0.3 is ~14 away.
+    assert abs(count - n * prob) < 4.5 * np.sqrt(n * prob * (1 - prob)), (prob, count / n)
+  ranges = [(0.9, 1.1), (0.9, 1.1), (0.9, 1.1), (-0.05, 0.05)]
+  for values, (low, high) in zip(params.T, ranges):
+    assert low <= values.min() and values.max() <= high
+    assert stats.kstest(values, stats.uniform(low, high - low).cdf).pvalue > 1e-3, (low, high)
+
+
+def test_pretrain_view_follows_the_configured_policy(aug_config):
+  image = _image(32, 32)
+  simclr = augment.pretrain_view(image, _seed(4), aug_config, 32).numpy()
+  aug_config.policy = 'weak'
+  weak = augment.pretrain_view(image, _seed(4), aug_config, 32).numpy()
+  np.testing.assert_array_equal(weak, augment.weak_view(image, _seed(4), aug_config, 32).numpy())
+  assert np.abs(weak - simclr).mean() > 1e-2
+
+
 def test_crop_takes_the_sampled_window():
   # Pixel values encode their coordinates, so the crop's content shows where it came from.
   height, width = 20, 24

@@ -21,6 +21,13 @@ from simclr_jax import train
         ('augment.grayscale_prob', 1.5, r'config.augment.grayscale_prob=1.5 must be in \[0, 1\]'),
         ('augment.crop_area_min', 0.0, r'config.augment.crop_area_min=0.0 and crop_area_max=1.0'),
         ('image_size', 4, r'config.image_size=4 must be an integer >= 8'),
+        ('augment.policy', 'strong', r"config.augment.policy='strong' is not known; use one of"),
+        ('augment.weak.hue', 0.6, r'config.augment.weak.hue=0.6 must be in \[0, 0.5\]'),
+        (
+            'augment.weak.aspect_ratio_min',
+            1.5,
+            r'config.augment.weak.aspect_ratio_min=1.5 and aspect_ratio_max=1.2',
+        ),
         (
             'dataset',
             '/nonexistent/cifar',
@@ -39,6 +46,16 @@ def test_bad_config_fails_before_any_work(cifar_config, tmp_path, field, value, 
   with pytest.raises(ValueError, match=message):
     train.train_and_evaluate(cifar_config, str(workdir))
   assert not workdir.exists()  # Nothing was written, so nothing was compiled either.
+
+
+def test_weak_policy_is_refused_on_device(cifar_config):
+  cifar_config.augment.policy = 'weak'
+  config_validation.validate_config(cifar_config, num_devices=1)
+  cifar_config.augment_on_device = True
+  with pytest.raises(
+      ValueError, match=r"policy='weak' runs in tf.data only; set --config.augment_on_device=false"
+  ):
+    config_validation.validate_config(cifar_config, num_devices=1)
 
 
 def test_batch_not_divisible_by_device_count(cifar_config):

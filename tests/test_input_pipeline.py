@@ -194,6 +194,16 @@ def test_batches_have_shapes_dtypes_and_labels(image_folder):
     np.testing.assert_array_equal(batch['label'], _LABEL_OF_ID[ids[:, 0]])
 
 
+def test_weak_policy_makes_seeded_views(image_folder):
+  config = _config(image_folder)
+  config.augment.policy = 'weak'
+  a, b = (_batches(config, 1, local_batch_size=4)[0]['views'] for _ in range(2))
+  assert a.shape == (4, 2, SIZE, SIZE, 3) and a.dtype == np.float32
+  assert a.min() >= 0 and a.max() <= 1
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(a[:, 0] - a[:, 1]).mean() > 1e-3
+
+
 def test_each_epoch_is_a_fresh_permutation(image_folder):
   # One batch of the whole split is exactly one epoch.
   epochs = [
