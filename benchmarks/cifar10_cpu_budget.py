@@ -18,27 +18,19 @@ Writes WORKDIR/benchmark_results.json and prints a Markdown table for BENCHMARKS
 
 import json
 import os
-import platform
 import sys
-import time
 
 from absl import app
 from absl import flags
-from absl import logging
-import jax
 from ml_collections import config_flags
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from simclr_jax import evaluators
+import budget_runs
 from simclr_jax.core import huge_pages
 from simclr_jax import input_pipeline
-from simclr_jax import models
-from simclr_jax import train
-from simclr_jax.evaluators import features
-from simclr_jax.core.sharding import create_mesh
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -66,71 +58,6 @@ flags.DEFINE_list(
 )
 
 
-def _last_metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f][-1]
-
-
-def _timed_pretraining(config, workdir):
-  start = time.perf_counter()
-  train.train_and_evaluate(config, workdir)
-  return time.perf_counter() - start
-
-
-def plan_steps(config, workdir, budget_sec):
-  """Steps that fit the budget, from a calibration run of the same config."""
-  calibration = config.copy_and_resolve_references()
-  calibration.num_train_steps = FLAGS.calibration_steps
-  calibration.log_every_steps = FLAGS.calibration_steps
-  calibration.checkpoint_every_steps = FLAGS.calibration_steps
-  wall = _timed_pretraining(calibration, os.path.join(workdir, 'calibration'))
-  steps_per_sec = _last_metrics(os.path.join(workdir, 'calibration'))['steps_per_sec']
-  startup = wall - (FLAGS.calibration_steps - 1) / steps_per_sec
-  steps = int((budget_sec - startup) * steps_per_sec)
-  logging.info(
-      'Calibration: %.2f steps/s, %.0f s start-up: %d steps fit %.0f s.',
-      steps_per_sec,
-      startup,
-      steps,
-      budget_sec,
-  )
-  return steps, steps_per_sec, startup
-
-
-def evaluate_encoders(config, pretrained_workdir):
-  """{encoder: {'linear': results, 'knn': results}} for each of --encoders."""
-  info = input_pipeline.get_dataset_info(config, config.train_split)
-  mesh = create_mesh()
-  model = models.create_model(
-      config.model, image_size=config.image_size, num_classes=info.num_classes
-  )
-  results = {}
-  for encoder in FLAGS.encoders:
-    eval_config = config.copy_and_resolve_references()
-    eval_config.eval.encoder = encoder
-    eval_config.pretrained_workdir = pretrained_workdir
-    start = time.perf_counter()
-    variables, step = features.encoder_variables(eval_config, model, mesh)
-    train_set, test_set = features.embed_splits(eval_config, model, variables, mesh)
-    embed_sec = time.perf_counter() - start
-    results[encoder] = {
-        'checkpoint_step': step,
-        'feature_dim': int(train_set[0].shape[1]),
-        'num_train_examples': len(train_set[1]),
-        'num_eval_examples': len(test_set[1]),
-        'embed_sec': embed_sec,
-        'linear': evaluators.score('linear', eval_config, train_set, test_set, info.num_classes),
-        'knn': evaluators.score('knn', eval_config, train_set, test_set, info.num_classes),
-    }
-    logging.info(
-        '%s: linear %.2f%%, kNN %.2f%%',
-        encoder,
-        100 * results[encoder]['linear']['top1'],
-        100 * results[encoder]['knn']['top1'],
-    )
-  return results
-
-
 def main(argv):
   del argv
   config = FLAGS.config
@@ -140,20 +67,16 @@ def main(argv):
   config.eval.max_examples = FLAGS.eval_max_examples
   os.makedirs(FLAGS.workdir, exist_ok=True)
   budget_sec = 60 * FLAGS.budget_minutes
-  steps, steps_per_sec, startup = plan_steps(config, FLAGS.workdir, budget_sec)
-  if steps < 1:
-    raise ValueError(
-        f'The budget of {FLAGS.budget_minutes} minutes fits no step '
-        f'(start-up {startup:.0f} s); raise --budget_minutes.'
-    )
+  steps, steps_per_sec, _ = budget_runs.plan_steps(
+      config, FLAGS.workdir, budget_sec, FLAGS.calibration_steps
+  )
   config.num_train_steps = steps
   pretrain_dir = os.path.join(FLAGS.workdir, 'pretrain')
-  pretrain_sec = _timed_pretraining(config, pretrain_dir)
-  final = _last_metrics(pretrain_dir)
+  pretrain_sec, _ = budget_runs.timed_pretraining(config, pretrain_dir)
+  final = budget_runs.last_metrics(pretrain_dir)
   info = input_pipeline.get_dataset_info(config, config.train_split)
   results = {
-      'machine': f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, '
-      f'{jax.devices()[0].device_kind} x{jax.device_count()}',
+      'machine': budget_runs.machine(),
       'config': os.path.relpath(config_flags.get_config_filename(FLAGS['config']), REPO_ROOT),
       'config_values': config.to_dict(),
       'dataset': config.dataset,
@@ -167,7 +90,10 @@ def main(argv):
       'calibrated_steps_per_sec': steps_per_sec,
       'final_contrastive_loss': final['contrastive_loss'],
       'final_probe_accuracy': final.get('probe_accuracy'),
-      'encoders': evaluate_encoders(config, pretrain_dir),
+      'encoders': {
+          encoder: budget_runs.evaluate_encoder(config, pretrain_dir, encoder, ['linear', 'knn'])
+          for encoder in FLAGS.encoders
+      },
   }
   with open(os.path.join(FLAGS.workdir, 'benchmark_results.json'), 'w') as f:
     json.dump(results, f, indent=2)

@@ -124,3 +124,21 @@ def test_imagenet_vit_config_is_the_moco_v3_vit_recipe():
       config.image_size,
   ) == ('vit_b', 16, 'adamw', 1.5e-4, 'linear', 0.1, 40.0, 300, 4096, 0.2, 224)
   config_validation.validate_config(config, num_devices=8)
+
+
+def test_cifar10_vit_config_is_the_recipe_at_patch_4():
+  config = load_config('cifar10_vit')
+  assert (
+      config.model.name,
+      config.model.patch_size,
+      config.model.position_embedding,
+      config.optimizer,
+      config.learning_rate,
+      config.lr_scaling,
+      config.weight_decay,
+      config.warmup_epochs,
+      config.num_epochs,
+      config.temperature,
+      config.image_size,
+  ) == ('vit_s', 4, 'sincos', 'adamw', 1.5e-4, 'linear', 0.1, 40.0, 300, 0.2, 32)
+  config_validation.validate_config(config, num_devices=8)
