@@ -82,10 +82,14 @@ def get_config():
   # reference: a projection shortcut (1x1 conv + BN) on the first block of every stage, as in
   # google-research/simclr; torchvision: only where the shape changes (loads torchvision weights).
   config.model.shortcut = 'reference'
-  # ViT encoders (model.name vit_ti, vit_s, vit_b, vit_l: models/vit.py) read these three.
+  # ViT encoders (model.name vit_ti, vit_s, vit_b, vit_l: models/vit.py) read these five.
   config.model.patch_size = 4  # Patch side: 4 at 32x32 (64 tokens), 16 at 224x224.
   config.model.pool = 'cls'  # h: the [CLS] token (cls) or the mean of the patch tokens (gap).
   config.model.position_embedding = 'learned'  # learned | sincos (fixed 2-D, as MoCo v3).
+  # ViT dropout rate after the position embedding and every dense layer but qkv.
+  config.model.dropout = 0.0
+  # ViT stochastic depth: block i of d drops its residual branches with drop_path * i / (d - 1).
+  config.model.drop_path = 0.0
   config.model.head_layers = 3  # Projection head depth (SimCLRv2: 3; v1: 2).
   config.model.head_output_dim = 128  # Dimension of z, the projection the loss sees.
   config.model.bn_momentum = 0.9  # BatchNorm running-average momentum.

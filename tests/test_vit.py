@@ -2,6 +2,7 @@
 embedding, and SimCLR pretraining and evaluation with a small ViT through the whole stack."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -85,7 +86,14 @@ def _tiny_vit(dataset):
 
 def test_simclr_pretrains_and_evaluates_a_vit(cifar10_subset, tmp_path):
   config = _tiny_vit(cifar10_subset)
+  config.model.dropout = config.model.drop_path = 0.1
   state = train.train_and_evaluate(config, str(tmp_path / 'pretrain'))
+  # Resumed from step 2, the run draws the same dropout masks as the uninterrupted one.
+  shutil.copytree(tmp_path / 'pretrain', tmp_path / 'resumed')
+  shutil.rmtree(tmp_path / 'resumed' / 'checkpoints' / '4')
+  resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(a, b)
   assert sorted(state.params['encoder']) == sorted(
       ['patch_embedding', 'position_embedding', 'cls', 'norm'] + [f'block{i}' for i in range(1, 13)]
   )
@@ -105,6 +113,43 @@ def test_simclr_pretrains_and_evaluates_a_vit(cifar10_subset, tmp_path):
       12,
   ]
   assert models.num_encoder_parts(config.model) == 13
+
+
+def test_drop_path_zeroes_whole_examples_and_keeps_the_mean():
+  branch = jax.random.normal(jax.random.PRNGKey(1), (2000, 3, 4))
+  out = np.asarray(vit.drop_path(branch, 0.3, jax.random.PRNGKey(2)))
+  dropped = (out == 0).all((1, 2))
+  kept = np.asarray(branch)[~dropped] / 0.7
+  np.testing.assert_allclose(out[~dropped], kept, rtol=1e-6)
+  # Binomial(2000, 0.3): 4.5 standard deviations are +-92 examples (a rate of 0.25 or 0.35
+  # fails).
+  assert abs(dropped.sum() - 600) < 4.5 * np.sqrt(2000 * 0.3 * 0.7)
+
+
+def test_drop_path_rates_grow_linearly_to_the_last_block():
+  np.testing.assert_allclose(vit.drop_path_rates(0.1, 12), np.linspace(0, 0.1, 12))
+  assert vit.drop_path_rates(0.2, 1) == [0.0]
+
+
+@pytest.mark.parametrize('remat', [False, True])
+def test_dropout_and_drop_path_only_in_training(remat):
+  config = load_config('cifar10')
+  config.model.name, config.model.width_multiplier, config.model.patch_size = 'vit_ti', 0.0625, 8
+  plain = vit.build(config.model, image_size=32, dtype=jnp.float32, remat=remat)
+  config.model.dropout, config.model.drop_path = 0.2, 0.3
+  regularised = vit.build(config.model, image_size=32, dtype=jnp.float32, remat=remat)
+  images = jax.random.uniform(jax.random.PRNGKey(0), (4, 32, 32, 3))
+  params = plain.init(jax.random.PRNGKey(1), images)
+
+  def h(model, train, seed=0):
+    rngs = {'dropout': jax.random.PRNGKey(seed)}
+    return np.asarray(model.apply(params, images, train=train, rngs=rngs))
+
+  np.testing.assert_array_equal(h(regularised, False), h(plain, False))
+  np.testing.assert_array_equal(h(plain, True), h(plain, False))
+  np.testing.assert_array_equal(h(regularised, True, 3), h(regularised, True, 3))
+  assert np.abs(h(regularised, True, 3) - h(regularised, True, 4)).mean() > 1e-3
+  assert np.abs(h(regularised, True, 3) - h(plain, False)).mean() > 1e-3
 
 
 def test_imagenet_vit_config_is_the_moco_v3_vit_recipe():

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 from simclr_jax import models
 from simclr_jax.core.sharding import batch_sharded, replicated
 
+_DROPOUT_STREAM = 1  # fold_in index of the dropout keys.
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -63,3 +65,9 @@ def only_if_finite(loss, grads, new_state, state, metrics):
     finite &= jnp.all(jnp.isfinite(g))
   kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
   return kept, {**metrics, 'finite': finite}
+
+
+def step_rng(seed: int, step):
+  """The dropout key of `step`: a function of (seed, step) only, so that a resumed run draws
+  what an uninterrupted one would; a stream apart from the initialisation's PRNGKey(seed)."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), _DROPOUT_STREAM), step)

@@ -70,7 +70,7 @@ def with_pretrained(variables, pretrained):
   return out
 
 
-def finetune_step(state, batch, *, model, tx, schedule):
+def finetune_step(state, batch, *, model, tx, schedule, dropout_seed=0):
   """One SGD step of softmax cross-entropy on a global batch of labelled views."""
 
   def loss_fn(params):
@@ -79,6 +79,7 @@ def finetune_step(state, batch, *, model, tx, schedule):
         batch['image'],
         train=True,
         mutable=['batch_stats'],
+        rngs={'dropout': train_state.step_rng(dropout_seed, state.step)},
     )
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
@@ -96,9 +97,12 @@ def finetune_step(state, batch, *, model, tx, schedule):
   return train_state.only_if_finite(loss, grads, new_state, state, metrics)
 
 
-def make_finetune_step(model, tx, schedule, mesh):
+def make_finetune_step(model, tx, schedule, mesh, dropout_seed=0):
   return train_state.jit_step(
-      functools.partial(finetune_step, model=model, tx=tx, schedule=schedule), mesh
+      functools.partial(
+          finetune_step, model=model, tx=tx, schedule=schedule, dropout_seed=dropout_seed
+      ),
+      mesh,
   )
 
 
@@ -188,7 +192,7 @@ def finetune(config, workdir: str):
       config,
       workdir,
       state,
-      make_finetune_step(model, tx, schedule, mesh),
+      make_finetune_step(model, tx, schedule, mesh, config.seed),
       batches,
       manager=manager,
       batch_size=settings.batch_size,

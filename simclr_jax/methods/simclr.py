@@ -17,7 +17,16 @@ from simclr_jax.core.sharding import DATA_AXIS, batch_sharded
 
 
 def loss_and_metrics(
-    params, batch_stats, batch, *, model, temperature, mesh, chunk_size=0, weight_decay=0.0
+    params,
+    batch_stats,
+    batch,
+    *,
+    model,
+    temperature,
+    mesh,
+    chunk_size=0,
+    weight_decay=0.0,
+    dropout_rng=None,
 ):
   """NT-Xent (+ probe loss) of a batch of view pairs; returns (loss, (metrics, stats)).
 
@@ -25,13 +34,18 @@ def loss_and_metrics(
   sees all 2N images at once so BatchNorm statistics cover the global batch of both views.
   The probe's loss is its cross-entropy plus `weight_decay` * ||kernel||^2 / 2: the optimiser
   leaves the probe out of its decay, and the reference adds the probe's decay to the loss.
+  `dropout_rng` feeds the encoder's dropout and stochastic depth, if it has any.
   """
   views = batch['views']
   n = views.shape[0]
   images = views.reshape((2 * n,) + views.shape[2:])
   images = jax.lax.with_sharding_constraint(images, batch_sharded(mesh))
   out, updates = model.apply(
-      {'params': params, 'batch_stats': batch_stats}, images, train=True, mutable=['batch_stats']
+      {'params': params, 'batch_stats': batch_stats},
+      images,
+      train=True,
+      mutable=['batch_stats'],
+      rngs={} if dropout_rng is None else {'dropout': dropout_rng},
   )
   z = out['z'].reshape(n, 2, -1)
   contrastive = losses.nt_xent(z[:, 0], z[:, 1], temperature, mesh, DATA_AXIS, chunk_size)
@@ -79,10 +93,12 @@ def train_step(
     chunk_size=0,
     augment=None,
     weight_decay=0.0,
+    dropout_seed=0,
 ):
   """One optimisation step on a global batch; returns the new state and scalar metrics.
 
-  `augment`, if given, first turns the batch into views (`augment_batch`).
+  `augment`, if given, first turns the batch into views (`augment_batch`). The dropout key is
+  a function of (dropout_seed, step), so a resumed run draws what an uninterrupted one would.
   """
   if augment is not None:
     batch = augment(batch)
@@ -94,6 +110,7 @@ def train_step(
           mesh=mesh,
           chunk_size=chunk_size,
           weight_decay=weight_decay,
+          dropout_rng=train_state.step_rng(dropout_seed, state.step),
       ),
       has_aux=True,
   )
@@ -108,7 +125,15 @@ def train_step(
 
 
 def make_train_step(
-    model, tx, schedule, temperature, mesh, chunk_size=0, augment=None, weight_decay=0.0
+    model,
+    tx,
+    schedule,
+    temperature,
+    mesh,
+    chunk_size=0,
+    augment=None,
+    weight_decay=0.0,
+    dropout_seed=0,
 ):
   """jit-compiles `train_step` with the state replicated and the batch split over 'data'.
 
@@ -124,6 +149,7 @@ def make_train_step(
       chunk_size=chunk_size,
       augment=augment,
       weight_decay=weight_decay,
+      dropout_seed=dropout_seed,
   )
   return train_state.jit_step(step_fn, mesh)
 
@@ -183,4 +209,5 @@ class SimCLR(core.Method):
         config.contrastive_chunk_size,
         augment,
         config.weight_decay,
+        config.seed,
     )

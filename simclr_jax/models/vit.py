@@ -1,6 +1,6 @@
 """Vision Transformer encoders (Dosovitskiy et al. 2021): patch embedding, position embedding,
 pre-LN transformer blocks (multi-head self-attention and a GELU MLP), final LayerNorm, and the
-[CLS] token or the mean of the patch tokens as h.
+[CLS] token or the mean of the patch tokens as h; optional dropout and stochastic depth.
 
 Sizes as in the literature (width, depth, heads): ViT-Ti (192, 12, 3), ViT-S (384, 12, 6),
 ViT-B (768, 12, 12), ViT-L (1024, 24, 16); the MLP is 4x the width. Any patch size
@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -47,6 +48,9 @@ def validate(model_config):
     raise ValueError(
         f'config.model.patch_size={model_config.patch_size!r} must be an integer >= 1.'
     )
+  for name in ('dropout', 'drop_path'):
+    if not 0 <= model_config[name] < 1:
+      raise ValueError(f'config.model.{name}={model_config[name]} must be in [0, 1).')
   if model_config.pool not in POOLS:
     raise ValueError(f'config.model.pool={model_config.pool!r} is not known; use one of {POOLS}.')
   if model_config.position_embedding not in POSITION_EMBEDDINGS:
@@ -54,6 +58,19 @@ def validate(model_config):
         f'config.model.position_embedding={model_config.position_embedding!r} is not known; use '
         f'one of {POSITION_EMBEDDINGS}.'
     )
+
+
+def drop_path(branch, rate, rng):
+  """Stochastic depth: each example's residual branch is zeroed with probability `rate`, and
+  kept ones are scaled by 1 / (1 - rate) so that the expectation is unchanged."""
+  keep = jax.random.bernoulli(rng, 1.0 - rate, (branch.shape[0],) + (1,) * (branch.ndim - 1))
+  return jnp.where(keep, branch / (1.0 - rate), jnp.zeros_like(branch))
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+  """Block i of `depth` drops its branches with rate * i / (depth - 1): 0 for the first
+  block, `rate` for the last (Huang et al. 2016's linear rule, as DeiT)."""
+  return [rate * i / max(depth - 1, 1) for i in range(depth)]
 
 
 def sincos_position_embedding(grid: int, width: int) -> np.ndarray:
@@ -93,22 +110,37 @@ class MultiHeadSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-  """x + MHSA(LN(x)), then x + MLP(LN(x)): the pre-LN transformer block."""
+  """x + MHSA(LN(x)), then x + MLP(LN(x)): the pre-LN transformer block.
+
+  In training, dropout follows the attention's output projection and both MLP layers, and
+  each residual branch is dropped per example with rate `drop_path` (`drop_path`).
+  """
 
   heads: int
   mlp_ratio: int = 4
   dtype: Any = jnp.float32
+  dropout: float = 0.0
+  drop_path: float = 0.0
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
     width = x.shape[-1]
-    x = x + MultiHeadSelfAttention(self.heads, self.dtype, name='attention')(
+
+    def regularised(branch):
+      branch = nn.Dropout(self.dropout)(branch, deterministic=not train)
+      if train and self.drop_path > 0:
+        branch = drop_path(branch, self.drop_path, self.make_rng('dropout'))
+      return branch
+
+    y = MultiHeadSelfAttention(self.heads, self.dtype, name='attention')(
         nn.LayerNorm(dtype=self.dtype, name='norm1')(x)
     )
+    x = x + regularised(y)
     y = nn.LayerNorm(dtype=self.dtype, name='norm2')(x)
     y = nn.Dense(self.mlp_ratio * width, kernel_init=_DENSE_INIT, dtype=self.dtype, name='fc1')(y)
-    y = nn.Dense(width, kernel_init=_DENSE_INIT, dtype=self.dtype, name='fc2')(nn.gelu(y))
-    return x + y
+    y = nn.Dropout(self.dropout)(nn.gelu(y), deterministic=not train)
+    y = nn.Dense(width, kernel_init=_DENSE_INIT, dtype=self.dtype, name='fc2')(y)
+    return x + regularised(y)
 
 
 class ViT(nn.Module):
@@ -122,10 +154,11 @@ class ViT(nn.Module):
   position_embedding: str = 'learned'
   dtype: Any = jnp.float32
   remat: bool = False
+  dropout: float = 0.0
+  drop_path: float = 0.0
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    del train  # No dropout or BatchNorm.
     p = self.patch_size
     if images.shape[1] % p or images.shape[2] % p:
       raise ValueError(
@@ -153,10 +186,13 @@ class ViT(nn.Module):
     if self.pool == 'cls':
       cls = self.param('cls', nn.initializers.zeros, (1, 1, self.width))
       x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.width)).astype(x.dtype), x], 1)
-    x = x + jnp.asarray(pos, x.dtype)
-    block = nn.remat(Block) if self.remat else Block
-    for i in range(self.depth):
-      x = block(self.heads, dtype=self.dtype, name=f'block{i + 1}')(x)
+    x = nn.Dropout(self.dropout)(x + jnp.asarray(pos, x.dtype), deterministic=not train)
+    # `train` (argument 2, after the module and x) selects Python branches: static.
+    block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
+    for i, rate in enumerate(drop_path_rates(self.drop_path, self.depth)):
+      x = block(
+          self.heads, dtype=self.dtype, dropout=self.dropout, drop_path=rate, name=f'block{i + 1}'
+      )(x, train)
     x = nn.LayerNorm(dtype=self.dtype, name='norm')(x)
     return x[:, 0] if self.pool == 'cls' else jnp.mean(x, axis=1)
 
@@ -173,6 +209,9 @@ def build(model_config, *, image_size, dtype, fine_tune_after_block=-1, remat=Fa
       position_embedding=model_config.position_embedding,
       dtype=dtype,
       remat=remat,
+      # A config.json saved before these existed trained without them.
+      dropout=model_config.get('dropout', 0.0),
+      drop_path=model_config.get('drop_path', 0.0),
       name='encoder',
   )
 
