@@ -104,7 +104,9 @@ class MultiHeadSelfAttention(nn.Module):
     qkv = qkv.reshape(batch, tokens, 3, self.heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(head_dim)
-    weights = nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+    # The softmax in at least float32: bfloat16 logits would round the weights coarsely.
+    softmax_dtype = jnp.promote_types(self.dtype, jnp.float32)
+    weights = nn.softmax(logits.astype(softmax_dtype), axis=-1).astype(self.dtype)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(batch, tokens, width)
     return nn.Dense(width, kernel_init=_DENSE_INIT, dtype=self.dtype, name='proj')(out)
 
