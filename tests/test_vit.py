@@ -13,6 +13,7 @@ from conftest import load_config, tiny_config
 from simclr_jax import config_validation
 from simclr_jax import evaluate
 from simclr_jax import models
+from simclr_jax import report
 from simclr_jax import train
 from simclr_jax.models import vit
 
@@ -103,6 +104,11 @@ def test_simclr_pretrains_and_evaluates_a_vit(cifar10_subset, tmp_path):
   config.pretrained_workdir = str(tmp_path / 'pretrain')
   results = evaluate.evaluate(config, str(tmp_path / 'knn'))
   assert results['feature_dim'] == 24 and 0 <= results['top1'] <= 1
+  # The report (and the notebook, built on report.load_run) rebuild the ViT from config.json.
+  run = report.load_run(str(tmp_path / 'pretrain'), max_examples=40, max_iterations=10)
+  train_data, test_data = run.embed_splits()
+  assert train_data[0].shape == (40, 24) and test_data[0].shape == (40, 24)
+  assert 0 <= report.probe_results(run, train_data, test_data)[0]['knn']['top1'] <= 1
   # Freezing counts the embeddings (0) and the 12 blocks; the final LayerNorm goes with block 12.
   part_of = models.encoder_part_of(config.model)
   assert [part_of([n]) for n in ('patch_embedding', 'cls', 'block1', 'block12', 'norm')] == [
