@@ -1,0 +1,222 @@
+r"""Export a pretraining run's encoder (and projection head) for use without this codebase.
+
+  python -m simclr_jax.export --workdir=W --format=npz --output=PATH [--step=N]
+
+Formats:
+- npz: one numpy archive (np.load, no pickle): every array of the encoder and head under its
+  '/'-joined path ('params/encoder/stem_conv/kernel', 'batch_stats/encoder/...'), the run's
+  config as JSON in '__config__' and the checkpoint step in '__step__'.
+- msgpack: the same tree as flax.serialization's msgpack ({'params', 'batch_stats', 'config',
+  'step'}), for JAX users without Orbax.
+`load` reads either back as (variables, config); models.create_model(config.model, ...) rebuilds
+the module they belong to.
+
+Beside PATH it writes PATH.md, a model card: the architecture, the data and recipe of the run,
+its steps, and the evaluation results found in W. Nothing in W is changed; PATH is written
+atomically and not overwritten unless --overwrite.
+"""
+
+import io
+import json
+import os
+
+from absl import app
+from absl import flags
+import flax.serialization
+import jax
+import ml_collections
+import numpy as np
+
+from simclr_jax import cli_errors
+from simclr_jax.core import checkpoints
+from simclr_jax.core import run_config
+from simclr_jax.core import workdirs
+from simclr_jax.core import writers
+
+FORMATS = ('npz', 'msgpack')
+# The parts of the model a user of the encoder needs; the probe depends on the run's labels.
+EXPORTED = ('encoder', 'head')
+
+
+def exported_variables(restored) -> dict:
+  """{'params': {...}, 'batch_stats': {...}} of the EXPORTED modules, as numpy arrays."""
+  return {
+      collection: {
+          name: jax.tree.map(np.asarray, tree)
+          for name, tree in restored.get(collection, {}).items()
+          if name in EXPORTED
+      }
+      for collection in ('params', 'batch_stats')
+  }
+
+
+def _flatten(tree, prefix=''):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flatten(value, f'{prefix}{key}/')
+    else:
+      yield f'{prefix}{key}', value
+
+
+def _unflatten(flat):
+  tree = {}
+  for path, value in flat.items():
+    *parents, leaf = path.split('/')
+    node = tree
+    for name in parents:
+      node = node.setdefault(name, {})
+    node[leaf] = value
+  return tree
+
+
+def serialize(variables, config, step: int, fmt: str) -> bytes:
+  """The bytes of an export in `fmt` (see the module docstring)."""
+  config_json = config.to_json()
+  if fmt == 'npz':
+    buffer = io.BytesIO()
+    arrays = dict(_flatten(variables))
+    np.savez(buffer, __config__=np.array(config_json), __step__=np.array(step), **arrays)
+    return buffer.getvalue()
+  return flax.serialization.msgpack_serialize({**variables, 'config': config_json, 'step': step})
+
+
+def load(path: str):
+  """(variables, config, step) of an export (npz or msgpack, by the file's extension)."""
+  if path.endswith('.npz'):
+    with np.load(path) as archive:
+      flat = {k: archive[k] for k in archive.files}
+    config_json, step = str(flat.pop('__config__')), int(flat.pop('__step__'))
+    variables = _unflatten(flat)
+  else:
+    with open(path, 'rb') as f:
+      tree = flax.serialization.msgpack_restore(f.read())
+    config_json, step = tree.pop('config'), int(tree.pop('step'))
+    variables = tree
+  variables.setdefault('batch_stats', {})
+  return variables, ml_collections.ConfigDict(json.loads(config_json)), step
+
+
+def _evaluations(workdir: str) -> list[str]:
+  """Lines of the model card on what W records about the encoder's quality."""
+  lines = []
+  metrics_path = workdirs.path(workdir, 'metrics.jsonl')
+  if os.path.exists(metrics_path):
+    with open(metrics_path) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+    for name in ('contrastive_loss', 'probe_accuracy', 'knn_top1'):
+      found = [r for r in records if name in r]
+      if found:
+        lines.append(f'- {name} at step {found[-1]["step"]}: {found[-1][name]:.4f} (metrics.jsonl)')
+  report_path = workdirs.path(workdir, os.path.join('report', 'report.json'))
+  if os.path.exists(report_path):
+    with open(report_path) as f:
+      report = json.load(f)
+    for protocol in ('linear', 'knn'):
+      if protocol in report:
+        lines.append(
+            f'- {protocol} top-1 (report, step {report.get("step")}): '
+            f'{100 * report[protocol]["top1"]:.2f}%'
+        )
+  return lines or ['- none found in the workdir (run simclr_jax.report or an evaluation)']
+
+
+def model_card(workdir: str, variables, config, step: int, fmt: str, output: str) -> str:
+  """The Markdown model card written beside an export."""
+  m = config.model
+  counts = {
+      name: sum(int(np.size(x)) for x in jax.tree.leaves(tree))
+      for name, tree in variables['params'].items()
+  }
+  architecture = f'{m.name}, width multiplier {m.width_multiplier}'
+  if m.name.startswith('vit'):
+    architecture += f', patch {m.patch_size}, pool {m.pool}'
+  loader = (
+      'from simclr_jax import export, models\n'
+      f"variables, config, step = export.load('{os.path.basename(output)}')\n"
+      'model = models.create_model(config.model, image_size=config.image_size)\n'
+      "h = model.apply(variables, images, train=False, method='encode')  # [N, H, W, 3] in [0, 1]"
+  )
+  lines = [
+      f'# {m.name} encoder, {config.get("method", "simclr")} pretraining, step {step}',
+      '',
+      f'- file: `{os.path.basename(output)}` ({fmt}); exported from `{workdir}`',
+      f'- architecture: {architecture}; image size {config.image_size}',
+      '- parameters: ' + ', '.join(f'{name} {count:,}' for name, count in counts.items()),
+      f'- method: {config.get("method", "simclr")}; data: {config.dataset} '
+      f'(split {config.train_split})',
+      f'- recipe: batch {config.batch_size}, optimizer {config.optimizer}, base lr '
+      f'{config.learning_rate} ({config.lr_scaling}), weight decay {config.weight_decay}, '
+      f'temperature {config.temperature}, augmentation policy '
+      f'{config.augment.get("policy", "simclr")}, seed {config.seed}',
+      '',
+      '## Evaluations found in the workdir',
+      *_evaluations(workdir),
+      '',
+      '## Loading',
+      '```python',
+      loader,
+      '```',
+      '',
+  ]
+  return '\n'.join(lines)
+
+
+def export(workdir: str, output: str, fmt: str, step: int = -1, overwrite: bool = False) -> dict:
+  """Writes the export and its model card; returns {'output', 'model_card', 'step'}."""
+  if fmt not in FORMATS:
+    raise ValueError(f'--format={fmt!r} is not known; use one of {", ".join(FORMATS)}.')
+  if not output.endswith(f'.{fmt}'):
+    raise ValueError(f'--output={output!r} must end with .{fmt} for --format={fmt}.')
+  if os.path.exists(output) and not overwrite:
+    raise ValueError(f'{output} exists; pass --overwrite to replace it, or another --output.')
+  workdir = workdirs.absolute(workdir)
+  manager = checkpoints.read_only_manager(workdir)
+  steps = manager.all_steps()
+  if not steps:
+    raise ValueError(
+        f'No checkpoint in {workdir}/checkpoints: --workdir must be the workdir of a '
+        'pretraining run.'
+    )
+  step = max(steps) if step < 0 else step
+  if step not in steps:
+    raise ValueError(f'--step={step} is not among the checkpoints in {workdir}: {sorted(steps)}.')
+  config = run_config.load_config(workdir)
+  variables = exported_variables(checkpoints.restore_read_only(manager, step, '--step'))
+  data = serialize(variables, config, step, fmt)
+  directory = os.path.dirname(os.path.abspath(output))
+  os.makedirs(directory, exist_ok=True)
+  workdirs.require_free_space(directory, 2 * len(data), 'the export')
+  with open(output + '.tmp', 'wb') as f:
+    f.write(data)
+  os.replace(output + '.tmp', output)
+  card = output + '.md'
+  workdirs.write_atomically(card, model_card(workdir, variables, config, step, fmt, output))
+  return {'output': output, 'model_card': card, 'step': step}
+
+
+def define_flags(flag_values=flags.FLAGS):
+  define = dict(flag_values=flag_values)
+  flags.DEFINE_string(
+      'workdir', None, 'Pretraining workdir: checkpoints/ and config.json.', required=True, **define
+  )
+  flags.DEFINE_enum('format', 'npz', FORMATS, 'Export format.', **define)
+  flags.DEFINE_string('output', None, 'File to write (PATH.md gets the model card).', **define)
+  flags.DEFINE_integer('step', -1, 'Checkpoint step (-1: the latest).', **define)
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing --output.', **define)
+  flags.DEFINE_bool('verbose', False, 'Show the traceback of known errors.', **define)
+  flags.mark_flag_as_required('output', flag_values=flag_values)
+
+
+def main(argv, flag_values=flags.FLAGS):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  writers.quiet_orbax_logs()
+  f = flag_values
+  with cli_errors.as_sentences(f.verbose):
+    result = export(f.workdir, f.output, f.format, f.step, f.overwrite)
+  print(f'Wrote {result["output"]} (step {result["step"]}) and {result["model_card"]}.')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
