@@ -129,6 +129,9 @@ def get_config():
   config.pretrained_step = -1  # Checkpoint step to evaluate; -1 = the latest.
   config.eval = ml_collections.ConfigDict()
   config.eval.encoder = 'pretrained'  # pretrained | random (same architecture) | pixels.
+  # Labelled dataset of evaluations and monitors ('': config.dataset), e.g. when pretraining
+  # on a flat folder of unlabelled images.
+  config.eval.dataset = ''
   config.eval.split = 'test'  # Split scored; classifiers and kNN banks use config.train_split.
   config.eval.batch_size = 512  # Global batch for feature extraction.
   config.eval.max_examples = 0  # If > 0, a fixed seeded subset of this many examples per split.

@@ -238,6 +238,10 @@ def _validate_schedule(section, prefix):
 def _validate_eval_config(config, num_devices):
   ev = config.eval
   _require(
+      isinstance(ev.dataset, str),
+      f"config.eval.dataset={ev.dataset!r} must be a TFDS name or a folder ('': config.dataset).",
+  )
+  _require(
       ev.encoder in EVAL_ENCODERS,
       f'config.eval.encoder={ev.encoder!r} is not known; use one of {EVAL_ENCODERS}.',
   )

@@ -27,6 +27,7 @@ def evaluate(config, workdir: str) -> dict:
   config_validation.validate_config(
       config, num_devices=jax.device_count(), num_processes=jax.process_count()
   )
+  config = evaluators.evaluation_config(config)
   protocol = evaluators.protocol(config)
   if evaluators.trains(protocol):
     return evaluators.get(protocol).evaluate(config, workdir)

@@ -58,6 +58,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
 
   # One class (a folder of unlabelled images) gives the probe and kNN monitor nothing to learn.
   num_classes = info.num_classes if info.num_classes > 1 else 0
+  if not num_classes:
+    logging.info(
+        '%s has no labels: no online probe%s.',
+        config.dataset,
+        f'; the monitors read config.eval.dataset={config.eval.dataset!r}'
+        if config.eval.get('dataset')
+        else ', and no monitor (set config.eval.dataset to a labelled dataset for one)',
+    )
   tf.io.gfile.makedirs(workdir)
   mesh = create_mesh()
   method = methods.get(config)
@@ -95,11 +103,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   )
   step_fn = method.make_train_step(model, tx, schedule, mesh)
 
-  monitor = (
-      evaluator_monitor.Monitor(config, model, mesh, num_classes)
-      if config.eval_every_steps > 0 and num_classes and evaluators.monitors(config)
-      else None
-  )
+  monitor = None
+  if config.eval_every_steps > 0 and evaluators.monitors(config):
+    eval_config = evaluators.evaluation_config(config)
+    monitor_classes = num_classes
+    if eval_config is not config:
+      monitor_classes = input_pipeline.get_dataset_info(eval_config, config.train_split).num_classes
+    if monitor_classes:
+      monitor = evaluator_monitor.Monitor(eval_config, model, mesh, monitor_classes)
 
   def knn_metrics(step, state):
     if monitor and step % config.eval_every_steps == 0:

@@ -1,13 +1,21 @@
 """datasets/: one dispatch picks the source, and a new source plugs in by registration alone."""
 
+import json
+import logging
+import shutil
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import load_config
+from conftest import load_config, tiny_config
 from simclr_jax import datasets
+from simclr_jax import evaluate
 from simclr_jax import input_pipeline
+from simclr_jax import train
 from simclr_jax.datasets import core
+from simclr_jax.datasets import flat_folder
+from simclr_jax.datasets.flat_folder import FlatFolderSource
 from simclr_jax.datasets.image_folder import ImageFolderSource
 from simclr_jax.datasets.tfds import TfdsSource
 
@@ -106,3 +114,63 @@ def test_a_registered_source_feeds_every_pipeline(with_array_source):
   labels = np.concatenate([b['label'] for b in batches])
   np.testing.assert_array_equal(labels[mask], np.arange(_NUM) % 3)
   assert not mask[_NUM:].any()
+
+
+def _flat_folder(cifar10_subset, root, num=40):
+  """`num` CIFAR train images directly in `root`, a corrupt one, and a sub-folder (not read)."""
+  root.mkdir()
+  sources = sorted((cifar10_subset / 'train').glob('*/*.jpg'))[::5][:num]
+  for i, path in enumerate(sources):
+    shutil.copy(path, root / f'{i:03d}.jpg')
+  (root / 'broken.jpg').write_bytes(b'not an image')
+  (root / 'extra').mkdir()
+  shutil.copy(sources[0], root / 'extra' / 'inside.jpg')
+  return root
+
+
+def test_flat_folder_is_one_unlabelled_split(cifar10_subset, tmp_path):
+  root = _flat_folder(cifar10_subset, tmp_path / 'flat', num=10)
+  config = _config(str(root))
+  config.skip_bad_images = True
+  source = datasets.get(config)
+  assert type(source) is FlatFolderSource
+  assert type(datasets.get(_config(str(cifar10_subset)))) is ImageFolderSource  # Split folders.
+  for split in ('train', 'anything'):
+    assert source.info(split) == datasets.DatasetInfo(num_examples=10, num_classes=0)
+  np.testing.assert_array_equal(source.labels('train'), [-1] * 10)
+  assert source.class_names() == []
+  batch = next(
+      input_pipeline.create_pretrain_dataset(
+          config, local_batch_size=4, process_index=0, process_count=1
+      ).as_numpy_iterator()
+  )
+  assert batch['views'].shape == (4, 2, _SIZE, _SIZE, 3)
+  np.testing.assert_array_equal(batch['label'], [-1] * 4)
+  config.skip_bad_images = False
+  flat_folder.examples.cache_clear()
+  stream = input_pipeline.create_pretrain_dataset(
+      config, local_batch_size=4, process_index=0, process_count=1
+  )
+  with pytest.raises(tf.errors.InvalidArgumentError):  # An epoch of 11 files holds broken.jpg.
+    list(stream.take(3).as_numpy_iterator())
+  assert 'broken.jpg (' in source.decode_error_message('train', None)
+
+
+def test_pretraining_on_a_flat_folder_monitors_eval_dataset(cifar10_subset, tmp_path, caplog):
+  config = tiny_config(_flat_folder(cifar10_subset, tmp_path / 'flat'))
+  config.skip_bad_images = True
+  config.num_train_steps = 2
+  caplog.set_level(logging.INFO)
+  train.train_and_evaluate(config, str(tmp_path / 'plain'))
+  assert 'has no labels: no online probe, and no monitor (set config.eval.dataset' in caplog.text
+  config.eval.dataset = str(cifar10_subset)
+  config.eval_every_steps = 2
+  train.train_and_evaluate(config, str(tmp_path / 'monitored'))
+  records = [json.loads(line) for line in open(tmp_path / 'monitored' / 'metrics.jsonl')]
+  assert not any('probe_accuracy' in r for r in records)
+  assert 0 <= [r for r in records if 'knn_top1' in r][-1]['knn_top1'] <= 1
+  # Evaluation reads the labelled eval.dataset too.
+  config.mode, config.eval.protocol = 'evaluate', 'knn'
+  config.pretrained_workdir = str(tmp_path / 'monitored')
+  results = evaluate.evaluate(config, str(tmp_path / 'knn'))
+  assert results['num_eval_examples'] == 100 and 0 <= results['top1'] <= 1

@@ -13,8 +13,10 @@ import numpy as np
 import tensorflow as tf
 
 # Sources in dispatch order, as 'module:class': the first whose `accepts(config.dataset)` is
-# true reads it. TFDS accepts any name, so it comes last.
+# true reads it. A folder with images at its top is flat, any other folder an image folder;
+# TFDS accepts any name, so it comes last.
 SOURCES = (
+    'simclr_jax.datasets.flat_folder:FlatFolderSource',
     'simclr_jax.datasets.image_folder:ImageFolderSource',
     'simclr_jax.datasets.tfds:TfdsSource',
 )

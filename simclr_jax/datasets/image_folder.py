@@ -99,8 +99,9 @@ def _is_class_dir(entry):
     return False
 
 
-def _scan_class(class_dir):
-  """(sorted readable image paths, sorted [(path, reason)] unreadable, Counter of ignored ext)."""
+def scan_folder(class_dir):
+  """(sorted readable image paths, sorted [(path, reason)] unreadable, Counter of ignored ext)
+  of the files directly in `class_dir`."""
   images, unreadable, ignored = [], [], collections.Counter()
   with os.scandir(class_dir) as entries:
     for entry in entries:
@@ -123,7 +124,7 @@ def listed(bad, limit=5):
   return '; '.join(f'{p} ({r})' for p, r in bad[:limit]) + (' ...' if len(bad) > limit else '')
 
 
-def _check_unreadable(dataset, split, unreadable, skip_bad_images):
+def check_unreadable(dataset, split, unreadable, skip_bad_images):
   """Raises a ValueError naming the unreadable files; with skip_bad_images, logs their count."""
   if not unreadable:
     return
@@ -133,10 +134,10 @@ def _check_unreadable(dataset, split, unreadable, skip_bad_images):
         'Fix their permissions or links, or delete them, or set '
         '--config.skip_bad_images=true to leave them out (the log counts them).'
     )
-  _warn_skipped(dataset, split, unreadable)
+  warn_skipped(dataset, split, unreadable)
 
 
-def _warn_skipped(dataset, split, bad):
+def warn_skipped(dataset, split, bad):
   """Logs how many of [(path, reason)] config.skip_bad_images leaves out, with the first."""
   logging.warning(
       'Skipping %d unreadable images of %s/%s (config.skip_bad_images), e.g. %s: ' '%s.',
@@ -147,7 +148,7 @@ def _warn_skipped(dataset, split, bad):
   )
 
 
-def _warn_left_out(split_dir, empty, ignored):
+def warn_left_out(split_dir, empty, ignored):
   """Logs the class folders without images and the files of undecodable formats of a split."""
   if empty:
     logging.warning(
@@ -185,7 +186,7 @@ def list_split(dataset, split, skip_bad_images):
     if _links_up(entry, split_dir):
       empty.append(f'{entry.name} (a link to {os.path.realpath(entry.path)})')
       continue
-    images, bad, odd = _scan_class(entry.path)
+    images, bad, odd = scan_folder(entry.path)
     unreadable += bad
     ignored += odd
     if not images:
@@ -194,8 +195,8 @@ def list_split(dataset, split, skip_bad_images):
     paths += images
     labels += [len(classes)] * len(images)
     classes.append(entry.name)
-  _check_unreadable(dataset, split, unreadable, skip_bad_images)
-  _warn_left_out(split_dir, empty, ignored)
+  check_unreadable(dataset, split, unreadable, skip_bad_images)
+  warn_left_out(split_dir, empty, ignored)
   if not paths:
     raise ValueError(
         f'config.dataset={dataset!r}: no images in {split_dir}/<class>/ '
@@ -243,7 +244,7 @@ def examples(dataset, split, train_split, skip_bad_images):
   if skip_bad_images:
     bad = find_unreadable_images(paths)
     if bad:
-      _warn_skipped(dataset, split, bad)
+      warn_skipped(dataset, split, bad)
       dropped = {p for p, _ in bad}
       kept = [i for i, p in enumerate(paths) if p not in dropped]
       paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]

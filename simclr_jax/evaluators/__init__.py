@@ -7,6 +7,7 @@ from simclr_jax.evaluators.core import LEGACY_MODES
 from simclr_jax.evaluators.core import Evaluator
 from simclr_jax.evaluators.core import TrainingEvaluator
 from simclr_jax.evaluators.core import accuracies
+from simclr_jax.evaluators.core import evaluation_config
 from simclr_jax.evaluators.core import get
 from simclr_jax.evaluators.core import legacy_mode_notice
 from simclr_jax.evaluators.core import monitors
@@ -20,6 +21,7 @@ __all__ = [
     'Evaluator',
     'TrainingEvaluator',
     'accuracies',
+    'evaluation_config',
     'get',
     'legacy_mode_notice',
     'monitors',

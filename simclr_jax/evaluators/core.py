@@ -100,6 +100,16 @@ def monitors(config) -> list[str]:
   return [name.strip() for name in config.eval.monitors.split(',') if name.strip()]
 
 
+def evaluation_config(config):
+  """`config` reading config.eval.dataset in place of config.dataset when it is set: the
+  labelled data of evaluations and monitors (pretraining may read unlabelled images)."""
+  if not config.eval.get('dataset'):
+    return config
+  out = config.copy_and_resolve_references()
+  out.dataset = config.eval.dataset
+  return out
+
+
 def score(name: str, config, train, evaluation, num_classes: int) -> dict:
   """Evaluator `name`'s settings and metrics on (features, labels) of both splits."""
   evaluator = get(name)
