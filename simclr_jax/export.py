@@ -8,6 +8,9 @@ Formats:
   config as JSON in '__config__' and the checkpoint step in '__step__'.
 - msgpack: the same tree as flax.serialization's msgpack ({'params', 'batch_stats', 'config',
   'step'}), for JAX users without Orbax.
+- savedmodel: a TensorFlow SavedModel directory (through jax2tf) whose 'serving_default'
+  signature takes uint8 images [N, S, S, 3] of the run's image size S, any N, and returns
+  {'h': representations, 'z': projections}; the weights are its variables.
 `load` reads either back as (variables, config); models.create_model(config.model, ...) rebuilds
 the module they belong to.
 
@@ -19,6 +22,7 @@ atomically and not overwritten unless --overwrite.
 import io
 import json
 import os
+import shutil
 
 from absl import app
 from absl import flags
@@ -33,7 +37,7 @@ from simclr_jax.core import run_config
 from simclr_jax.core import workdirs
 from simclr_jax.core import writers
 
-FORMATS = ('npz', 'msgpack')
+FORMATS = ('npz', 'msgpack', 'savedmodel')
 # The parts of the model a user of the encoder needs; the probe depends on the run's labels.
 EXPORTED = ('encoder', 'head')
 
@@ -78,6 +82,42 @@ def serialize(variables, config, step: int, fmt: str) -> bytes:
     np.savez(buffer, __config__=np.array(config_json), __step__=np.array(step), **arrays)
     return buffer.getvalue()
   return flax.serialization.msgpack_serialize({**variables, 'config': config_json, 'step': step})
+
+
+def write_savedmodel(variables, config, directory: str):
+  """The SavedModel of `savedmodel` (see the module docstring) in `directory`."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+
+  from simclr_jax import models  # pylint: disable=g-import-not-at-top
+
+  model_config = ml_collections.ConfigDict(config.model.to_dict())
+  # XLA's convolutions: the CPU patch matmuls split the batch in Python, which a batch of
+  # unknown size cannot; both compute the same (tests/test_conv.py).
+  if 'conv_impl' in model_config:
+    model_config.conv_impl = 'xla'
+  model = models.create_model(model_config, image_size=config.image_size)
+
+  def serve_fn(variables, images):
+    out = model.apply(variables, images.astype(np.float32) / 255.0, train=False)
+    return {'h': out['h'], 'z': out['z']}
+
+  size = config.image_size
+  converted = jax2tf.convert(
+      serve_fn, polymorphic_shapes=[None, f'(b, {size}, {size}, 3)'], with_gradient=False
+  )
+  module = tf.Module()
+  module.variables_tree = tf.nest.map_structure(tf.Variable, variables)
+
+  @tf.function(
+      input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name='images')],
+      autograph=False,
+  )
+  def serve(images):
+    return converted(module.variables_tree, images)
+
+  module.serve = serve
+  tf.saved_model.save(module, directory, signatures={'serving_default': serve})
 
 
 def load(path: str):
@@ -130,12 +170,19 @@ def model_card(workdir: str, variables, config, step: int, fmt: str, output: str
   architecture = f'{m.name}, width multiplier {m.width_multiplier}'
   if m.name.startswith('vit'):
     architecture += f', patch {m.patch_size}, pool {m.pool}'
-  loader = (
-      'from simclr_jax import export, models\n'
-      f"variables, config, step = export.load('{os.path.basename(output)}')\n"
-      'model = models.create_model(config.model, image_size=config.image_size)\n'
-      "h = model.apply(variables, images, train=False, method='encode')  # [N, H, W, 3] in [0, 1]"
-  )
+  if fmt == 'savedmodel':
+    loader = (
+        'import tensorflow as tf\n'
+        f"serve = tf.saved_model.load('{os.path.basename(output)}').signatures['serving_default']\n"
+        f'h = serve(images=uint8_images)["h"]  # [N, {config.image_size}, {config.image_size}, 3]'
+    )
+  else:
+    loader = (
+        'from simclr_jax import export, models\n'
+        f"variables, config, step = export.load('{os.path.basename(output)}')\n"
+        'model = models.create_model(config.model, image_size=config.image_size)\n'
+        "h = model.apply(variables, images, train=False, method='encode')  # [N, S, S, 3] in [0, 1]"
+    )
   lines = [
       f'# {m.name} encoder, {config.get("method", "simclr")} pretraining, step {step}',
       '',
@@ -165,7 +212,7 @@ def export(workdir: str, output: str, fmt: str, step: int = -1, overwrite: bool 
   """Writes the export and its model card; returns {'output', 'model_card', 'step'}."""
   if fmt not in FORMATS:
     raise ValueError(f'--format={fmt!r} is not known; use one of {", ".join(FORMATS)}.')
-  if not output.endswith(f'.{fmt}'):
+  if fmt != 'savedmodel' and not output.endswith(f'.{fmt}'):
     raise ValueError(f'--output={output!r} must end with .{fmt} for --format={fmt}.')
   if os.path.exists(output) and not overwrite:
     raise ValueError(f'{output} exists; pass --overwrite to replace it, or another --output.')
@@ -182,12 +229,18 @@ def export(workdir: str, output: str, fmt: str, step: int = -1, overwrite: bool 
     raise ValueError(f'--step={step} is not among the checkpoints in {workdir}: {sorted(steps)}.')
   config = run_config.load_config(workdir)
   variables = exported_variables(checkpoints.restore_read_only(manager, step, '--step'))
-  data = serialize(variables, config, step, fmt)
   directory = os.path.dirname(os.path.abspath(output))
   os.makedirs(directory, exist_ok=True)
-  workdirs.require_free_space(directory, 2 * len(data), 'the export')
-  with open(output + '.tmp', 'wb') as f:
-    f.write(data)
+  size = sum(int(np.asarray(x).nbytes) for x in jax.tree.leaves(variables))
+  workdirs.require_free_space(directory, 2 * size, 'the export')
+  if fmt == 'savedmodel':
+    shutil.rmtree(output + '.tmp', ignore_errors=True)
+    write_savedmodel(variables, config, output + '.tmp')
+    if os.path.exists(output):  # --overwrite: the old one goes once the new one is whole.
+      shutil.rmtree(output)
+  else:
+    with open(output + '.tmp', 'wb') as f:
+      f.write(serialize(variables, config, step, fmt))
   os.replace(output + '.tmp', output)
   card = output + '.md'
   workdirs.write_atomically(card, model_card(workdir, variables, config, step, fmt, output))
