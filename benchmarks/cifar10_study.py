@@ -11,7 +11,8 @@ images, whatever the batch):
 - {vit}_simclr_b{base} for each of --vits: the ViT of configs/cifar10_vit.py (patch 4) for the
   CPU time (all threads) the ResNet-18 arm of batch --base_batch took: equal compute on this
   machine, whatever else runs on it;
-and the baselines: raw pixels, and a randomly initialised ResNet-18 of the same width.
+and the baselines: raw pixels, and randomly initialised encoders of each architecture (random:
+the ResNet-18, random_{vit}: each ViT).
 
 Every encoder is evaluated by --protocols (linear: L-BFGS logistic regression; mlp: the study's
 one-hidden-layer probe; knn: k=200) trained on the full train split and scored on the full test
@@ -136,8 +137,16 @@ def _pretrain_arm(name, config, steps=None, budget_sec=None, pca_dims=()):
 
 
 def _baseline(name, config, protocols):
+  """A randomly initialised encoder of `config` ('random...') or raw pixels, evaluated."""
   os.makedirs(_arm_dir(name), exist_ok=True)
-  return _save(name, {'eval': budget_runs.evaluate_encoder(config, '', name, protocols)})
+  encoder = 'pixels' if name == 'pixels' else 'random'
+  return _save(
+      name,
+      {
+          'model': config.model.name,
+          'eval': budget_runs.evaluate_encoder(config, '', encoder, protocols),
+      },
+  )
 
 
 def _configs():
@@ -201,9 +210,11 @@ def run_study():
     results[name] = _cached(name) or _pretrain_arm(
         name, _vit_config(base, vits[name]), budget_sec=_cached(reference)['pretrain_cpu_sec']
     )
-  for name, protocols in (('random', FLAGS.protocols), ('pixels', FLAGS.pixel_protocols)):
+  baselines = [('random', base, FLAGS.protocols), ('pixels', base, FLAGS.pixel_protocols)]
+  baselines += [(f'random_{vit}', _vit_config(base, vit), FLAGS.protocols) for vit in FLAGS.vits]
+  for name, config, protocols in baselines:
     if wanted(name):
-      results[name] = _cached(name) or _baseline(name, base, protocols)
+      results[name] = _cached(name) or _baseline(name, config, protocols)
   return results
 
 

@@ -21,6 +21,7 @@ atomically and not overwritten unless --overwrite.
 
 import io
 import json
+import logging as std_logging
 import os
 import shutil
 
@@ -117,7 +118,14 @@ def write_savedmodel(variables, config, directory: str):
     return converted(module.variables_tree, images)
 
   module.serve = serve
-  tf.saved_model.save(module, directory, signatures={'serving_default': serve})
+  # tf.saved_model.save raises the absl logger's level to WARNING, silencing the caller's INFO
+  # lines (progress, results) for good; it gets its level back.
+  absl_logger = std_logging.getLogger('absl')
+  level = absl_logger.level
+  try:
+    tf.saved_model.save(module, directory, signatures={'serving_default': serve})
+  finally:
+    absl_logger.setLevel(level)
 
 
 def load(path: str):

@@ -1,6 +1,7 @@
 """simclr_jax.export: the encoder and head leave the codebase intact and come back equal."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -62,7 +63,9 @@ def test_export_round_trip_gives_the_same_encoder(pretrained_workdir, tmp_path, 
 
 def test_savedmodel_serves_h_and_z_for_any_batch(pretrained_workdir, tmp_path):
   output = str(tmp_path / 'encoder_savedmodel')
+  absl_level = logging.getLogger('absl').level
   result = export.export(str(pretrained_workdir), output, 'savedmodel')
+  assert logging.getLogger('absl').level == absl_level  # TensorFlow's save raises it.
   serve = tf.saved_model.load(output).signatures['serving_default']
   variables, _, _ = export.load(
       export.export(str(pretrained_workdir), output + '.npz', 'npz')['output']
