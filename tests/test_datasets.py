@@ -161,11 +161,10 @@ def test_pretraining_on_a_flat_folder_monitors_eval_dataset(cifar10_subset, tmp_
   config.skip_bad_images = True
   config.num_train_steps = 2
   caplog.set_level(logging.INFO)
-  train.train_and_evaluate(config, str(tmp_path / 'plain'))
-  assert 'has no labels: no online probe, and no monitor (set config.eval.dataset' in caplog.text
   config.eval.dataset = str(cifar10_subset)
   config.eval_every_steps = 2
   train.train_and_evaluate(config, str(tmp_path / 'monitored'))
+  assert 'has no labels: no online probe; the monitors read config.eval.dataset=' in caplog.text
   records = [json.loads(line) for line in open(tmp_path / 'monitored' / 'metrics.jsonl')]
   assert not any('probe_accuracy' in r for r in records)
   assert 0 <= [r for r in records if 'knn_top1' in r][-1]['knn_top1'] <= 1

@@ -2,9 +2,8 @@
 
 import json
 import shutil
-import subprocess
-import sys
 
+from absl import flags
 import numpy as np
 from PIL import Image
 import pytest
@@ -86,24 +85,21 @@ def test_strict_mode_names_bad_files_before_embedding(encoder, cifar10_subset, t
   assert not (tmp_path / 'out' / 'embeddings.npy').exists()
 
 
-def test_command_line_query_and_figure(pretrained_workdir, cifar10_subset, tmp_path):
+def test_command_line_query_and_figure(pretrained_workdir, cifar10_subset, tmp_path, capsys):
   _own_folder(cifar10_subset, tmp_path / 'mine')
-  proc = subprocess.run(
+  flag_values = flags.FlagValues()
+  embed.define_flags(flag_values)
+  flag_values(
       [
-          sys.executable,
-          '-m',
-          'simclr_jax.embed',
+          'embed',
           f'--workdir={pretrained_workdir}',
           f'--images={tmp_path}/mine',
           f'--output={tmp_path}/out',
           f'--query={tmp_path}/mine/img2.jpg',
           '--k=3',
-      ],
-      capture_output=True,
-      text=True,
-      timeout=300,
+      ]
   )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  lines = proc.stdout.splitlines()
+  embed.main(['embed'], flag_values)
+  lines = capsys.readouterr().out.splitlines()
   assert f'{tmp_path}/mine/img2.jpg:' in lines and (tmp_path / 'out' / 'neighbours.png').exists()
   assert lines[lines.index(f'{tmp_path}/mine/img2.jpg:') + 1].endswith('img2.jpg')

@@ -3,9 +3,7 @@
 import json
 import logging
 import os
-import subprocess
-import sys
-
+from absl import flags
 import jax
 import numpy as np
 import pytest
@@ -93,7 +91,7 @@ def test_npz_needs_only_numpy(pretrained_workdir, tmp_path):
   assert config['model']['name'] == 'resnet18' and kernel.ndim == 4
 
 
-def test_bad_requests_are_named_and_nothing_is_overwritten(pretrained_workdir, tmp_path):
+def test_bad_requests_are_named_and_nothing_is_overwritten(pretrained_workdir, tmp_path, capsys):
   output = tmp_path / 'encoder.npz'
   output.write_bytes(b'mine')
   with pytest.raises(ValueError, match='exists; pass --overwrite'):
@@ -103,16 +101,9 @@ def test_bad_requests_are_named_and_nothing_is_overwritten(pretrained_workdir, t
     export.export(str(pretrained_workdir), str(tmp_path / 'x.npz'), 'msgpack')
   with pytest.raises(ValueError, match=r'--step=3 is not among the checkpoints'):
     export.export(str(pretrained_workdir), str(tmp_path / 'y.npz'), 'npz', step=3)
-  proc = subprocess.run(
-      [
-          sys.executable,
-          '-m',
-          'simclr_jax.export',
-          f'--workdir={tmp_path}',
-          f'--output={tmp_path}/z.npz',
-      ],
-      capture_output=True,
-      text=True,
-      timeout=300,
-  )
-  assert proc.returncode == 2 and 'No checkpoint in' in proc.stderr, proc.stderr[-2000:]
+  flag_values = flags.FlagValues()
+  export.define_flags(flag_values)
+  flag_values(['export', f'--workdir={tmp_path}', f'--output={tmp_path}/z.npz'])
+  with pytest.raises(SystemExit) as stop:
+    export.main(['export'], flag_values)
+  assert stop.value.code == 2 and 'No checkpoint in' in capsys.readouterr().err
