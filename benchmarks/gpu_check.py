@@ -61,6 +61,8 @@ GPU_CAPS = {
     'linear_eval': 90,
     'throughput_resnet50_224_float32': 120,
     'throughput_resnet50_224_bfloat16': 110,
+    'throughput_vit_s4_cifar_bfloat16': 90,
+    'throughput_vit_b16_224_bfloat16': 90,
     'memory': 150,
 }
 DRY_RUN_CAP = 300
@@ -295,6 +297,15 @@ def parts(dry_run: bool, dataset: str, workdir: str) -> list[Part]:
               throughput('configs/imagenet.py', ['--config.batch_size=128'], dtype),
           )
           for dtype in dtypes
+          if not dry_run
+      ),
+      # The ViTs (issue 17), GPU only for the same reason, in bfloat16 as they are trained.
+      *(
+          Part(name, throughput(config, [f'--config.batch_size={gpu_batch}'], 'bfloat16'))
+          for name, config, gpu_batch in (
+              ('throughput_vit_s4_cifar_bfloat16', 'configs/cifar10_vit.py', 512),
+              ('throughput_vit_b16_224_bfloat16', 'configs/imagenet_vit.py', 128),
+          )
           if not dry_run
       ),
       MemoryPart('memory', memory),

@@ -31,6 +31,8 @@ def test_gpu_parts_have_caps_and_gpu_sizes(tmp_path):
   assert '--config.batch_size=512' in commands['throughput_resnet18_cifar_bfloat16']
   assert '--config.dtype=bfloat16' in commands['throughput_resnet50_224_bfloat16']
   assert 'configs/imagenet.py' in commands['throughput_resnet50_224_float32']
+  assert 'configs/cifar10_vit.py' in commands['throughput_vit_s4_cifar_bfloat16']
+  assert 'configs/imagenet_vit.py' in commands['throughput_vit_b16_224_bfloat16']
   assert 'width_multiplier' not in ''.join(commands.values())
 
 
