@@ -16,6 +16,18 @@ from simclr_jax import train
 from simclr_jax.core.sharding import create_mesh
 from simclr_jax.evaluators import features
 
+# The CIFAR-10 image folder the benchmarks read unless told otherwise.
+DEFAULT_CIFAR10 = os.environ.get(
+    'SIMCLR_CIFAR10_DIR',
+    os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        '..',
+        'shared',
+        'data',
+        'cifar10-jpeg',
+    ),
+)
+
 
 def machine() -> str:
   return (

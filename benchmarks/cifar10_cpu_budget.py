@@ -41,9 +41,7 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_string(
     'dataset',
-    os.environ.get(
-        'SIMCLR_CIFAR10_DIR', os.path.join(REPO_ROOT, '..', 'shared', 'data', 'cifar10-jpeg')
-    ),
+    budget_runs.DEFAULT_CIFAR10,
     'CIFAR-10 image folder (<split>/<class>/<image>) or a TFDS name.',
 )
 flags.DEFINE_string('workdir', '/tmp/simclr_budget', 'Where runs and results are written.')

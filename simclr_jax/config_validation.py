@@ -29,19 +29,24 @@ def trains_classifier(config) -> bool:
   )
 
 
+def _validate_crop(node, prefix, source, area, aspect):
+  """The crop keys of config.augment (or of a policy's section): probabilities and ranges."""
+  _require(
+      0 < node.crop_area_min <= node.crop_area_max <= 1,
+      f'{prefix}.crop_area_min={node.crop_area_min} and crop_area_max={node.crop_area_max} '
+      f'must satisfy 0 < min <= max <= 1 ({source}: {area}).',
+  )
+  _require(
+      0 < node.aspect_ratio_min <= node.aspect_ratio_max,
+      f'{prefix}.aspect_ratio_min={node.aspect_ratio_min} and aspect_ratio_max='
+      f'{node.aspect_ratio_max} must satisfy 0 < min <= max ({source}: {aspect}).',
+  )
+
+
 def _validate_weak_policy(weak):
   for name in ('crop_branch_prob', 'flip_prob'):
     _require(0 <= weak[name] <= 1, f'config.augment.weak.{name}={weak[name]} must be in [0, 1].')
-  _require(
-      0 < weak.crop_area_min <= weak.crop_area_max <= 1,
-      f'config.augment.weak.crop_area_min={weak.crop_area_min} and crop_area_max='
-      f'{weak.crop_area_max} must satisfy 0 < min <= max <= 1 (the study: 0.7, 1.0).',
-  )
-  _require(
-      0 < weak.aspect_ratio_min <= weak.aspect_ratio_max,
-      f'config.augment.weak.aspect_ratio_min={weak.aspect_ratio_min} and aspect_ratio_max='
-      f'{weak.aspect_ratio_max} must satisfy 0 < min <= max (the study: 0.8, 1.2).',
-  )
+  _validate_crop(weak, 'config.augment.weak', 'the study', '0.7, 1.0', '0.8, 1.2')
   for name in ('brightness', 'contrast', 'saturation'):
     _require(weak[name] >= 0, f'config.augment.weak.{name}={weak[name]} must be >= 0.')
   _require(0 <= weak.hue <= 0.5, f'config.augment.weak.hue={weak.hue} must be in [0, 0.5].')
@@ -140,16 +145,7 @@ def validate_config(config, *, num_devices: int, num_processes: int = 1):
   _validate_weak_policy(aug.weak)
   for name in ('flip_prob', 'color_jitter_prob', 'grayscale_prob', 'blur_prob'):
     _require(0 <= aug[name] <= 1, f'config.augment.{name}={aug[name]} must be in [0, 1].')
-  _require(
-      0 < aug.crop_area_min <= aug.crop_area_max <= 1,
-      f'config.augment.crop_area_min={aug.crop_area_min} and crop_area_max='
-      f'{aug.crop_area_max} must satisfy 0 < min <= max <= 1 (reference: 0.08, 1.0).',
-  )
-  _require(
-      0 < aug.aspect_ratio_min <= aug.aspect_ratio_max,
-      f'config.augment.aspect_ratio_min={aug.aspect_ratio_min} and aspect_ratio_max='
-      f'{aug.aspect_ratio_max} must satisfy 0 < min <= max (reference: 3/4, 4/3).',
-  )
+  _validate_crop(aug, 'config.augment', 'reference', '0.08, 1.0', '3/4, 4/3')
   _require(
       aug.color_jitter_impl in COLOR_JITTER_IMPLS,
       f'config.augment.color_jitter_impl={aug.color_jitter_impl!r} is not known; use one '
