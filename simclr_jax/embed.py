@@ -122,12 +122,13 @@ def embed_folder(encoder, folder, output, batch_size=0, skip_bad_images=True) ->
   done = np.zeros(len(paths), bool)
   table, start, last_log = None, time.perf_counter(), time.perf_counter()
   target = os.path.join(output, 'embeddings.npy')
+  aside = f'{target}.tmp{os.getpid()}.npy'  # This process's own: two runs at once cannot mix.
   for images, indices in _dataset(paths, encoder.config.image_size, batch_size):
     h = encoder(images.numpy())
     if table is None:
       workdirs.require_free_space(output, 4 * h.shape[1] * len(paths), 'the embeddings')
       table = np.lib.format.open_memmap(
-          target + '.tmp.npy', mode='w+', dtype=np.float32, shape=(len(paths), h.shape[1])
+          aside, mode='w+', dtype=np.float32, shape=(len(paths), h.shape[1])
       )
     table[indices.numpy()] = h
     done[indices.numpy()] = True
@@ -147,18 +148,18 @@ def embed_folder(encoder, folder, output, batch_size=0, skip_bad_images=True) ->
   skipped = [paths[i] for i in np.flatnonzero(~done)]
   if skipped:  # Rewritten without the holes, a chunk at a time.
     compact = np.lib.format.open_memmap(
-        target + '.compact.npy', mode='w+', dtype=np.float32, shape=(len(kept), table.shape[1])
+        aside + '.compact.npy', mode='w+', dtype=np.float32, shape=(len(kept), table.shape[1])
     )
     for s in range(0, len(kept), _QUERY_CHUNK_ROWS):
       compact[s : s + _QUERY_CHUNK_ROWS] = table[kept[s : s + _QUERY_CHUNK_ROWS]]
     compact.flush()
     del table
-    os.replace(target + '.compact.npy', target + '.tmp.npy')
+    os.replace(aside + '.compact.npy', aside)
     logging.warning('Skipped %d images that cannot be decoded, e.g. %s.', len(skipped), skipped[0])
   else:
     table.flush()
     del table
-  os.replace(target + '.tmp.npy', target)
+  os.replace(aside, target)
   workdirs.write_atomically(
       os.path.join(output, 'paths.txt'), ''.join(paths[i] + '\n' for i in kept)
   )

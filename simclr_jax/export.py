@@ -241,15 +241,17 @@ def export(workdir: str, output: str, fmt: str, step: int = -1, overwrite: bool 
   os.makedirs(directory, exist_ok=True)
   size = sum(int(np.asarray(x).nbytes) for x in jax.tree.leaves(variables))
   workdirs.require_free_space(directory, 2 * size, 'the export')
+  # Aside under a name of this process's own, so that two exports at once cannot mix.
+  aside = f'{output}.tmp{os.getpid()}'
   if fmt == 'savedmodel':
-    shutil.rmtree(output + '.tmp', ignore_errors=True)
-    write_savedmodel(variables, config, output + '.tmp')
+    shutil.rmtree(aside, ignore_errors=True)
+    write_savedmodel(variables, config, aside)
     if os.path.exists(output):  # --overwrite: the old one goes once the new one is whole.
-      shutil.rmtree(output)
+      shutil.rmtree(output, ignore_errors=True)
   else:
-    with open(output + '.tmp', 'wb') as f:
+    with open(aside, 'wb') as f:
       f.write(serialize(variables, config, step, fmt))
-  os.replace(output + '.tmp', output)
+  os.replace(aside, output)
   card = output + '.md'
   workdirs.write_atomically(card, model_card(workdir, variables, config, step, fmt, output))
   return {'output': output, 'model_card': card, 'step': step}

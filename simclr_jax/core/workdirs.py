@@ -19,10 +19,12 @@ def path(workdir: str, name: str) -> str:
 
 
 def write_atomically(path: str, text: str):
-  """Writes `text` aside, then renames it to `path`: no reader ever sees half a file."""
-  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
+  """Writes `text` aside, then renames it to `path`: no reader ever sees half a file, and two
+  writers at once (their own names aside) leave one whole file."""
+  aside = f'{path}.tmp{os.getpid()}'
+  with tf.io.gfile.GFile(aside, 'w') as f:
     f.write(text)
-  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+  tf.io.gfile.rename(aside, path, overwrite=True)
 
 
 def require_free_space(directory: str, nbytes: int, what: str):
