@@ -149,6 +149,7 @@ def with_absolute_paths(config):
 
   for key in ('dataset', 'tfds_data_dir', 'pretrained_workdir'):
     config[key] = absolute(config[key])
+  config.eval.dataset = absolute(config.eval.get('dataset', ''))
   return config
 
 
