@@ -217,21 +217,25 @@ def run_study():
 
 
 def table(results):
-  """A Markdown table: one row per encoder, top-1 of each protocol."""
+  """A Markdown table: one row per encoder, its pretraining, and the top-1 of each protocol."""
   protocols = sorted(
       {k for r in results.values() for k, v in r['eval'].items() if isinstance(v, dict)},
-      key=lambda k: (k.split('_')[0] not in FLAGS.protocols, k),
+      key=lambda k: (FLAGS.protocols.index(k.split('_')[0]), k),
   )
   lines = [
-      '| encoder | batch | epochs | pretraining | ' + ' | '.join(protocols) + ' |',
-      '|---' * (4 + len(protocols)) + '|',
+      '| encoder | batch | steps | epochs | pretraining CPU | ' + ' | '.join(protocols) + ' |',
+      '|---' * (5 + len(protocols)) + '|',
   ]
   for name, r in results.items():
     cells = [f'{100 * r["eval"][p]["top1"]:.2f}%' if p in r['eval'] else '-' for p in protocols]
-    pretraining = f'{r["pretrain_wall_sec"] / 60:.1f} min' if 'steps' in r else '-'
-    batch = r.get('batch_size', '-')
-    epochs = f'{r["epochs"]:.2f}' if 'epochs' in r else '-'
-    lines.append(f'| {name} | {batch} | {epochs} | {pretraining} | ' + ' | '.join(cells) + ' |')
+    trained = 'steps' in r
+    pretraining = [
+        str(r['batch_size']) if trained else '-',
+        str(r['steps']) if trained else '-',
+        f'{r["epochs"]:.2f}' if trained else '-',
+        f'{r["pretrain_cpu_sec"] / 60:.1f} min' if trained else '-',
+    ]
+    lines.append(f'| {name} | ' + ' | '.join(pretraining + cells) + ' |')
   return '\n'.join(lines)
 
 
