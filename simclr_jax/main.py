@@ -137,27 +137,13 @@ def main(argv):
       run(FLAGS.config, FLAGS.workdir)
 
 
-def with_absolute_paths(config):
-  """`config` with its local paths made absolute, so that the config.json a run saves works
-  from any directory (the report, the notebook); URLs (gs://) and TFDS names stay as they are."""
-
-  def absolute(path):
-    local = (
-        path and '://' not in path and (path.startswith(('.', '~', os.sep)) or os.path.isdir(path))
-    )
-    return os.path.abspath(os.path.expanduser(path)) if local else path
-
-  for key in ('dataset', 'tfds_data_dir', 'pretrained_workdir'):
-    config[key] = absolute(config[key])
-  config.eval.dataset = absolute(config.eval.get('dataset', ''))
-  return config
-
-
 def run(config, workdir: str):
   """Runs the program config.mode names: pretraining, or the evaluation protocol's."""
   from simclr_jax import evaluators
 
-  config = with_absolute_paths(config)
+  from simclr_jax.core import run_config
+
+  config = run_config.with_absolute_paths(config)
   if evaluators.legacy_mode_notice(config):
     logging.warning(evaluators.legacy_mode_notice(config))
   if config.mode == 'pretrain':

@@ -202,13 +202,13 @@ def test_known_errors_end_in_a_sentence_with_status_2(cifar10_subset, tmp_path):
 
 def test_local_dataset_paths_are_made_absolute(tmp_path, monkeypatch):
   from conftest import load_config  # pylint: disable=g-import-not-at-top
-  from simclr_jax import main  # pylint: disable=g-import-not-at-top
+  from simclr_jax.core import run_config  # pylint: disable=g-import-not-at-top
 
   (tmp_path / 'photos').mkdir()
   monkeypatch.chdir(tmp_path)
   config = load_config('cifar10')
   config.dataset, config.eval.dataset = 'photos', './photos'
-  config = main.with_absolute_paths(config)
+  config = run_config.with_absolute_paths(config)
   assert config.dataset == config.eval.dataset == str(tmp_path / 'photos')
   config.eval.dataset = 'cifar10'  # A TFDS name stays one.
-  assert main.with_absolute_paths(config).eval.dataset == 'cifar10'
+  assert run_config.with_absolute_paths(config).eval.dataset == 'cifar10'

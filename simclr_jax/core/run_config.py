@@ -41,3 +41,19 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         f'copy, or rerun the pretraining command on {workdir}: it rewrites config.json when '
         'it starts (with the same config file and flags, it resumes).'
     ) from None
+
+
+def with_absolute_paths(config):
+  """`config` with its local paths made absolute, so that the config.json a run saves works
+  from any directory (the report, the notebook); URLs (gs://) and TFDS names stay as they are."""
+
+  def absolute(path):
+    local = (
+        path and '://' not in path and (path.startswith(('.', '~', os.sep)) or os.path.isdir(path))
+    )
+    return os.path.abspath(os.path.expanduser(path)) if local else path
+
+  for key in ('dataset', 'tfds_data_dir', 'pretrained_workdir'):
+    config[key] = absolute(config[key])
+  config.eval.dataset = absolute(config.eval.get('dataset', ''))
+  return config
