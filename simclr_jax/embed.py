@@ -100,10 +100,7 @@ class Encoder:
     self._fn = features.make_feature_fn(self.model, self.mesh, 'pretrained')
 
   def __call__(self, images):
-    devices = self.mesh.size
-    padded = np.zeros((-(-len(images) // devices) * devices,) + images.shape[1:], np.float32)
-    padded[: len(images)] = images
-    return np.asarray(self._fn(self.variables, padded))[: len(images)]
+    return features.features_of_array(self._fn, self.variables, images, self.mesh.size)
 
 
 def embed_folder(encoder, folder, output, batch_size=0, skip_bad_images=True) -> dict:
@@ -126,6 +123,7 @@ def embed_folder(encoder, folder, output, batch_size=0, skip_bad_images=True) ->
   for images, indices in _dataset(paths, encoder.config.image_size, batch_size):
     h = encoder(images.numpy())
     if table is None:
+      feature_dim = h.shape[1]
       workdirs.require_free_space(output, 4 * h.shape[1] * len(paths), 'the embeddings')
       table = np.lib.format.open_memmap(
           aside, mode='w+', dtype=np.float32, shape=(len(paths), h.shape[1])
@@ -175,7 +173,7 @@ def embed_folder(encoder, folder, output, batch_size=0, skip_bad_images=True) ->
       'images': os.path.abspath(folder),
       'num_embedded': int(len(kept)),
       'num_skipped': len(skipped),
-      'feature_dim': int(np.load(target, mmap_mode='r').shape[1]),
+      'feature_dim': int(feature_dim),
       'classes': classes,
       'wall_time_sec': time.perf_counter() - start,
   }

@@ -88,17 +88,15 @@ class Run:
 
   def embed_images(self, images) -> np.ndarray:
     """Representations h [N, D] of images [N, S, S, 3] in [0, 1] (e.g. the user's own)."""
-    images = np.asarray(images, np.float32)
-    features = []
-    for start in range(0, len(images), self.config.eval.batch_size):
-      chunk = images[start : start + self.config.eval.batch_size]
-      # The batch is split over the devices: pad it to a multiple of their number.
-      padded = np.zeros(
-          (-(-len(chunk) // jax.device_count()) * jax.device_count(),) + chunk.shape[1:], np.float32
-      )
-      padded[: len(chunk)] = chunk
-      features.append(np.asarray(self._feature_fn(self.variables, padded))[: len(chunk)])
-    return np.concatenate(features)
+    batch = self.config.eval.batch_size
+    return np.concatenate(
+        [
+            features.features_of_array(
+                self._feature_fn, self.variables, images[start : start + batch], jax.device_count()
+            )
+            for start in range(0, len(images), batch)
+        ]
+    )
 
 
 def load_run(

@@ -28,15 +28,12 @@ def examples(dataset, skip_bad_images):
   paths, unreadable, ignored = image_folder.scan_folder(root)
   image_folder.check_unreadable(dataset, 'all', unreadable, skip_bad_images)
   image_folder.warn_left_out(root, [], ignored)
+  labels = [-1] * len(paths)
   if skip_bad_images:
-    bad = image_folder.find_unreadable_images(paths)
-    if bad:
-      image_folder.warn_skipped(dataset, 'all', bad)
-      dropped = {p for p, _ in bad}
-      paths = [p for p in paths if p not in dropped]
+    paths, labels = image_folder.without_undecodable(dataset, 'all', paths, labels)
   if not paths:
     raise ValueError(f'config.dataset={dataset!r}: no readable images left in {root}.')
-  return paths, [-1] * len(paths), []
+  return paths, labels, []
 
 
 class FlatFolderSource(image_folder.ImageFolderSource):

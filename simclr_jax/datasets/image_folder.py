@@ -222,6 +222,17 @@ def find_unreadable_images(paths):
   return [(p, r) for p, r in zip(paths, reasons) if r is not None]
 
 
+def without_undecodable(dataset, split, paths, labels):
+  """(paths, labels) less the files TensorFlow cannot decode, whose count the log gives."""
+  bad = find_unreadable_images(paths)
+  if not bad:
+    return paths, labels
+  warn_skipped(dataset, split, bad)
+  dropped = {p for p, _ in bad}
+  kept = [i for i, p in enumerate(paths) if p not in dropped]
+  return [paths[i] for i in kept], [labels[i] for i in kept]
+
+
 @functools.lru_cache(maxsize=16)
 def examples(dataset, split, train_split, skip_bad_images):
   """(paths, labels, classes) of an image-folder split; labels index train_split's classes.
@@ -242,12 +253,7 @@ def examples(dataset, split, train_split, skip_bad_images):
     labels = [train_classes.index(classes[label]) for label in labels]
     classes = train_classes
   if skip_bad_images:
-    bad = find_unreadable_images(paths)
-    if bad:
-      warn_skipped(dataset, split, bad)
-      dropped = {p for p, _ in bad}
-      kept = [i for i, p in enumerate(paths) if p not in dropped]
-      paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]
+    paths, labels = without_undecodable(dataset, split, paths, labels)
   return paths, labels, classes
 
 

@@ -103,6 +103,15 @@ def make_feature_fn(model, mesh, encoder: str):
   )
 
 
+def features_of_array(feature_fn, variables, images, num_devices: int) -> np.ndarray:
+  """feature_fn on host images [N, ...], padded to a multiple of num_devices (the batch is
+  split over the devices) and cut back to N rows."""
+  images = np.asarray(images, np.float32)
+  padded = np.zeros((-(-len(images) // num_devices) * num_devices,) + images.shape[1:], np.float32)
+  padded[: len(images)] = images
+  return np.asarray(feature_fn(variables, padded))[: len(images)]
+
+
 def extract_features(
     feature_fn,
     variables,
