@@ -7,6 +7,8 @@ Arms (each pretrains configs/cifar10_cpu.py, ResNet-18 at width 0.25, for --epoc
 images, whatever the batch):
 - resnet18_simclr_b{B}: SimCLR's augmentation, for each batch B of --batch_sizes (the learning
   rate scales with sqrt(B), as the config says);
+- resnet18_simclr_b{B}_m{M} for each B:M of --microbatch_arms: batch B through the gradient
+  cache in M micro-batches (config.microbatches; BatchNorm statistics per micro-batch);
 - resnet18_weak_b{base}: the study's weak policy (config.augment.policy='weak');
 - {vit}_simclr_b{base} for each of --vits: the ViT of configs/cifar10_vit.py (patch 4) for the
   CPU time (all threads) the ResNet-18 arm of batch --base_batch took: equal compute on this
@@ -59,6 +61,9 @@ flags.DEFINE_string('workdir', '/tmp/simclr_study', 'Where the arms and the resu
 flags.DEFINE_float('epochs', 1.0, 'Epochs of images each arm pretrains on (the study: 20).')
 flags.DEFINE_integer('base_batch', 128, 'The batch of the weak-policy and ViT arms.')
 flags.DEFINE_list('batch_sizes', ['32', '64', '128', '256', '512'], 'The batch sweep.')
+flags.DEFINE_list(
+    'microbatch_arms', [], 'B:M pairs: batch B in M micro-batches (e.g. 1024:8), as above.'
+)
 flags.DEFINE_list('vits', ['vit_ti'], "ViT sizes trained for the ResNet-18 arm's CPU time.")
 flags.DEFINE_list('protocols', ['linear', 'mlp', 'knn'], 'Evaluators of every encoder.')
 flags.DEFINE_list(
@@ -121,6 +126,7 @@ def _pretrain_arm(name, config, steps=None, budget_sec=None, pca_dims=()):
           'width_multiplier': config.model.width_multiplier,
           'policy': config.augment.policy,
           'batch_size': config.batch_size,
+          'microbatches': config.microbatches,
           'steps': steps,
           'epochs': steps * config.batch_size / info.num_examples,
           'pretrain_wall_sec': wall,
@@ -164,6 +170,12 @@ def _configs():
       weak = config.copy_and_resolve_references()
       weak.augment.policy = 'weak'
       arms[f'resnet18_weak_b{batch}'] = (weak, arms[f'resnet18_simclr_b{batch}'][1])
+  for pair in FLAGS.microbatch_arms:
+    batch, microbatches = (int(x) for x in pair.split(':'))
+    config = base.copy_and_resolve_references()
+    config.batch_size, config.microbatches = batch, microbatches
+    config.checkpoint_every_steps = 10**9
+    arms[f'resnet18_simclr_b{batch}_m{microbatches}'] = (config, max(1, round(num_images / batch)))
   return base, arms
 
 
@@ -229,8 +241,10 @@ def table(results):
   for name, r in results.items():
     cells = [f'{100 * r["eval"][p]["top1"]:.2f}%' if p in r['eval'] else '-' for p in protocols]
     trained = 'steps' in r
+    micro = r.get('microbatches', 1)
+    batch = f'{r["batch_size"]} ({micro} x {r["batch_size"] // micro})' if micro > 1 else ''
     pretraining = [
-        str(r['batch_size']) if trained else '-',
+        (batch or str(r['batch_size'])) if trained else '-',
         str(r['steps']) if trained else '-',
         f'{r["epochs"]:.2f}' if trained else '-',
         f'{r["pretrain_cpu_sec"] / 60:.1f} min' if trained else '-',
@@ -259,14 +273,23 @@ def figure(results, path):
   sweep_arms = sorted(
       (r['batch_size'], r)
       for n, r in results.items()
-      if n.startswith('resnet18_simclr_b') and 'batch_size' in r
+      if n.startswith('resnet18_simclr_b') and r.get('microbatches', 1) == 1
   )
+  micro_arms = [r for r in results.values() if r.get('microbatches', 1) > 1]
   for protocol in FLAGS.protocols:
     sweep.plot(
         [b for b, _ in sweep_arms],
         [100 * r['eval'][protocol]['top1'] for _, r in sweep_arms],
         marker='o',
         label=protocol,
+    )
+  for r in micro_arms:
+    for protocol in FLAGS.protocols:
+      sweep.plot(r['batch_size'], 100 * r['eval'][protocol]['top1'], 'kx')
+    sweep.annotate(
+        f'{r["microbatches"]} micro-batches',
+        (r['batch_size'], 100 * r['eval'][protocol]['top1']),
+        fontsize=7,
     )
   sweep.set_xscale('log', base=2)
   sweep.set_xlabel(f'batch ({FLAGS.epochs:g} epochs of images each)')

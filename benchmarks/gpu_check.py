@@ -63,6 +63,7 @@ GPU_CAPS = {
     'throughput_resnet50_224_bfloat16': 110,
     'throughput_vit_s4_cifar_bfloat16': 90,
     'throughput_vit_b16_224_bfloat16': 90,
+    'throughput_resnet50_224_b4096_m16_bfloat16': 100,
     'memory': 150,
 }
 DRY_RUN_CAP = 300
@@ -213,12 +214,12 @@ def parts(dry_run: bool, dataset: str, workdir: str) -> list[Part]:
   batch = 16 if dry_run else 512
 
   # absl applies --config.* overrides to the --config file named before them.
-  def throughput(config, gpu_sizes, dtype):
+  def throughput(config, gpu_sizes, dtype, gpu_steps=('--steps=20', '--warmup_steps=3')):
     sizes = (
         DRY_MODEL
         + ['--config.batch_size=16', '--steps=1', '--warmup_steps=0', '--peak_matmul_size=256']
         if dry_run
-        else gpu_sizes + ['--steps=20', '--warmup_steps=3']
+        else gpu_sizes + list(gpu_steps)
     )
     return [
         python,
@@ -307,6 +308,22 @@ def parts(dry_run: bool, dataset: str, workdir: str) -> list[Part]:
               ('throughput_vit_b16_224_bfloat16', 'configs/imagenet_vit.py', 128),
           )
           if not dry_run
+      ),
+      # The gradient cache (issue 20): batch 4096 at 224x224 in 16 micro-batches of 256.
+      *(
+          []
+          if dry_run
+          else [
+              Part(
+                  'throughput_resnet50_224_b4096_m16_bfloat16',
+                  throughput(
+                      'configs/imagenet.py',
+                      ['--config.batch_size=4096', '--config.microbatches=16'],
+                      'bfloat16',
+                      gpu_steps=('--steps=5', '--warmup_steps=1'),
+                  ),
+              )
+          ]
       ),
       MemoryPart('memory', memory),
   ]

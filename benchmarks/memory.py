@@ -3,7 +3,8 @@ r"""Peak device memory of the train step per batch size, with and without the me
   python benchmarks/memory.py --config=configs/cifar10.py --batch_sizes=256,1024,4096
   python benchmarks/memory.py --config=configs/imagenet.py --batch_sizes=256,1024,4096
 
-For each option set (float32; remat; bfloat16; chunked NT-Xent; all three) and batch size, the
+For each option set (float32; remat; bfloat16; chunked NT-Xent; all three; the gradient cache in
+4 or 16 micro-batches) and batch size, the
 train step is compiled for one device of this machine from abstract shapes (nothing is
 allocated or run) and XLA's compiled memory analysis gives the peak: arguments + outputs -
 donated aliases + temporaries. A quadratic in the batch size fitted to the three largest
@@ -47,7 +48,7 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_list('batch_sizes', ['256', '1024', '4096'], 'Global batch sizes to compile.')
 flags.DEFINE_list(
     'options',
-    ['float32', 'remat', 'bfloat16', 'chunked', 'all'],
+    ['float32', 'remat', 'bfloat16', 'chunked', 'all', 'micro4', 'micro16'],
     'Option sets to measure (see OPTIONS).',
 )
 flags.DEFINE_integer('chunk_size', 256, 'contrastive_chunk_size of the chunked option sets.')
@@ -61,6 +62,9 @@ OPTIONS = {
     'bfloat16': {'dtype': 'bfloat16'},
     'chunked': {'contrastive_chunk_size': None},  # None: --chunk_size.
     'all': {'remat': True, 'dtype': 'bfloat16', 'contrastive_chunk_size': None},
+    # The gradient cache: the model sees batch / M images at a time.
+    'micro4': {'microbatches': 4},
+    'micro16': {'microbatches': 16},
 }
 
 
@@ -88,7 +92,13 @@ def peak_bytes(config, batch_size: int) -> int:
       'label': jax.ShapeDtypeStruct((batch_size,), np.int32),
   }
   step_fn = simclr.make_train_step(
-      model, tx, schedule, config.temperature, mesh, config.contrastive_chunk_size
+      model,
+      tx,
+      schedule,
+      config.temperature,
+      mesh,
+      config.contrastive_chunk_size,
+      microbatches=config.microbatches,
   )
   memory = step_fn.lower(state, batch).compile().memory_analysis()
   return (

@@ -112,16 +112,19 @@ def _train_step(config, mesh, schedule, tx):
       mesh,
       config.contrastive_chunk_size,
       weight_decay=config.weight_decay,
+      microbatches=config.microbatches,
   )
 
 
 def time_train_step(config, devices):
   """Compile time, median step seconds and FLOPs of the train step on `devices`.
 
-  FLOPs are XLA's cost analysis of the step written with XLA's convolutions, whatever
-  model.conv_impl says: the math is the same, and XLA counts a loop body once, so the count
-  of the matmul convolutions' chunk loops would be too low (as is that of the loss's chunk loop
-  when contrastive_chunk_size is set, a small part of the step).
+  FLOPs are XLA's cost analysis of the plain step written with XLA's convolutions, whatever
+  model.conv_impl and microbatches say: XLA counts a loop body once, so the count of the
+  matmul convolutions' chunk loops, or of the micro-batch loops, would be too low (as is that
+  of the loss's chunk loop when contrastive_chunk_size is set, a small part of the step). With
+  microbatches > 1, the FLOPs and MFU are then those of the useful work: the gradient cache's
+  second forward pass is not counted.
   """
   mesh = create_mesh(devices)
   size, batch = config.image_size, config.batch_size
@@ -141,9 +144,9 @@ def time_train_step(config, devices):
       batch_sharded(mesh),
   )
   xla_step_fn = step_fn
-  if resnet.conv_impl_for(config.model.conv_impl) != 'xla':
+  if resnet.conv_impl_for(config.model.conv_impl) != 'xla' or config.microbatches > 1:
     xla_config = config.copy_and_resolve_references()
-    xla_config.model.conv_impl = 'xla'
+    xla_config.model.conv_impl, xla_config.microbatches = 'xla', 1
     _, xla_step_fn = _train_step(xla_config, mesh, schedule, tx)
   flops = xla_step_fn.lower(state, batch_data).cost_analysis()['flops']
   start = time.perf_counter()

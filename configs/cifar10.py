@@ -103,6 +103,10 @@ def get_config():
   # Anchors per device and view whose logits are computed at once (0: all); same loss and
   # gradients, O(chunk * batch) instead of O(batch^2) memory. Must divide batch / devices.
   config.contrastive_chunk_size = 0
+  # Gradient cache (Gao et al. 2021): the model runs on batch_size / microbatches images at a
+  # time, twice, while the loss keeps every negative of the whole batch; BatchNorm statistics
+  # are then per micro-batch. 1: off. Must divide batch_size / devices.
+  config.microbatches = 1
 
   # Optimisation.
   config.batch_size = 512  # Global batch size, split evenly over all devices of all hosts.

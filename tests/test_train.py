@@ -1,4 +1,5 @@
-"""The jitted train step: 8 devices equal 1 device (loss, gradients, BatchNorm statistics)."""
+"""The jitted train step: 8 devices equal 1 device (loss, gradients, BatchNorm statistics), with
+and without micro-batches."""
 
 import json
 import textwrap
@@ -64,8 +65,8 @@ _STEP_SCRIPT = textwrap.dedent("""
       state = sharding.run_once(init, out_shardings=replicated(mesh))
       params = jax.device_get(state.params)
       global_batch = jax.device_put(batch, batch_sharded(mesh))
-      new_state, metrics = simclr.make_train_step(model, tx, schedule, 0.5, mesh)(
-          state, global_batch)
+      new_state, metrics = simclr.make_train_step(
+          model, tx, schedule, 0.5, mesh, microbatches=int(sys.argv[3]))(state, global_batch)
       grads = jax.tree.map(lambda p, q: p - q, params, jax.device_get(new_state.params))
       trees = {'metrics': metrics, 'grads': grads, 'batch_stats': new_state.batch_stats}
       for name, tree in trees.items():
@@ -76,10 +77,12 @@ _STEP_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize('encoder', ['resnet', 'vit'])
-def test_train_step_on_eight_devices_equals_one_device(tmp_path, encoder):
+# Micro-batches (the gradient cache) of 8 pairs: BatchNorm over each micro-batch's 16 views on
+# all devices, the loss over all 16 pairs.
+@pytest.mark.parametrize('encoder,microbatches', [('resnet', 1), ('resnet', 2), ('vit', 2)])
+def test_train_step_on_eight_devices_equals_one_device(tmp_path, encoder, microbatches):
   out_file = tmp_path / 'out.npz'
-  run_on_eight_cpu_devices(_STEP_SCRIPT, str(out_file), encoder)
+  run_on_eight_cpu_devices(_STEP_SCRIPT, str(out_file), encoder, str(microbatches))
   results = np.load(out_file)
   keys = [k[2:] for k in results.files if k.startswith('8/')]
   assert any('grads' in k for k in keys) and any('batch_stats' in k for k in keys)

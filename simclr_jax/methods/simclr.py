@@ -10,10 +10,57 @@ import optax
 from simclr_jax import augment_jax
 from simclr_jax import losses
 from simclr_jax import models
+from simclr_jax.core import gradient_cache
 from simclr_jax.core import optim
 from simclr_jax.core import train_state
 from simclr_jax.methods import core
 from simclr_jax.core.sharding import DATA_AXIS, batch_sharded
+
+
+def _forward(params, batch_stats, views, *, model, mesh, dropout_rng=None):
+  """The model on view pairs [n, 2, H, W, C]: ({'z', 'probe_logits' if any}, batch_stats),
+  each output [n, 2, ...].
+
+  The model sees all 2n images at once, so BatchNorm statistics cover both views of the
+  (global) batch.
+  """
+  n = views.shape[0]
+  images = views.reshape((2 * n,) + views.shape[2:])
+  images = jax.lax.with_sharding_constraint(images, batch_sharded(mesh))
+  out, updates = model.apply(
+      {'params': params, 'batch_stats': batch_stats},
+      images,
+      train=True,
+      mutable=['batch_stats'],
+      rngs={} if dropout_rng is None else {'dropout': dropout_rng},
+  )
+  outputs = {
+      k: out[k].reshape((n, 2) + out[k].shape[1:]) for k in ('z', 'probe_logits') if k in out
+  }
+  return outputs, updates.get('batch_stats', {})  # {}: a model without BatchNorm.
+
+
+def _objective(params, outputs, labels, *, temperature, mesh, chunk_size=0, weight_decay=0.0):
+  """NT-Xent (+ probe loss) of a batch's outputs (_forward's); returns (loss, metrics)."""
+  z = outputs['z']
+  contrastive = losses.nt_xent(z[:, 0], z[:, 1], temperature, mesh, DATA_AXIS, chunk_size)
+  loss = contrastive.loss
+  metrics = {
+      'contrastive_loss': contrastive.loss,
+      'contrastive_accuracy': contrastive.accuracy,
+      'contrastive_entropy': contrastive.entropy,
+  }
+  if 'probe_logits' in outputs:
+    labels = jnp.repeat(labels, 2)
+    logits = outputs['probe_logits'].reshape((labels.shape[0], -1))
+    probe_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    probe_decay = weight_decay * 0.5 * jnp.sum(jnp.square(params['probe']['kernel']))
+    loss = loss + probe_loss + probe_decay
+    metrics['probe_loss'] = probe_loss
+    metrics['probe_weight_decay'] = probe_decay
+    metrics['probe_accuracy'] = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+  metrics['loss'] = loss
+  return loss, metrics
 
 
 def loss_and_metrics(
@@ -30,42 +77,70 @@ def loss_and_metrics(
 ):
   """NT-Xent (+ probe loss) of a batch of view pairs; returns (loss, (metrics, stats)).
 
-  `batch['views']` is [N, 2, H, W, C]; both views of an image sit in one shard, and the model
-  sees all 2N images at once so BatchNorm statistics cover the global batch of both views.
+  `batch['views']` is [N, 2, H, W, C]; both views of an image sit in one shard.
   The probe's loss is its cross-entropy plus `weight_decay` * ||kernel||^2 / 2: the optimiser
   leaves the probe out of its decay, and the reference adds the probe's decay to the loss.
   `dropout_rng` feeds the encoder's dropout and stochastic depth, if it has any.
   """
-  views = batch['views']
-  n = views.shape[0]
-  images = views.reshape((2 * n,) + views.shape[2:])
-  images = jax.lax.with_sharding_constraint(images, batch_sharded(mesh))
-  out, updates = model.apply(
-      {'params': params, 'batch_stats': batch_stats},
-      images,
-      train=True,
-      mutable=['batch_stats'],
-      rngs={} if dropout_rng is None else {'dropout': dropout_rng},
+  outputs, batch_stats = _forward(
+      params, batch_stats, batch['views'], model=model, mesh=mesh, dropout_rng=dropout_rng
   )
-  z = out['z'].reshape(n, 2, -1)
-  contrastive = losses.nt_xent(z[:, 0], z[:, 1], temperature, mesh, DATA_AXIS, chunk_size)
-  loss = contrastive.loss
-  metrics = {
-      'contrastive_loss': contrastive.loss,
-      'contrastive_accuracy': contrastive.accuracy,
-      'contrastive_entropy': contrastive.entropy,
-  }
-  if 'probe_logits' in out:
-    labels = jnp.repeat(batch['label'], 2)
-    logits = out['probe_logits']
-    probe_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    probe_decay = weight_decay * 0.5 * jnp.sum(jnp.square(params['probe']['kernel']))
-    loss = loss + probe_loss + probe_decay
-    metrics['probe_loss'] = probe_loss
-    metrics['probe_weight_decay'] = probe_decay
-    metrics['probe_accuracy'] = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
-  metrics['loss'] = loss
-  return loss, (metrics, updates['batch_stats'])
+  loss, metrics = _objective(
+      params,
+      outputs,
+      batch.get('label'),
+      temperature=temperature,
+      mesh=mesh,
+      chunk_size=chunk_size,
+      weight_decay=weight_decay,
+  )
+  return loss, (metrics, batch_stats)
+
+
+def loss_and_grads(
+    params,
+    batch_stats,
+    batch,
+    *,
+    model,
+    temperature,
+    mesh,
+    chunk_size=0,
+    weight_decay=0.0,
+    dropout_rng=None,
+    microbatches=1,
+):
+  """((loss, (metrics, batch_stats)), grads) of loss_and_metrics, in `microbatches` passes.
+
+  microbatches = M > 1: the gradient cache (core/gradient_cache.py). The loss still pairs
+  every anchor with all 2N - 2 negatives of the batch, but the model sees N / M pairs at a time
+  (pairs m, m + M, ...): BatchNorm normalises each micro-batch by its own statistics, the
+  running averages move by the mean of the micro-batches' updates, and micro-batch m draws its
+  dropout from fold_in(dropout_rng, m).
+  """
+  kwargs = dict(temperature=temperature, mesh=mesh, chunk_size=chunk_size)
+  if microbatches == 1:
+    return jax.value_and_grad(loss_and_metrics, has_aux=True)(
+        params,
+        batch_stats,
+        batch,
+        model=model,
+        weight_decay=weight_decay,
+        dropout_rng=dropout_rng,
+        **kwargs,
+    )
+
+  def forward(p, views, m):
+    rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, m)
+    return _forward(p, batch_stats, views, model=model, mesh=mesh, dropout_rng=rng)
+
+  def objective(p, outputs):
+    return _objective(p, outputs, batch.get('label'), weight_decay=weight_decay, **kwargs)
+
+  (loss, (metrics, micro_stats)), grads = gradient_cache.value_and_grad(
+      forward, objective, params, batch['views'], microbatches, mesh
+  )
+  return (loss, (metrics, jax.tree.map(lambda s: s.mean(0), micro_stats))), grads
 
 
 def augment_batch(batch, *, config_augment, image_size, mesh):
@@ -94,6 +169,7 @@ def train_step(
     augment=None,
     weight_decay=0.0,
     dropout_seed=0,
+    microbatches=1,
 ):
   """One optimisation step on a global batch; returns the new state and scalar metrics.
 
@@ -102,19 +178,18 @@ def train_step(
   """
   if augment is not None:
     batch = augment(batch)
-  grad_fn = jax.value_and_grad(
-      functools.partial(
-          loss_and_metrics,
-          model=model,
-          temperature=temperature,
-          mesh=mesh,
-          chunk_size=chunk_size,
-          weight_decay=weight_decay,
-          dropout_rng=train_state.step_rng(dropout_seed, state.step),
-      ),
-      has_aux=True,
+  (loss, (metrics, batch_stats)), grads = loss_and_grads(
+      state.params,
+      state.batch_stats,
+      batch,
+      model=model,
+      temperature=temperature,
+      mesh=mesh,
+      chunk_size=chunk_size,
+      weight_decay=weight_decay,
+      dropout_rng=train_state.step_rng(dropout_seed, state.step),
+      microbatches=microbatches,
   )
-  (loss, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics['learning_rate'] = schedule(state.step)
@@ -134,6 +209,7 @@ def make_train_step(
     augment=None,
     weight_decay=0.0,
     dropout_seed=0,
+    microbatches=1,
 ):
   """jit-compiles `train_step` with the state replicated and the batch split over 'data'.
 
@@ -150,6 +226,7 @@ def make_train_step(
       augment=augment,
       weight_decay=weight_decay,
       dropout_seed=dropout_seed,
+      microbatches=microbatches,
   )
   return train_state.jit_step(step_fn, mesh)
 
@@ -176,6 +253,18 @@ class SimCLR(core.Method):
       raise ValueError(
           f'config.contrastive_chunk_size={chunk!r} must be 0 (no chunks) or '
           f'divide the {per_device} images per device (batch_size / devices).'
+      )
+    micro = config.microbatches
+    if not (isinstance(micro, int) and micro >= 1 and config.batch_size % micro == 0):
+      raise ValueError(
+          f'config.microbatches={micro!r} must be a positive integer dividing '
+          f'config.batch_size={config.batch_size} (1: no micro-batches).'
+      )
+    if (config.batch_size // micro) % num_devices:
+      raise ValueError(
+          f'config.microbatches={micro} gives micro-batches of {config.batch_size // micro} '
+          f'images, which do not split over the {num_devices} devices: use microbatches '
+          f'dividing batch_size / devices = {per_device}.'
       )
 
   def create_model(self, num_classes):
@@ -210,4 +299,5 @@ class SimCLR(core.Method):
         augment,
         config.weight_decay,
         config.seed,
+        config.microbatches,
     )
