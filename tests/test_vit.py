@@ -88,6 +88,7 @@ def _tiny_vit(dataset):
 def test_simclr_pretrains_and_evaluates_a_vit(cifar10_subset, tmp_path):
   config = _tiny_vit(cifar10_subset)
   config.model.dropout = config.model.drop_path = 0.1
+  config.microbatches = 2  # The gradient cache, its dropout keys per micro-batch included.
   state = train.train_and_evaluate(config, str(tmp_path / 'pretrain'))
   # Resumed from step 2, the run draws the same dropout masks as the uninterrupted one.
   shutil.copytree(tmp_path / 'pretrain', tmp_path / 'resumed')

@@ -290,6 +290,29 @@ MUTATIONS = (
         'if False:',
         ('tests/test_workdir_lock.py',),
     ),
+    # The gradient cache (core/gradient_cache.py, methods/simclr.py).
+    Mutation(
+        'cache-contiguous-micro-batches',
+        'simclr_jax/core/gradient_cache.py',
+        'x = x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:])\n'
+        '    x = jnp.swapaxes(x, 0, 1)',
+        'x = x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:])',
+        ('tests/test_gradient_cache.py',),
+    ),
+    Mutation(
+        'cache-drops-the-direct-parameter-gradient',
+        'simclr_jax/core/gradient_cache.py',
+        '      objective_grads,\n',
+        '      jax.tree.map(jnp.zeros_like, objective_grads),\n',
+        ('tests/test_gradient_cache.py',),
+    ),
+    Mutation(
+        'cache-last-micro-batch-statistics',
+        'simclr_jax/methods/simclr.py',
+        'jax.tree.map(lambda s: s.mean(0), micro_stats)',
+        'jax.tree.map(lambda s: s[-1], micro_stats)',
+        ('tests/test_gradient_cache.py',),
+    ),
 )
 
 
