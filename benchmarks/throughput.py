@@ -238,6 +238,7 @@ def main(argv):
       'conv_impl': resnet.conv_impl_for(config.model.conv_impl),
       'dtype': config.dtype,
       'remat': config.remat,
+      'microbatches': config.microbatches,
       'image_size': config.image_size,
       'batch_size': config.batch_size,
       'compile_sec': round(compile_sec, 2),

@@ -9,6 +9,10 @@ Run (TPU/GPU hosts; needs the prepared TFDS `imagenet2012`, or an image folder):
 
 On a pod slice or cluster, every host runs this command (launch/ has TPU, SLURM and local scripts);
 `--config.data_shards=64` (say) makes the batches the same on any host count dividing 64.
+On fewer accelerators, keep the batch of 4096 and its negatives with the gradient cache:
+`--config.microbatches=16` runs 256 images (512 views) at a time, about 78 GB on one device by
+XLA's CPU memory analysis, against about 1.1 TB for the whole batch (BENCHMARKS.md); BatchNorm
+then normalises each micro-batch by itself (README, "Big batches on few devices").
 
 Expected result: the reference README says this command followed by its linear evaluation
 (configs/imagenet_linear_eval.py) "should give around 64.5%" top-1; it reports 69.1% for

@@ -3,6 +3,7 @@ devices, with the online linear probe on stop_gradient(h)."""
 
 import functools
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import optax
@@ -282,6 +283,14 @@ class SimCLR(core.Method):
 
   def make_train_step(self, model, tx, schedule, mesh):
     config = self.config
+    if config.microbatches > 1:
+      logging.info(
+          'Gradient cache: each batch of %d pairs runs in %d micro-batches of %d; NT-Xent sees '
+          'the whole batch, BatchNorm each micro-batch.',
+          config.batch_size,
+          config.microbatches,
+          config.batch_size // config.microbatches,
+      )
     augment = (
         functools.partial(
             augment_batch, config_augment=config.augment, image_size=config.image_size, mesh=mesh
