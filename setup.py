@@ -24,6 +24,7 @@ setuptools.setup(
         'tensorboard==2.21.0',  # clu's summary writer needs it.
         'importlib_resources==7.1.0',  # TFDS builders need it with etils 1.15.
         'numpy==2.4.6',
+        'safetensors==0.8.0',  # export --format=torch (a torchvision state_dict).
         'pillow==13.0.0',
         # The visual report (python -m simclr_jax.report) and the TensorBoard augmentation grid.
         'matplotlib==3.11.2',

@@ -8,6 +8,10 @@ Formats:
   config as JSON in '__config__' and the checkpoint step in '__step__'.
 - msgpack: the same tree as flax.serialization's msgpack ({'params', 'batch_stats', 'config',
   'step'}), for JAX users without Orbax.
+- torch: the ResNet encoder as a torchvision state_dict in safetensors (PATH.safetensors), for
+  torchvision.models.resnetNN; the model card holds the lines that build and load it
+  (export_torch.py: the CIFAR stem, TF's max-pool padding and the reference shortcut layout
+  change torchvision's module in a few lines). Width 1 only; no projection head.
 - savedmodel: a TensorFlow SavedModel directory (through jax2tf) whose 'serving_default'
   signature takes uint8 images [N, S, S, 3] of the run's image size S, any N, and returns
   {'h': representations, 'z': projections}; the weights are its variables.
@@ -31,14 +35,18 @@ import flax.serialization
 import jax
 import ml_collections
 import numpy as np
+import safetensors.numpy
 
 from simclr_jax import cli_errors
+from simclr_jax import export_torch
 from simclr_jax.core import checkpoints
 from simclr_jax.core import run_config
 from simclr_jax.core import workdirs
 from simclr_jax.core import writers
 
-FORMATS = ('npz', 'msgpack', 'savedmodel')
+FORMATS = ('npz', 'msgpack', 'torch', 'savedmodel')
+# The file ending --output needs, by format (savedmodel: a directory).
+SUFFIXES = {'npz': '.npz', 'msgpack': '.msgpack', 'torch': '.safetensors'}
 # The parts of the model a user of the encoder needs; the probe depends on the run's labels.
 EXPORTED = ('encoder', 'head')
 
@@ -77,6 +85,9 @@ def _unflatten(flat):
 def serialize(variables, config, step: int, fmt: str) -> bytes:
   """The bytes of an export in `fmt` (see the module docstring)."""
   config_json = config.to_json()
+  if fmt == 'torch':
+    tensors = export_torch.state_dict(variables)
+    return safetensors.numpy.save(tensors, metadata={'config': config_json, 'step': str(step)})
   if fmt == 'npz':
     buffer = io.BytesIO()
     arrays = dict(_flatten(variables))
@@ -178,7 +189,9 @@ def model_card(workdir: str, variables, config, step: int, fmt: str, output: str
   architecture = f'{m.name}, width multiplier {m.width_multiplier}'
   if m.name.startswith('vit'):
     architecture += f', patch {m.patch_size}, pool {m.pool}'
-  if fmt == 'savedmodel':
+  if fmt == 'torch':
+    loader = export_torch.loading_lines(config, os.path.basename(output))
+  elif fmt == 'savedmodel':
     loader = (
         'import tensorflow as tf\n'
         f"serve = tf.saved_model.load('{os.path.basename(output)}').signatures['serving_default']\n"
@@ -220,8 +233,8 @@ def export(workdir: str, output: str, fmt: str, step: int = -1, overwrite: bool 
   """Writes the export and its model card; returns {'output', 'model_card', 'step'}."""
   if fmt not in FORMATS:
     raise ValueError(f'--format={fmt!r} is not known; use one of {", ".join(FORMATS)}.')
-  if fmt != 'savedmodel' and not output.endswith(f'.{fmt}'):
-    raise ValueError(f'--output={output!r} must end with .{fmt} for --format={fmt}.')
+  if fmt in SUFFIXES and not output.endswith(SUFFIXES[fmt]):
+    raise ValueError(f'--output={output!r} must end with {SUFFIXES[fmt]} for --format={fmt}.')
   if os.path.exists(output) and not overwrite:
     raise ValueError(f'{output} exists; pass --overwrite to replace it, or another --output.')
   workdir = workdirs.absolute(workdir)
@@ -236,6 +249,8 @@ def export(workdir: str, output: str, fmt: str, step: int = -1, overwrite: bool 
   if step not in steps:
     raise ValueError(f'--step={step} is not among the checkpoints in {workdir}: {sorted(steps)}.')
   config = run_config.load_config(workdir)
+  if fmt == 'torch':
+    export_torch.check_exportable(config)
   variables = exported_variables(checkpoints.restore_read_only(manager, step, '--step'))
   directory = os.path.dirname(os.path.abspath(output))
   os.makedirs(directory, exist_ok=True)

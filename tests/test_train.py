@@ -20,7 +20,7 @@ from simclr_jax.core import train_state
 # apart on one element (issue 21); in float64 such rounding is ~1e-13 of the gradients' scale,
 # while a sharding bug (local negatives, per-device BatchNorm) moves them by percents.
 _STEP_SCRIPT = textwrap.dedent("""
-    import functools, sys
+    import functools, itertools, sys
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update('jax_enable_x64', True)
     from simclr_jax import models
@@ -60,18 +60,18 @@ _STEP_SCRIPT = textwrap.dedent("""
       return state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params))
 
     out = {}
-    for devices in (8, 1):
+    for devices, microbatches in itertools.product((8, 1), sys.argv[3].split(',')):
       mesh = create_mesh(jax.devices()[:devices])
       state = sharding.run_once(init, out_shardings=replicated(mesh))
       params = jax.device_get(state.params)
       global_batch = jax.device_put(batch, batch_sharded(mesh))
       new_state, metrics = simclr.make_train_step(
-          model, tx, schedule, 0.5, mesh, microbatches=int(sys.argv[3]))(state, global_batch)
+          model, tx, schedule, 0.5, mesh, microbatches=int(microbatches))(state, global_batch)
       grads = jax.tree.map(lambda p, q: p - q, params, jax.device_get(new_state.params))
       trees = {'metrics': metrics, 'grads': grads, 'batch_stats': new_state.batch_stats}
       for name, tree in trees.items():
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-          out[f'{devices}/{name}{jax.tree_util.keystr(path)}'] = np.asarray(leaf)
+          out[f'{devices}/{microbatches}/{name}{jax.tree_util.keystr(path)}'] = np.asarray(leaf)
     np.savez(sys.argv[1], **out)
     print('saved')
 """)
@@ -79,13 +79,14 @@ _STEP_SCRIPT = textwrap.dedent("""
 
 # Micro-batches (the gradient cache) of 8 pairs: BatchNorm over each micro-batch's 16 views on
 # all devices, the loss over all 16 pairs.
-@pytest.mark.parametrize('encoder,microbatches', [('resnet', 1), ('resnet', 2), ('vit', 2)])
+@pytest.mark.parametrize('encoder,microbatches', [('resnet', '1,2'), ('vit', '2')])
 def test_train_step_on_eight_devices_equals_one_device(tmp_path, encoder, microbatches):
   out_file = tmp_path / 'out.npz'
-  run_on_eight_cpu_devices(_STEP_SCRIPT, str(out_file), encoder, str(microbatches))
+  run_on_eight_cpu_devices(_STEP_SCRIPT, str(out_file), encoder, microbatches)
   results = np.load(out_file)
   keys = [k[2:] for k in results.files if k.startswith('8/')]
   assert any('grads' in k for k in keys) and any('batch_stats' in k for k in keys)
+  assert {k.split('/')[0] for k in keys} == set(microbatches.split(','))
   for key in keys:
     eight, one = results['8/' + key], results['1/' + key]
     scale = np.abs(one).max()
