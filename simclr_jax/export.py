@@ -185,6 +185,7 @@ def model_card(workdir: str, variables, config, step: int, fmt: str, output: str
   counts = {
       name: sum(int(np.size(x)) for x in jax.tree.leaves(tree))
       for name, tree in variables['params'].items()
+      if fmt != 'torch' or name == 'encoder'  # The torch export holds the encoder alone.
   }
   architecture = f'{m.name}, width multiplier {m.width_multiplier}'
   if m.name.startswith('vit'):
