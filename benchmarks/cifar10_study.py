@@ -284,13 +284,9 @@ def figure(results, path):
         label=protocol,
     )
   for r in micro_arms:
-    for protocol in FLAGS.protocols:
-      sweep.plot(r['batch_size'], 100 * r['eval'][protocol]['top1'], 'kx')
-    sweep.annotate(
-        f'{r["microbatches"]} micro-batches',
-        (r['batch_size'], 100 * r['eval'][protocol]['top1']),
-        fontsize=7,
-    )
+    tops = [100 * r['eval'][protocol]['top1'] for protocol in FLAGS.protocols]
+    sweep.plot([r['batch_size']] * len(tops), tops, 'kx')
+    sweep.annotate(f'{r["microbatches"]} micro-batches', (r['batch_size'], tops[-1]), fontsize=7)
   sweep.set_xscale('log', base=2)
   sweep.set_xlabel(f'batch ({FLAGS.epochs:g} epochs of images each)')
   sweep.set_ylabel('test top-1 (%)')

@@ -16,6 +16,7 @@ change torchvision's module instead:
 import math
 import re
 
+import jax
 import numpy as np
 
 # torchvision.models constructors of our encoders (resnet200 has none).
@@ -60,21 +61,14 @@ def _torch_name(path):
   return '.'.join(out)
 
 
-def _leaves(tree, prefix=()):
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      yield from _leaves(value, prefix + (key,))
-    else:
-      yield prefix + (key,), value
-
-
 def state_dict(variables) -> dict:
   """{torchvision name: float32 array} of the encoder in `variables` ({'params', 'batch_stats'}
   of the whole model), with each BatchNorm's num_batches_tracked (0) as torchvision has it."""
   out = {}
   collections = (variables['params']['encoder'], variables['batch_stats']['encoder'])
   for tree in collections:
-    for (*module, leaf), value in _leaves(tree):
+    for path, value in jax.tree_util.tree_leaves_with_path(tree):
+      *module, leaf = (k.key for k in path)
       name = _torch_name(module)
       value = np.asarray(value, np.float32)
       if leaf == 'kernel':
