@@ -47,6 +47,8 @@ def get_config():
   config.augment.flip_prob = 0.5  # Probability of a horizontal flip.
   config.augment.color_jitter_prob = 0.8  # Probability of applying colour jitter.
   config.augment.color_strength = 0.5  # s: brightness/contrast/saturation 0.8s, hue 0.2s.
+  # (): the jitter of color_strength; else its (brightness, contrast, saturation, hue) maxima.
+  config.augment.color_jitter = ()
   # Brightness as the reference's simclrv2 (multiply by U[1-b, 1+b]) or simclrv1 (add
   # U[-b, b]) colour jitter; the other three ops are the same in both.
   config.augment.color_jitter_impl = 'simclrv2'
@@ -54,6 +56,10 @@ def get_config():
   config.augment.blur_prob = 0.0  # Probability of Gaussian blur (0 = off, as for CIFAR).
   config.augment.blur_sigma_min = 0.1  # Gaussian blur: smallest sigma (pixels).
   config.augment.blur_sigma_max = 2.0  # Gaussian blur: largest sigma (pixels).
+  config.augment.solarize_prob = 0.0  # Probability of solarising (x >= 0.5 -> 1 - x; BYOL).
+  # Values of the keys above that the second view of each pair uses instead (BYOL's asymmetric
+  # blur and solarisation); empty: both views alike.
+  config.augment.second_view = ml_collections.ConfigDict()
   # The weak policy: per view, with p crop_branch_prob a crop resized back and a flip, else
   # a flip and a colour jitter (torchvision ColorJitter's brightness/contrast/saturation/hue).
   config.augment.weak = ml_collections.ConfigDict()
@@ -128,7 +134,7 @@ def get_config():
   # run's encoder, writing into its own --workdir.
   # pretrain | evaluate; older spellings, for one more release: linear_eval | knn_eval | finetune.
   config.mode = 'pretrain'
-  config.method = 'simclr'  # Pretraining method (methods/): simclr.
+  config.method = 'simclr'  # Pretraining method (methods/): simclr | byol (configs/*_byol.py).
   config.pretrained_workdir = ''  # Workdir of the pretraining run to evaluate.
   config.pretrained_step = -1  # Checkpoint step to evaluate; -1 = the latest.
   config.eval = ml_collections.ConfigDict()

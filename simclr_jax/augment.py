@@ -11,6 +11,7 @@ import tensorflow as tf
 from simclr_jax import augment_jax
 
 _NUM_JITTER_OPS = 4  # brightness, contrast, saturation, hue.
+_SOLARIZE_STREAM = 4  # fold_in index of a view's solarisation seed (0-3: crop to blur).
 
 
 def _split(seed, num):
@@ -82,24 +83,6 @@ def random_permutation(seed, n):
   return tf.argsort(tf.random.stateless_uniform([n], seed))
 
 
-def jitter_ranges(strength, impl='simclrv2'):
-  """SimCLR's (low, high) draws of brightness, contrast, saturation and hue for `strength`.
-
-  Brightness is U[max(0, 1 - b), 1 + b] (a factor, simclrv2) or U[-b, b] (an offset,
-  simclrv1), contrast and saturation factors U[max(0, 1 - c), 1 + c], hue delta U[-h, h],
-  with b = c = 0.8 * strength and h = 0.2 * strength.
-  """
-  b = c = s = 0.8 * strength
-  h = min(0.2 * strength, 0.5)  # TF's limit; a +-0.5 shift spans the hue circle.
-  # Factors are clamped at 0 as TF's random contrast/saturation require (only for s > 1.25).
-  return (
-      augment_jax.brightness_range(b, impl),
-      (max(0.0, 1 - c), 1 + c),
-      (max(0.0, 1 - s), 1 + s),
-      (-h, h),
-  )
-
-
 def sample_jitter(seed, ranges):
   """The random draws of a colour jitter: its order of ops and their parameters.
 
@@ -121,8 +104,8 @@ def sample_jitter(seed, ranges):
 
 
 def sample_color_jitter(seed, strength, impl='simclrv2'):
-  """`sample_jitter` with SimCLR's ranges for `strength` (see `jitter_ranges`)."""
-  return sample_jitter(seed, jitter_ranges(strength, impl))
+  """`sample_jitter` with the ranges of `strength` (augment_jax.jitter_ranges)."""
+  return sample_jitter(seed, augment_jax.jitter_ranges(strength, impl))
 
 
 def apply_jitter(image, order, params, impl='simclrv2'):
@@ -145,12 +128,13 @@ def apply_jitter(image, order, params, impl='simclrv2'):
 
 
 def color_jitter(image, seed, strength, impl='simclrv2'):
-  """Brightness, contrast, saturation (0.8s) and hue (0.2s) in random order.
+  """Brightness, contrast, saturation and hue in random order: SimCLR's 0.8s, 0.8s, 0.8s and
+  0.2s of a number `strength` s, or four given maxima (augment_jax.jitter_maxima).
 
   The image is clipped to [0, 1] after each op. `impl` picks the brightness op of the
   reference's `color_jitter_rand`: 'simclrv2' multiplies, 'simclrv1' adds.
   """
-  if strength <= 0:
+  if not any(augment_jax.jitter_maxima(strength)):
     return image  # Every op would be the identity; the official code skips them.
   order, params = sample_color_jitter(seed, strength, impl)
   return apply_jitter(image, order, params, impl)
@@ -199,8 +183,19 @@ def random_gaussian_blur(image, seed, prob=0.5, sigma_min=0.1, sigma_max=2.0):
   return _random_apply(blur, image, seed, prob)
 
 
+def solarize(image):
+  """BYOL's solarisation: pixels at or above 0.5 become 1 - x."""
+  return tf.where(image < 0.5, image, 1.0 - image)
+
+
+def random_solarize(image, seed, prob):
+  """Solarises with p=prob; `seed` is the view's own (a stream apart from its four parts)."""
+  seed = tf.random.experimental.stateless_fold_in(seed, _SOLARIZE_STREAM)
+  return _random_apply(lambda x, _: solarize(x), image, seed, prob)
+
+
 def simclr_view(image, seed, config_augment, size):
-  """One SimCLR view: crop -> flip -> colour distortion -> blur -> clip to [0, 1].
+  """One SimCLR view: crop -> flip -> colour distortion -> blur -> solarize -> clip to [0, 1].
 
   Args:
     image: float32 [H, W, 3] in [0, 1], any H and W.
@@ -225,13 +220,15 @@ def simclr_view(image, seed, config_augment, size):
   image = random_color_distortion(
       image,
       color_seed,
-      c.color_strength,
+      augment_jax.color_jitter_strength(c),
       c.color_jitter_prob,
       c.grayscale_prob,
       c.get('color_jitter_impl', 'simclrv2'),
   )
   if c.blur_prob > 0:
     image = random_gaussian_blur(image, blur_seed, c.blur_prob, c.blur_sigma_min, c.blur_sigma_max)
+  if c.get('solarize_prob', 0.0) > 0:  # A config.json saved before solarize_prob has none.
+    image = random_solarize(image, seed, c.solarize_prob)
   image = tf.clip_by_value(image, 0.0, 1.0)
   return tf.ensure_shape(image, [size, size, 3])
 

@@ -15,6 +15,7 @@ and runs inside a jitted, sharded train step.
 import jax
 from jax import lax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 _NUM_JITTER_OPS = 4  # brightness, contrast, saturation, hue.
@@ -258,17 +259,47 @@ def brightness_range(max_delta, impl):
   raise ValueError(f'Unknown colour jitter impl {impl!r}: use simclrv2 or simclrv1.')
 
 
+def jitter_maxima(strength):
+  """(brightness, contrast, saturation, hue) maxima of a colour jitter of `strength`: SimCLR's
+  0.8s, 0.8s, 0.8s and 0.2s of a number s, or the four given (BYOL's (0.4, 0.4, 0.2, 0.1)).
+
+  Shared with augment.py. The hue's is capped at TF's 0.5: a +-0.5 shift spans the circle.
+  """
+  if isinstance(strength, (tuple, list)):
+    b, c, s, h = strength
+  else:
+    b = c = s = 0.8 * strength
+    h = 0.2 * strength
+  return b, c, s, min(h, 0.5)
+
+
+def jitter_ranges(strength, impl='simclrv2'):
+  """The (low, high) draws of brightness, contrast, saturation and hue for `strength`.
+
+  Brightness is U[max(0, 1 - b), 1 + b] (a factor, simclrv2) or U[-b, b] (an offset,
+  simclrv1), contrast and saturation factors U[max(0, 1 - c), 1 + c], hue delta U[-h, h],
+  with (b, c, s, h) = jitter_maxima(strength). Factors are clamped at 0 as TF's random
+  contrast/saturation require. Shared with augment.py.
+  """
+  b, c, s, h = jitter_maxima(strength)
+  return (brightness_range(b, impl), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s), (-h, h))
+
+
+def color_jitter_strength(config_augment):
+  """config.augment's jitter: its color_jitter maxima if given, else its color_strength."""
+  # A config.json saved before color_jitter existed has none.
+  return tuple(config_augment.get('color_jitter', ())) or config_augment.color_strength
+
+
 def sample_color_jitter(key, strength, impl='simclrv2'):
   """augment.sample_color_jitter: (order [4], params [4]) of the colour jitter's ops.
 
   order[i] is the op of (brightness, contrast, saturation, hue) that step i applies, a
   uniformly random permutation; params are their uniform brightness factor or offset,
-  contrast and saturation factors and hue delta.
+  contrast and saturation factors and hue delta (jitter_ranges).
   """
-  b = c = s = 0.8 * strength
-  h = min(0.2 * strength, 0.5)
+  ranges = jitter_ranges(strength, impl)
   perm_key, *op_keys = jax.random.split(key, _NUM_JITTER_OPS + 1)
-  ranges = (brightness_range(b, impl), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s), (-h, h))
   params = jnp.stack(
       [
           jax.random.uniform(op_key, minval=low, maxval=high)
@@ -279,8 +310,8 @@ def sample_color_jitter(key, strength, impl='simclrv2'):
 
 
 def color_jitter(image, key, strength, impl='simclrv2'):
-  """Brightness, contrast, saturation (0.8s) and hue (0.2s) in random order (augment's)."""
-  if strength <= 0:
+  """Brightness, contrast, saturation and hue (jitter_maxima) in random order (augment's)."""
+  if not any(jitter_maxima(strength)):
     return image  # Every op would be the identity, skipped as in augment.
   order, params = sample_color_jitter(key, strength, impl)
   ops = (
@@ -344,8 +375,30 @@ def random_gaussian_blur(image, key, prob=0.5, sigma_min=0.1, sigma_max=2.0):
   return _random_apply(blur, image, key, prob)
 
 
+def solarize(image):
+  """augment.solarize: pixels at or above 0.5 become 1 - x."""
+  return jnp.where(image < 0.5, image, 1.0 - image)
+
+
+def random_solarize(image, key, prob):
+  """Solarises with p=prob; `key` is the view's own (fold_in stream 4, as augment's)."""
+  key = jax.random.fold_in(key, 4)
+  return _random_apply(lambda x, _: solarize(x), image, key, prob)
+
+
+def view_configs(config_augment):
+  """(first, second) view's config.augment: the second with config.augment.second_view's
+  values in place of the first's (BYOL's asymmetric blur and solarisation); both without
+  second_view. Shared with augment.py and the tf.data pipeline.
+  """
+  values = config_augment.to_dict()
+  overrides = values.pop('second_view', None) or {}
+  return ml_collections.ConfigDict(values), ml_collections.ConfigDict({**values, **overrides})
+
+
 def pretrain_view(image, key, config_augment, size):
-  """One SimCLR view: crop -> flip -> colour distortion -> blur -> clip (augment's order).
+  """One SimCLR view: crop -> flip -> colour distortion -> blur -> solarize -> clip (augment's
+  order).
 
   Args:
     image: float32 [H, W, 3] in [0, 1] of a static size.
@@ -370,12 +423,13 @@ def pretrain_view(image, key, config_augment, size):
   image = random_color_distortion(
       image,
       color_key,
-      c.color_strength,
+      color_jitter_strength(c),
       c.color_jitter_prob,
       c.grayscale_prob,
       c.get('color_jitter_impl', 'simclrv2'),
   )
   image = random_gaussian_blur(image, blur_key, c.blur_prob, c.blur_sigma_min, c.blur_sigma_max)
+  image = random_solarize(image, key, c.get('solarize_prob', 0.0))
   return jnp.clip(image, 0.0, 1.0)
 
 
@@ -387,7 +441,8 @@ def _as_keys(keys):
 
 
 def pretrain_views(images, keys, config_augment, size):
-  """Two independent SimCLR views of each image, vmapped over the batch.
+  """Two independent views of each image (view_configs: the second's may differ), vmapped over
+  the batch.
 
   Args:
     images: uint8 (or float in [0, 1]) [N, H, W, 3], all of one size.
@@ -400,7 +455,14 @@ def pretrain_views(images, keys, config_augment, size):
     float32 [N, 2, size, size, 3] in [0, 1].
   """
 
+  first, second = view_configs(config_augment)
+
   def two_views(image, key):
-    return jax.vmap(lambda k: pretrain_view(image, k, config_augment, size))(jax.random.split(key))
+    keys = jax.random.split(key)
+    if first == second:  # One vmapped view function compiles once.
+      return jax.vmap(lambda k: pretrain_view(image, k, first, size))(keys)
+    return jnp.stack(
+        [pretrain_view(image, keys[0], first, size), pretrain_view(image, keys[1], second, size)]
+    )
 
   return jax.vmap(two_views)(to_float(images), _as_keys(keys))

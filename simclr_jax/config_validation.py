@@ -1,6 +1,7 @@
 """Checks a config before any expensive work, with messages that name the value and the fix."""
 
 from simclr_jax import augment
+from simclr_jax import augment_jax
 from simclr_jax import evaluators
 from simclr_jax import methods
 from simclr_jax import models
@@ -50,6 +51,35 @@ def _validate_weak_policy(weak):
   for name in ('brightness', 'contrast', 'saturation'):
     _require(weak[name] >= 0, f'config.augment.weak.{name}={weak[name]} must be >= 0.')
   _require(0 <= weak.hue <= 0.5, f'config.augment.weak.hue={weak.hue} must be in [0, 0.5].')
+
+
+def _validate_view_augment(aug, where):
+  """The knobs of one pretraining view (augment_jax.view_configs)."""
+  for name in ('flip_prob', 'color_jitter_prob', 'grayscale_prob', 'blur_prob', 'solarize_prob'):
+    value = aug.get(name, 0.0)
+    _require(0 <= value <= 1, f'{where}.{name}={value} must be in [0, 1].')
+  _validate_crop(aug, where, 'reference', '0.08, 1.0', '3/4, 4/3')
+  _require(
+      aug.color_jitter_impl in COLOR_JITTER_IMPLS,
+      f'{where}.color_jitter_impl={aug.color_jitter_impl!r} is not known; use one '
+      f'of {COLOR_JITTER_IMPLS} (simclrv2: multiplicative brightness; simclrv1: additive).',
+  )
+  _require(
+      aug.color_strength >= 0,
+      f'{where}.color_strength={aug.color_strength} must be >= 0 (0.5 for CIFAR, 1.0 for '
+      'ImageNet).',
+  )
+  jitter = tuple(aug.get('color_jitter', ()))
+  _require(
+      not jitter or (len(jitter) == 4 and all(x >= 0 for x in jitter)),
+      f'{where}.color_jitter={jitter} must be () (use color_strength) or 4 maxima >= 0: '
+      "(brightness, contrast, saturation, hue), e.g. BYOL's (0.4, 0.4, 0.2, 0.1).",
+  )
+  _require(
+      0 < aug.blur_sigma_min <= aug.blur_sigma_max,
+      f'{where}.blur_sigma_min={aug.blur_sigma_min} and blur_sigma_max='
+      f'{aug.blur_sigma_max} must satisfy 0 < min <= max (reference: 0.1, 2.0).',
+  )
 
 
 def validate_config(config, *, num_devices: int, num_processes: int = 1):
@@ -143,24 +173,16 @@ def validate_config(config, *, num_devices: int, num_processes: int = 1):
       '--config.augment_on_device=false (or use the simclr policy).',
   )
   _validate_weak_policy(aug.weak)
-  for name in ('flip_prob', 'color_jitter_prob', 'grayscale_prob', 'blur_prob'):
-    _require(0 <= aug[name] <= 1, f'config.augment.{name}={aug[name]} must be in [0, 1].')
-  _validate_crop(aug, 'config.augment', 'reference', '0.08, 1.0', '3/4, 4/3')
+  unknown = sorted(set(aug.get('second_view', {})) - set(aug) - {'second_view'})
   _require(
-      aug.color_jitter_impl in COLOR_JITTER_IMPLS,
-      f'config.augment.color_jitter_impl={aug.color_jitter_impl!r} is not known; use one '
-      f'of {COLOR_JITTER_IMPLS} (simclrv2: multiplicative brightness; simclrv1: additive).',
+      not unknown and 'second_view' not in aug.get('second_view', {}),
+      f'config.augment.second_view sets {", ".join(unknown) or "second_view"}, which '
+      'config.augment has not; it takes config.augment keys (e.g. blur_prob, solarize_prob) '
+      'whose values the second view of each pair uses instead.',
   )
-  _require(
-      aug.color_strength >= 0,
-      f'config.augment.color_strength={aug.color_strength} must be >= 0 '
-      '(0.5 for CIFAR, 1.0 for ImageNet).',
-  )
-  _require(
-      0 < aug.blur_sigma_min <= aug.blur_sigma_max,
-      f'config.augment.blur_sigma_min={aug.blur_sigma_min} and blur_sigma_max='
-      f'{aug.blur_sigma_max} must satisfy 0 < min <= max (reference: 0.1, 2.0).',
-  )
+  first, second = augment_jax.view_configs(aug)
+  _validate_view_augment(first, 'config.augment')
+  _validate_view_augment(second, 'config.augment (second view)')
   if config.mode == 'pretrain':
     _require(
         config.method in methods.METHODS,

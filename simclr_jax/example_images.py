@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_jax import augment
+from simclr_jax import augment_jax
 from simclr_jax import datasets
 from simclr_jax import input_pipeline
 from simclr_jax.datasets import image_folder
@@ -61,6 +62,7 @@ def augmentation_examples(config, split, num_images: int, num_views: int):
   """
   source, pairs, _ = input_pipeline.eval_pairs(config, split, num_images)
   seed = input_pipeline.stream_seed(config.seed, input_pipeline.EXAMPLE_VIEWS_STREAM)
+  first, second = augment_jax.view_configs(config.augment)
 
   @tf.autograph.experimental.do_not_convert
   def make_example(index, pair):
@@ -69,12 +71,23 @@ def augmentation_examples(config, split, num_images: int, num_views: int):
     view_seeds = tf.random.experimental.stateless_split(
         tf.random.experimental.stateless_fold_in(seed, index), num_views
     )
-    # map_fn traces the augmentation once, however many views (unrolled, each one costs ~1 s).
-    views = tf.map_fn(
-        lambda s: augment.pretrain_view(image, s, config.augment, config.image_size),
-        view_seeds,
-        fn_output_signature=tf.float32,
-    )
+
+    # map_fn traces the augmentation once per view config, however many views (unrolled,
+    # each one costs ~1 s).
+    def views_of(config_augment, seeds):
+      return tf.map_fn(
+          lambda s: augment.pretrain_view(image, s, config_augment, config.image_size),
+          seeds,
+          fn_output_signature=tf.float32,
+      )
+
+    if first == second:
+      views = views_of(first, view_seeds)
+    else:  # Alternating as the views of a pretraining pair: first, second, first, ...
+      views = tf.dynamic_stitch(
+          [tf.range(0, num_views, 2), tf.range(1, num_views, 2)],
+          [views_of(first, view_seeds[0::2]), views_of(second, view_seeds[1::2])],
+      )
     return {'image': augment.eval_view(image, config.image_size), 'views': views, 'label': label}
 
   examples = _numpy_examples(

@@ -15,8 +15,8 @@ Formats:
 - savedmodel: a TensorFlow SavedModel directory (through jax2tf) whose 'serving_default'
   signature takes uint8 images [N, S, S, 3] of the run's image size S, any N, and returns
   {'h': representations, 'z': projections}; the weights are its variables.
-`load` reads either back as (variables, config); models.create_model(config.model, ...) rebuilds
-the module they belong to.
+`load` reads either back as (variables, config); inference_model(config) rebuilds the module
+they belong to (the run's method's).
 
 Beside PATH it writes PATH.md, a model card: the architecture, the data and recipe of the run,
 its steps, and the evaluation results found in W. Nothing in W is changed; PATH is written
@@ -96,22 +96,32 @@ def serialize(variables, config, step: int, fmt: str) -> bytes:
   return flax.serialization.msgpack_serialize({**variables, 'config': config_json, 'step': step})
 
 
+def inference_model(config):
+  """The Flax module of a run's method (config.json's), in float32 with XLA's convolutions:
+  model.apply(variables, images, train=False, method='project') gives {'h', 'z'} of images
+  in [0, 1] (the encoder's representation and the projection head's output)."""
+  from simclr_jax import methods  # pylint: disable=g-import-not-at-top
+
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.dtype, config.remat = 'float32', False
+  # XLA's convolutions: the CPU patch matmuls split the batch in Python, which a batch of
+  # unknown size (SavedModel) cannot; both compute the same (tests/test_conv.py).
+  if 'conv_impl' in config.model:
+    config.model.conv_impl = 'xla'
+  if 'method' not in config:  # A config.json saved before config.method existed.
+    config.method = 'simclr'
+  return methods.get(config).create_model(num_classes=0)
+
+
 def write_savedmodel(variables, config, directory: str):
   """The SavedModel of `savedmodel` (see the module docstring) in `directory`."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
 
-  from simclr_jax import models  # pylint: disable=g-import-not-at-top
-
-  model_config = ml_collections.ConfigDict(config.model.to_dict())
-  # XLA's convolutions: the CPU patch matmuls split the batch in Python, which a batch of
-  # unknown size cannot; both compute the same (tests/test_conv.py).
-  if 'conv_impl' in model_config:
-    model_config.conv_impl = 'xla'
-  model = models.create_model(model_config, image_size=config.image_size)
+  model = inference_model(config)
 
   def serve_fn(variables, images):
-    out = model.apply(variables, images.astype(np.float32) / 255.0, train=False)
+    out = model.apply(variables, images.astype(np.float32) / 255.0, train=False, method='project')
     return {'h': out['h'], 'z': out['z']}
 
   size = config.image_size
@@ -200,9 +210,9 @@ def model_card(workdir: str, variables, config, step: int, fmt: str, output: str
     )
   else:
     loader = (
-        'from simclr_jax import export, models\n'
+        'from simclr_jax import export\n'
         f"variables, config, step = export.load('{os.path.basename(output)}')\n"
-        'model = models.create_model(config.model, image_size=config.image_size)\n'
+        'model = export.inference_model(config)\n'
         "h = model.apply(variables, images, train=False, method='encode')  # [N, S, S, 3] in [0, 1]"
     )
   lines = [

@@ -20,6 +20,7 @@ import jax
 import tensorflow as tf
 
 from simclr_jax import augment
+from simclr_jax import augment_jax
 from simclr_jax import datasets
 
 # Distinct streams so the shuffle and augmentation seeds are independent.
@@ -245,13 +246,12 @@ def create_pretrain_dataset(
         process_count=process_count,
     )
 
+  view_configs = augment_jax.view_configs(config.augment)
+
   def two_views(image, label, seed):
-    seed_a, seed_b = tf.unstack(tf.random.experimental.stateless_split(seed, 2), num=2)
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 2), num=2)
     views = tf.stack(
-        [
-            augment.pretrain_view(image, s, config.augment, config.image_size)
-            for s in (seed_a, seed_b)
-        ]
+        [augment.pretrain_view(image, s, c, config.image_size) for s, c in zip(seeds, view_configs)]
     )
     return {'views': views, 'label': label}
 

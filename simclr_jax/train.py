@@ -101,7 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
       config=config,
       split=config.train_split,
   )
-  step_fn = method.make_train_step(model, tx, schedule, mesh)
+  step_fn = method.make_train_step(model, tx, schedule, mesh, total_steps)
 
   monitor = None
   if config.eval_every_steps > 0 and evaluators.monitors(config):

@@ -30,12 +30,12 @@ def reference_jitter(image, order, params, impl):
 
 
 def reference_jitter_ranges(strength, impl):
-  """The reference's ranges of the brightness, contrast, saturation and hue draws."""
-  b = 0.8 * strength
+  """The reference's ranges of the brightness, contrast, saturation and hue draws: SimCLR's
+  of a strength s, or torchvision ColorJitter's of four maxima (b, c, s, h) (BYOL's)."""
+  if isinstance(strength, tuple):
+    b, c, s, h = strength
+  else:
+    b = c = s = 0.8 * strength
+    h = 0.2 * strength
   brightness = (max(0.0, 1 - b), 1 + b) if impl == 'simclrv2' else (-b, b)
-  return [
-      brightness,
-      (max(0.0, 1 - b), 1 + b),
-      (max(0.0, 1 - b), 1 + b),
-      (-0.2 * strength, 0.2 * strength),
-  ]
+  return [brightness, (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s), (-h, h)]

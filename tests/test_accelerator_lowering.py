@@ -69,7 +69,7 @@ def pretrain_program(config, mesh):
   else:
     batch = {'views': jax.ShapeDtypeStruct((BATCH, 2, SIZE, SIZE, 3), jnp.float32)}
   batch['label'] = jax.ShapeDtypeStruct((BATCH,), jnp.int32)
-  step = method.make_train_step(model, tx, schedule, mesh)
+  step = method.make_train_step(model, tx, schedule, mesh, 10)
   return step, (abstract(state, replicated(mesh)), abstract(batch, batch_sharded(mesh)))
 
 

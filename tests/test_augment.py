@@ -309,11 +309,19 @@ def test_color_jitter_changes_image_and_is_seeded():
 
 
 @pytest.mark.parametrize(
-    'impl,strength', [('simclrv2', 0.5), ('simclrv2', 2.0), ('simclrv1', 0.5), ('simclrv1', 1.0)]
+    'impl,strength',
+    [
+        ('simclrv2', 0.5),
+        ('simclrv2', 2.0),
+        ('simclrv1', 0.5),
+        ('simclrv1', 1.0),
+        ('simclrv2', (0.4, 0.4, 0.2, 0.1)),  # BYOL's CIFAR-10 jitter (torchvision's).
+    ],
 )
 def test_color_jitter_draws_follow_the_reference(impl, strength):
   # simclrv2 multiplies by U[max(0, 1 - b), 1 + b] (clamped at 0 for strength 2), simclrv1
-  # adds U[-b, b]; contrast and saturation factors U[max(0, 1 - 0.8s), 1 + 0.8s], hue U[-h, h].
+  # adds U[-b, b]; contrast and saturation factors U[max(0, 1 - 0.8s), 1 + 0.8s], hue U[-h, h]
+  # (or the four maxima given).
   n = 2000
   image = _image(4, 4) * 0.9 + 0.1  # Away from 0, so that ratios are exact enough.
 

@@ -215,7 +215,14 @@ def _compile_and_run(fn, *args):
 
 
 @pytest.mark.parametrize(
-    'impl,strength', [('simclrv2', 0.5), ('simclrv2', 2.0), ('simclrv1', 0.5), ('simclrv1', 1.0)]
+    'impl,strength',
+    [
+        ('simclrv2', 0.5),
+        ('simclrv2', 2.0),
+        ('simclrv1', 0.5),
+        ('simclrv1', 1.0),
+        ('simclrv1', (0.4, 0.4, 0.2, 0.1)),  # BYOL's ImageNet jitter (additive brightness).
+    ],
 )
 def test_color_jitter_draws_follow_the_reference(impl, strength):
   # simclrv2 multiplies by U[max(0, 1 - b), 1 + b] (clamped at 0 for strength 2), simclrv1
@@ -483,3 +490,25 @@ def test_views_split_over_eight_devices_without_communication(views_fn, tmp_path
   )
   one_device = np.asarray(views_fn[1](images, seeds))[:16]  # Compiled for _BATCH images.
   np.testing.assert_allclose(np.load(tmp_path / 'views.npy'), one_device, rtol=0, atol=1e-6)
+
+
+def test_second_view_overrides_make_asymmetric_views_in_both_pipelines():
+  # BYOL's asymmetry: config.augment.second_view replaces keys for the second view only. With
+  # every other random stage off, view 1 is the image and view 2 its numpy solarisation.
+  aug = load_config('cifar10').augment
+  aug.crop_area_min, aug.aspect_ratio_min, aug.aspect_ratio_max = 1.0, 1.0, 1.0
+  aug.flip_prob = aug.color_jitter_prob = aug.grayscale_prob = aug.blur_prob = 0.0
+  aug.second_view.solarize_prob = 1.0
+  first, second = augment_jax.view_configs(aug)
+  assert (first.solarize_prob, second.solarize_prob) == (0.0, 1.0)
+  assert 'second_view' not in first and first.flip_prob == second.flip_prob == 0.0
+  images = (_image((3, 12, 12, 3), 5) * 255).astype(np.uint8)
+  x = images.astype(np.float32) / 255
+  expected = np.stack([x, np.where(x < 0.5, x, 1 - x)], axis=1)
+  views = augment_jax.pretrain_views(images, _seeds(3), aug, 12)
+  np.testing.assert_allclose(views, expected, atol=_ATOL)
+  tf_views = [
+      [augment.pretrain_view(tf.constant(x[i]), seed, c, 12).numpy() for c in (first, second)]
+      for i, seed in enumerate(_tf_seeds(3))
+  ]
+  np.testing.assert_allclose(np.array(tf_views), expected, atol=_ATOL)

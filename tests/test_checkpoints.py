@@ -5,6 +5,7 @@ and 4) with its own model: restoring compiles nothing.
 """
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -18,6 +19,7 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint._src import asyncio_utils
 import pytest
@@ -125,6 +127,22 @@ def test_unreadable_latest_checkpoint_is_moved_aside_and_the_previous_one_restor
       f'Resuming from step {previous}, the newest readable checkpoint' in m for m in warnings
   )
   assert max(len(m.splitlines()) for m in warnings) == 1
+
+
+def test_a_checkpoint_saved_before_method_state_existed_resumes(run_copy, cifar10_subset):
+  config = tiny_config(cifar10_subset)
+  manager, state = _restore(run_copy, config)
+  # The state as runs saved it before TrainState.method_state (BYOL's target) existed.
+  old_layout = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+  del old_layout['method_state']
+  old_layout['step'] = jnp.int32(6)
+  manager.save(6, args=ocp.args.StandardSave(old_layout))
+  manager.wait_until_finished()
+  assert 'method_state' not in checkpoints.read_metadata(manager.directory, 6)
+  _, resumed = _restore(run_copy, config)
+  assert int(resumed.step) == 6 and resumed.method_state == {}  # Not moved aside as damaged.
+  jax.tree.map(np.testing.assert_array_equal, resumed.params, state.params)
+  jax.tree.map(np.testing.assert_array_equal, resumed.opt_state, state.opt_state)
 
 
 def test_no_readable_checkpoint_stops_with_the_fix_and_deletes_nothing(run_copy, cifar10_subset):

@@ -19,6 +19,21 @@ from simclr_jax import train
         ('optimizer', 'adam', r"config.optimizer='adam' is not known; use one of \('lars'"),
         ('lr_scaling', 'cubic', r"config.lr_scaling='cubic' is not known"),
         ('augment.grayscale_prob', 1.5, r'config.augment.grayscale_prob=1.5 must be in \[0, 1\]'),
+        (
+            'augment.second_view.solarize_prob',
+            -0.2,
+            r'config.augment \(second view\).solarize_prob=-0.2 must be in \[0, 1\]',
+        ),
+        (
+            'augment.second_view.solarise_prob',
+            0.2,
+            r'second_view sets solarise_prob, which config.augment has not',
+        ),
+        (
+            'augment.color_jitter',
+            (0.4, 0.4, 0.2),
+            r'config.augment.color_jitter=\(0.4, 0.4, 0.2\) must be \(\) \(use color_strength\)',
+        ),
         ('augment.crop_area_min', 0.0, r'config.augment.crop_area_min=0.0 and crop_area_max=1.0'),
         ('image_size', 4, r'config.image_size=4 must be an integer >= 8'),
         ('augment.policy', 'strong', r"config.augment.policy='strong' is not known; use one of"),

@@ -41,7 +41,7 @@ class ViewAgreement(core.Method):
   def create_model(self, num_classes):
     return _ToyModel(_ToyEncoder())
 
-  def make_train_step(self, model, tx, schedule, mesh):
+  def make_train_step(self, model, tx, schedule, mesh, total_steps):
     def loss_fn(params, batch_stats, views):
       n = views.shape[0]
       h, updates = model.apply(
@@ -93,7 +93,9 @@ def test_a_registered_method_pretrains_with_the_shared_core(monkeypatch, cifar10
 
 def test_unknown_method_is_refused_naming_the_registered_ones(cifar10_subset):
   config = tiny_config(cifar10_subset)
-  config.method = 'byol'
-  with pytest.raises(ValueError, match=r"config.method='byol' is not known; use one of simclr"):
+  config.method = 'swav'
+  with pytest.raises(
+      ValueError, match=r"config.method='swav' is not known; use one of simclr, byol"
+  ):
     train.train_and_evaluate(config, '/nonexistent/never/written')
   assert type(methods.get(tiny_config(cifar10_subset))).__name__ == 'SimCLR'

@@ -23,76 +23,108 @@ _STEP_SCRIPT = textwrap.dedent("""
     import functools, itertools, sys
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update('jax_enable_x64', True)
-    from simclr_jax import models
+    from simclr_jax import methods
     from simclr_jax.core import optim, sharding, train_state
     from simclr_jax.config_files import load_config_file
-    from simclr_jax.methods import simclr
+    from simclr_jax.methods import byol
     from simclr_jax.core.sharding import batch_sharded, create_mesh, replicated
-    config = load_config_file('configs/cifar10.py')
-    config.model.width_multiplier = 0.125
-    config.model.conv_impl = 'xla'  # The patch matmuls accumulate in float32.
-    config.batch_size, config.num_train_steps, config.warmup_epochs = 16, 10, 0
-    # Plain SGD at lr 1 (16 * 16 / 256) without momentum or decay: new params = params - grads.
-    config.optimizer, config.learning_rate = 'sgd', 16.0
-    config.momentum, config.weight_decay = 0.0, 0.0
-    if sys.argv[2] == 'vit':  # 24 wide, 4 tokens; dropout masks must not depend on the mesh.
-      config.model.name, config.model.patch_size = 'vit_ti', 8
-      config.model.dropout = config.model.drop_path = 0.1
-    model = models.create_model(config.model, image_size=16, num_classes=10, dtype=jnp.float64)
-    # Two one-block stages (a stride-2 projection included) or two transformer blocks compile
-    # far faster than the full depth.
-    shallow = {'stage_sizes': (1, 1)} if sys.argv[2] == 'resnet' else {'depth': 2}
-    model = model.clone(encoder=model.encoder.clone(**shallow))
-    schedule = optim.learning_rate_schedule(config, 160, 10)
-    assert float(schedule(0)) == 1.0
-    tx = simclr.create_optimizer(config, schedule)
+    out_file, encoder, microbatches, method_names = sys.argv[1:]
     rng = np.random.default_rng(0)
     batch = {'views': rng.uniform(size=(16, 2, 16, 16, 3)),
              'label': rng.integers(0, 10, size=16).astype(np.int32)}
-
-    def init():
-      state = train_state.init_train_state(model, tx, jax.random.PRNGKey(0), 16)
-      # Random BN scales: at init the zeroed block scales would hide most of the gradients.
-      keys = iter(jax.random.split(jax.random.PRNGKey(1), 1000))
-      params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(next(keys), p.shape,
-                                                                  jnp.float64), state.params)
-      batch_stats = jax.tree.map(lambda s: s.astype(jnp.float64), state.batch_stats)
-      return state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params))
-
     out = {}
-    for devices, microbatches in itertools.product((8, 1), sys.argv[3].split(',')):
-      mesh = create_mesh(jax.devices()[:devices])
-      state = sharding.run_once(init, out_shardings=replicated(mesh))
-      params = jax.device_get(state.params)
-      global_batch = jax.device_put(batch, batch_sharded(mesh))
-      new_state, metrics = simclr.make_train_step(
-          model, tx, schedule, 0.5, mesh, microbatches=int(microbatches))(state, global_batch)
-      grads = jax.tree.map(lambda p, q: p - q, params, jax.device_get(new_state.params))
-      trees = {'metrics': metrics, 'grads': grads, 'batch_stats': new_state.batch_stats}
-      for name, tree in trees.items():
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-          out[f'{devices}/{microbatches}/{name}{jax.tree_util.keystr(path)}'] = np.asarray(leaf)
-    np.savez(sys.argv[1], **out)
+    for name in method_names.split(','):
+      config = load_config_file(f'configs/cifar10{"_byol" if name == "byol" else ""}.py')
+      config.model.width_multiplier = 0.125
+      config.model.conv_impl = 'xla'  # The patch matmuls accumulate in float32.
+      config.image_size, config.batch_size, config.warmup_epochs = 16, 16, 0
+      # Plain SGD at lr 1 (16 * 16 / 256) without momentum or decay: new params = params - grads.
+      config.optimizer, config.learning_rate = 'sgd', 16.0
+      config.momentum, config.weight_decay = 0.0, 0.0
+      if name == 'byol':
+        config.byol.projector_hidden_dim = config.byol.predictor_hidden_dim = 32
+        config.byol.output_dim = 16
+      if encoder == 'vit':  # 24 wide, 4 tokens; dropout masks must not depend on the mesh.
+        config.model.name, config.model.patch_size = 'vit_ti', 8
+        config.model.dropout = config.model.drop_path = 0.1
+      method = methods.get(config)
+      model = method.create_model(10)
+      # float64 throughout; two one-block stages (a stride-2 projection included) or two
+      # transformer blocks compile far faster than the full depth.
+      shallow = {'stage_sizes': (1, 1)} if encoder == 'resnet' else {'depth': 2}
+      model = model.clone(**{
+          k: getattr(model, k).clone(dtype=jnp.float64, **(shallow if k == 'encoder' else {}))
+          for k in ('encoder', 'head', 'predictor') if hasattr(model, k)})
+      schedule = optim.learning_rate_schedule(config, 160, 10)
+      assert float(schedule(0)) == 1.0
+      tx = method.create_optimizer(schedule)
+
+      def init():
+        state = method.init_state(model, tx, jax.random.PRNGKey(0))
+        # Random BN scales: at init the zeroed block scales would hide most of the gradients;
+        # a target apart from the online network.
+        keys = iter(jax.random.split(jax.random.PRNGKey(1), 1000))
+        perturb = lambda tree: jax.tree.map(
+            lambda p: p.astype(jnp.float64) + 0.3 * jax.random.normal(next(keys), p.shape,
+                                                                      jnp.float64), tree)
+        params = perturb(state.params)
+        as64 = lambda tree: jax.tree.map(lambda s: s.astype(jnp.float64), tree)
+        method_state = state.method_state
+        if method_state:
+          method_state = {'target': {'params': perturb(method_state['target']['params']),
+                                     'batch_stats': as64(method_state['target']['batch_stats'])}}
+        return state.replace(params=params, batch_stats=as64(state.batch_stats),
+                             opt_state=tx.init(params), method_state=method_state)
+
+      # BYOL has no gradient cache (no negatives to keep).
+      for devices, micro in itertools.product(
+          (8, 1), microbatches.split(',') if name != 'byol' else ['1']):
+        config.microbatches = int(micro)
+        mesh = create_mesh(jax.devices()[:devices])
+        state = sharding.run_once(init, out_shardings=replicated(mesh))
+        params = jax.device_get(state.params)
+        global_batch = jax.device_put(batch, batch_sharded(mesh))
+        new_state, metrics = method.make_train_step(model, tx, schedule, mesh, 10)(
+            state, global_batch)
+        grads = jax.tree.map(lambda p, q: p - q, params, jax.device_get(new_state.params))
+        trees = {'metrics': metrics, 'grads': grads, 'batch_stats': new_state.batch_stats,
+                 'method_state': new_state.method_state}
+        for tree_name, tree in trees.items():
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+            key = f'{devices}/{name}/{micro}/{tree_name}{jax.tree_util.keystr(path)}'
+            out[key] = np.asarray(leaf)
+    np.savez(out_file, **out)
     print('saved')
 """)
 
 
 # Micro-batches (the gradient cache) of 8 pairs: BatchNorm over each micro-batch's 16 views on
-# all devices, the loss over all 16 pairs.
-@pytest.mark.parametrize('encoder,microbatches', [('resnet', '1,2'), ('vit', '2')])
-def test_train_step_on_eight_devices_equals_one_device(tmp_path, encoder, microbatches):
+# all devices, the loss over all 16 pairs. BYOL: its target network's EMA and BatchNorm
+# statistics too, each view normalised on its own over all devices.
+@pytest.mark.parametrize(
+    'encoder,microbatches,method_names',
+    [('resnet', '1,2', 'simclr,byol'), ('vit', '2', 'simclr')],
+)
+def test_train_step_on_eight_devices_equals_one_device(
+    tmp_path, encoder, microbatches, method_names
+):
   out_file = tmp_path / 'out.npz'
-  run_on_eight_cpu_devices(_STEP_SCRIPT, str(out_file), encoder, microbatches)
+  run_on_eight_cpu_devices(_STEP_SCRIPT, str(out_file), encoder, microbatches, method_names)
   results = np.load(out_file)
   keys = [k[2:] for k in results.files if k.startswith('8/')]
   assert any('grads' in k for k in keys) and any('batch_stats' in k for k in keys)
-  assert {k.split('/')[0] for k in keys} == set(microbatches.split(','))
+  assert {k.split('/')[1] for k in keys} == set(microbatches.split(','))
+  if 'byol' in method_names:
+    assert any("method_state['target']['batch_stats']" in k for k in keys)
   for key in keys:
     eight, one = results['8/' + key], results['1/' + key]
     scale = np.abs(one).max()
     assert scale > 0 or 'metrics' in key, key
-    # Really in float64 (the accuracies are ratios of counts, the learning rate a constant).
-    assert one.dtype != np.float32 or 'accuracy' in key or 'learning_rate' in key, key
+    # Really in float64 (the accuracies are ratios of counts, the learning rate and EMA decay
+    # schedule constants).
+    assert one.dtype != np.float32 or any(
+        k in key for k in ('accuracy', 'learning_rate', 'ema_decay')
+    ), key
     np.testing.assert_allclose(eight, one, rtol=0, atol=1e-9 * scale + 1e-12, err_msg=key)
 
 

@@ -9,6 +9,7 @@ workdir and moves nothing (`restore_read_only`).
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -215,6 +216,20 @@ def _restore(manager, step: int, args=None):
     raise UnreadableCheckpointError(f'its arrays could not be read ({_one_line(e)})') from e
 
 
+def _restore_state(manager, step: int, abstract, saved):
+  """Restores checkpoint `step` (metadata `saved`) into `abstract`'s structure.
+
+  A state field that the checkpoint lacks and that is empty in `abstract` (method_state, in
+  checkpoints made before it existed) starts empty, so that older runs still resume.
+  """
+  fields = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)}
+  absent = {k: v for k, v in fields.items() if k not in saved and not jax.tree.leaves(v)}
+  if not absent:
+    return _restore(manager, step, ocp.args.StandardRestore(abstract))
+  kept = {k: v for k, v in fields.items() if k not in absent}
+  return abstract.replace(**_restore(manager, step, ocp.args.StandardRestore(kept)), **absent)
+
+
 def _check_resumable(manager, step: int, saved, abstract_state, config):
   """Refuses checkpoint `step` (metadata `saved`) when it does not fit `config`.
 
@@ -235,12 +250,13 @@ def _check_resumable(manager, step: int, saved, abstract_state, config):
           'params': abstract_state.params,
           'batch_stats': abstract_state.batch_stats,
           'opt_state': abstract_state.opt_state,
+          'method_state': abstract_state.method_state,
       }
   )
   theirs = jax.tree_util.tree_leaves_with_path(saved)
   mismatched = [
       part
-      for part in ('params', 'batch_stats', 'opt_state')
+      for part in ('params', 'batch_stats', 'opt_state', 'method_state')
       if describe(ours, part) != describe(theirs, part)
   ]
   workdir = os.path.dirname(str(manager.directory))
@@ -358,7 +374,7 @@ def restore_or_init_state(manager, init_fn, mesh, config):
   Args:
     manager: the CheckpointManager of the workdir (create_checkpoint_manager); it no longer
       lists the checkpoints moved aside.
-    init_fn: () -> a fresh state (TrainState-like: params, batch_stats, opt_state).
+    init_fn: () -> a fresh TrainState.
     mesh: the device mesh; the state is replicated over it.
     config: the run's config, compared with the checkpoint's shapes and config.json.
 
@@ -389,7 +405,7 @@ def restore_or_init_state(manager, init_fn, mesh, config):
     differences = _check_resumable(manager, step, saved, abstract, config)
 
     def restore(step=step):
-      return _restore(manager, step, ocp.args.StandardRestore(abstract))
+      return _restore_state(manager, step, abstract, saved)
 
     state = _read_or_move_aside(manager, step, restore, moved)
     if state is None:

@@ -21,13 +21,19 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   rng: jax.Array  # Base key; step t uses fold_in(rng, t), so randomness is a function of step.
+  # What a method keeps besides the trained parameters (BYOL's EMA target network); {} for
+  # SimCLR. Checkpoints made before this field existed restore it as {}.
+  method_state: Any = flax.struct.field(default_factory=dict)
 
 
-def init_train_state(model, tx, rng, image_size: int, pretrained=None) -> TrainState:
+def init_train_state(
+    model, tx, rng, image_size: int, pretrained=None, method_state=None
+) -> TrainState:
   """Initialises parameters, BatchNorm statistics and optimiser state from `rng`.
 
   `pretrained` (optional) maps the fresh variables to those to start from (fine-tuning: the
-  pretrained encoder in place of the random one).
+  pretrained encoder in place of the random one); `method_state` (optional) maps them to the
+  method's own state.
   """
   init_rng, state_rng = jax.random.split(rng)
   variables = models.init_variables(model, init_rng, image_size)
@@ -40,6 +46,7 @@ def init_train_state(model, tx, rng, image_size: int, pretrained=None) -> TrainS
       batch_stats=variables.get('batch_stats', {}),  # {}: a model without BatchNorm.
       opt_state=tx.init(params),
       rng=state_rng,
+      method_state={} if method_state is None else method_state(variables),
   )
 
 

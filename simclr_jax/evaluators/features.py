@@ -21,8 +21,8 @@ from simclr_jax.core.sharding import batch_sharded, replicated, run_once
 
 # Raw-pixel features are images downsampled to at most this side, then flattened.
 _PIXEL_SIDE = 32
-# Parameter paths compared with the configured architecture's before evaluating.
-_COMPARED = ("['encoder']", "['head']")
+# SimCLR's, the one projection head that fine-tuning can keep layers of.
+_HEAD_METHOD = 'simclr'
 
 
 def _param_shapes(tree):
@@ -31,8 +31,22 @@ def _param_shapes(tree):
   }
 
 
-def restore_encoder_variables(config, model, pretrained_workdir: str, step: int = -1):
+def _saved_config(pretrained_workdir: str):
+  """The pretraining run's config.json as a dict; None if it has none."""
+  saved = workdirs.path(pretrained_workdir, 'config.json')
+  if not tf.io.gfile.exists(saved):
+    return None
+  with tf.io.gfile.GFile(saved) as f:
+    return json.load(f)
+
+
+def restore_encoder_variables(
+    config, model, pretrained_workdir: str, step: int = -1, with_head: bool = False
+):
   """Params and BatchNorm statistics from a pretraining checkpoint; returns (variables, step).
+
+  Every method keeps the encoder it trains for evaluation under 'encoder', so any method's
+  run restores here; `with_head` also compares (and so needs) SimCLR's projection head.
 
   Moves nothing (the workdir is another run's). Raises ValueError when there is no
   checkpoint; when the checkpoint asked for (the latest by default) cannot be read, naming
@@ -48,6 +62,15 @@ def restore_encoder_variables(config, model, pretrained_workdir: str, step: int 
         'workdir of a pretraining run (python -m simclr_jax.main '
         '--config=... --workdir=WORKDIR writes WORKDIR/checkpoints).'
     )
+  saved_config = _saved_config(pretrained_workdir)
+  saved_method = (saved_config or {}).get('method', _HEAD_METHOD)
+  if with_head and saved_method != _HEAD_METHOD:
+    raise ValueError(
+        f'{pretrained_workdir} was pretrained with {saved_method}, whose projection head is '
+        f"not SimCLR's: fine-tuning can keep head layers of SimCLR runs only; set "
+        'config.finetune.keep_head_layers=0.'
+    )
+  compared = ("['encoder']", "['head']") if with_head else ("['encoder']",)
   step = max(steps) if step < 0 else step
   if step not in steps:
     raise ValueError(
@@ -62,17 +85,15 @@ def restore_encoder_variables(config, model, pretrained_workdir: str, step: int 
   )
   for collection in ('params', 'batch_stats'):
     want, got = _param_shapes(expected[collection]), _param_shapes(restored[collection])
-    # What evaluation and fine-tuning take: the encoder and the projection head (a probe or
-    # classifier depends on the dataset's classes).
-    want = {k: v for k, v in want.items() if k.startswith(_COMPARED)}
-    got = {k: v for k, v in got.items() if k.startswith(_COMPARED)}
+    # What evaluation and fine-tuning take: the encoder and maybe the projection head (the
+    # rest depends on the method and the dataset's classes).
+    want = {k: v for k, v in want.items() if k.startswith(compared)}
+    got = {k: v for k, v in got.items() if k.startswith(compared)}
     if want != got:
       differences = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
-      saved = workdirs.path(pretrained_workdir, 'config.json')
       saved_model, hint = 'unknown (no config.json)', ''
-      if tf.io.gfile.exists(saved):
-        with tf.io.gfile.GFile(saved) as f:
-          saved_model = json.load(f)['model']
+      if saved_config is not None:
+        saved_model = saved_config['model']
         if 'shortcut' not in saved_model and config.model.shortcut != 'torchvision':
           hint = checkpoints.OLD_LAYOUT_HINT
       raise ValueError(

@@ -106,15 +106,20 @@ def make_finetune_step(model, tx, schedule, mesh, dropout_seed=0):
   )
 
 
-def _pretrained_variables(config, num_classes):
-  """The pretraining run's variables (None for the random-encoder baseline); and its step."""
+def _pretrained_variables(config, num_classes, with_head):
+  """The pretraining run's variables (None for the random-encoder baseline); and its step.
+  `with_head`: fine-tuning keeps projection-head layers, which must be SimCLR's."""
   if config.eval.encoder == 'random':
     return None, None
   simclr_model = models.create_model(
       config.model, image_size=config.image_size, num_classes=num_classes
   )
   return features.restore_encoder_variables(
-      config, simclr_model, config.pretrained_workdir, config.pretrained_step
+      config,
+      simclr_model,
+      config.pretrained_workdir,
+      config.pretrained_step,
+      with_head=with_head,
   )
 
 
@@ -132,7 +137,9 @@ def finetune(config, workdir: str):
   subset = label_fractions.class_balanced_subset(
       datasets.get(config).labels(config.train_split), settings.label_fraction, settings.subset_seed
   )
-  pretrained, pretrained_step = _pretrained_variables(config, info.num_classes)
+  pretrained, pretrained_step = _pretrained_variables(
+      config, info.num_classes, settings.keep_head_layers > 0
+  )
 
   tf.io.gfile.makedirs(workdir)
   mesh = create_mesh()

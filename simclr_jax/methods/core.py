@@ -15,6 +15,7 @@ from simclr_jax.core import train_state
 # config.method -> 'module:class'.
 METHODS = {
     'simclr': 'simclr_jax.methods.simclr:SimCLR',
+    'byol': 'simclr_jax.methods.byol:BYOL',
 }
 
 
@@ -41,9 +42,10 @@ class Method(abc.ABC):
     return train_state.init_train_state(model, tx, rng, self.config.image_size)
 
   @abc.abstractmethod
-  def make_train_step(self, model, tx, schedule, mesh):
-    """jitted (state, batch) -> (state, metrics) on global batches of the pretraining pipeline;
-    metrics hold 'finite' (train_state.only_if_finite) and the scalars to log."""
+  def make_train_step(self, model, tx, schedule, mesh, total_steps: int):
+    """jitted (state, batch) -> (state, metrics) on global batches of the pretraining pipeline
+    for a run of `total_steps`; metrics hold 'finite' (train_state.only_if_finite) and the
+    scalars to log."""
 
 
 def get(config) -> Method:

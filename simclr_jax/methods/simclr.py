@@ -5,7 +5,6 @@ import functools
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import optax
 
 from simclr_jax import augment_jax
@@ -15,6 +14,7 @@ from simclr_jax.core import gradient_cache
 from simclr_jax.core import optim
 from simclr_jax.core import train_state
 from simclr_jax.methods import core
+from simclr_jax.methods import probe
 from simclr_jax.core.sharding import DATA_AXIS, batch_sharded
 
 
@@ -52,14 +52,10 @@ def _objective(params, outputs, labels, *, temperature, mesh, chunk_size=0, weig
       'contrastive_entropy': contrastive.entropy,
   }
   if 'probe_logits' in outputs:
-    labels = jnp.repeat(labels, 2)
-    logits = outputs['probe_logits'].reshape((labels.shape[0], -1))
-    probe_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    probe_decay = weight_decay * 0.5 * jnp.sum(jnp.square(params['probe']['kernel']))
-    loss = loss + probe_loss + probe_decay
-    metrics['probe_loss'] = probe_loss
-    metrics['probe_weight_decay'] = probe_decay
-    metrics['probe_accuracy'] = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+    loss, probe_metrics = probe.add_loss(
+        loss, params, outputs['probe_logits'], labels, weight_decay
+    )
+    metrics.update(probe_metrics)
   metrics['loss'] = loss
   return loss, metrics
 
@@ -157,6 +153,16 @@ def augment_batch(batch, *, config_augment, image_size, mesh):
   }
 
 
+def device_augment(config, mesh):
+  """The views maker of config.augment_on_device for a train step (augment_batch); None when
+  tf.data makes the views."""
+  if not config.augment_on_device:
+    return None
+  return functools.partial(
+      augment_batch, config_augment=config.augment, image_size=config.image_size, mesh=mesh
+  )
+
+
 def train_step(
     state: train_state.TrainState,
     batch,
@@ -235,7 +241,7 @@ def make_train_step(
 def create_optimizer(config, schedule):
   """The pretraining optimiser, the online probe ('probe') out of weight decay and the trust
   ratio and at config.probe_learning_rate_scale times the learning rate."""
-  return optim.create_optimizer(config, schedule, supervised_head='probe')
+  return optim.create_optimizer(config, schedule, supervised_head=probe.NAME)
 
 
 class SimCLR(core.Method):
@@ -281,7 +287,8 @@ class SimCLR(core.Method):
   def create_optimizer(self, schedule):
     return create_optimizer(self.config, schedule)
 
-  def make_train_step(self, model, tx, schedule, mesh):
+  def make_train_step(self, model, tx, schedule, mesh, total_steps):
+    del total_steps  # The schedule holds it.
     config = self.config
     if config.microbatches > 1:
       logging.info(
@@ -291,13 +298,6 @@ class SimCLR(core.Method):
           config.microbatches,
           config.batch_size // config.microbatches,
       )
-    augment = (
-        functools.partial(
-            augment_batch, config_augment=config.augment, image_size=config.image_size, mesh=mesh
-        )
-        if config.augment_on_device
-        else None
-    )
     return make_train_step(
         model,
         tx,
@@ -305,7 +305,7 @@ class SimCLR(core.Method):
         config.temperature,
         mesh,
         config.contrastive_chunk_size,
-        augment,
+        device_augment(config, mesh),
         config.weight_decay,
         config.seed,
         config.microbatches,

@@ -31,11 +31,14 @@ class SimCLRModel(nn.Module):
   head: nn.Module
   num_classes: int = 0
 
+  def project(self, images, train: bool):
+    """{'h', 'z'}: what every method's model gives (export serves it)."""
+    h = self.encoder(images, train=train)
+    return {'h': at_least_float32(h), 'z': at_least_float32(self.head(h, train=train))}
+
   @nn.compact
   def __call__(self, images, train: bool):
-    h = self.encoder(images, train=train)
-    z = at_least_float32(self.head(h, train=train))
-    out = {'h': at_least_float32(h), 'z': z}
+    out = self.project(images, train)
     if self.num_classes:
       out['probe_logits'] = nn.Dense(self.num_classes, kernel_init=DENSE_INIT, name='probe')(
           jax.lax.stop_gradient(out['h'])
@@ -73,7 +76,8 @@ def init_variables(model, rng, image_size: int):
   return model.init(rng, jnp.zeros((2, image_size, image_size, 3), jnp.float32), train=False)
 
 
-def _encoder(model_config, image_size, dtype, fine_tune_after_block=-1, remat=False):
+def create_encoder(model_config, *, image_size, dtype, fine_tune_after_block=-1, remat=False):
+  """The encoder f of `config.model` (the module that evaluation keeps), named 'encoder'."""
   return encoders.family(model_config).build(
       model_config,
       image_size=image_size,
@@ -119,7 +123,7 @@ def create_model(
   `remat` recomputes residual blocks in the backward pass instead of storing activations.
   """
   return SimCLRModel(
-      encoder=_encoder(model_config, image_size, dtype, remat=remat),
+      encoder=create_encoder(model_config, image_size=image_size, dtype=dtype, remat=remat),
       head=_head(model_config, dtype),
       num_classes=num_classes,
   )
@@ -137,7 +141,12 @@ def create_classifier(
   """The fine-tuning network for `config.model`; parameter names match the SimCLR model's."""
   head = _head(model_config, dtype, keep_head_layers) if keep_head_layers else None
   return Classifier(
-      encoder=_encoder(model_config, image_size, dtype, fine_tune_after_block),
+      encoder=create_encoder(
+          model_config,
+          image_size=image_size,
+          dtype=dtype,
+          fine_tune_after_block=fine_tune_after_block,
+      ),
       head=head,
       num_classes=num_classes,
   )

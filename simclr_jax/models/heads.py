@@ -49,3 +49,31 @@ class ProjectionHead(nn.Module):
       if not last:
         x = nn.relu(x)
     return x
+
+
+class MLPHead(nn.Module):
+  """`num_layers - 1` x (dense -> BN -> ReLU), then a dense layer (all with biases).
+
+  BYOL's projector and predictor (num_layers 2, hidden 4096, output 256).
+  """
+
+  hidden_dim: int
+  output_dim: int
+  num_layers: int = 2
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    for i in range(self.num_layers - 1):
+      x = nn.Dense(self.hidden_dim, dtype=self.dtype, name=f'dense{i + 1}')(x)
+      x = nn.BatchNorm(
+          use_running_average=not train,
+          momentum=self.bn_momentum,
+          epsilon=self.bn_epsilon,
+          dtype=self.dtype,
+          name=f'bn{i + 1}',
+      )(x)
+      x = nn.relu(x)
+    return nn.Dense(self.output_dim, dtype=self.dtype, name=f'dense{self.num_layers}')(x)
