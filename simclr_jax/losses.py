@@ -1,4 +1,5 @@
-"""NT-Xent, the SimCLR contrastive loss, on one device or sharded over a mesh axis.
+"""NT-Xent, the SimCLR contrastive loss, and MoCo v3's InfoNCE, on one device or sharded over a
+mesh axis.
 
 Sharded, each device gathers the projections of every device but computes only its own rows
 (N_local anchors x N global columns), as the official TPU code does; gradients reach the other
@@ -18,7 +19,9 @@ _LARGE_NUM = 1e9
 class ContrastiveOutput(NamedTuple):
   """The reference's loss and metrics (google-research/simclr, objective.py and metrics.py)."""
 
-  loss: jax.Array  # mean(loss_a) + mean(loss_b): twice the mean NT-Xent over the 2N anchors.
+  # NT-Xent: mean(loss_a) + mean(loss_b), twice the mean over the 2N anchors; InfoNCE: 2 T x
+  # the mean cross-entropy of the N queries.
+  loss: jax.Array
   # Fraction of view-a anchors whose most similar view-b column is their positive.
   accuracy: jax.Array
   # Mean entropy of softmax(logits_ab): each view-a anchor over the N view-b columns.
@@ -127,3 +130,52 @@ def nt_xent(
   loss, correct, entropy = sums
   # The reference's reduce_mean(loss_a + loss_b): the sum over all 2N anchors divided by N.
   return ContrastiveOutput(loss=loss / n, accuracy=correct.astype(dtype) / n, entropy=entropy / n)
+
+
+def _query_rows(q, k_all, temperature, row_offset):
+  """Sums of cross-entropy, correct and entropy of queries q (rows row_offset + i of the batch)
+  over all keys k_all, each query's positive its own image's key."""
+  logits = q @ k_all.T / temperature
+  positives = row_offset + jnp.arange(q.shape[0])
+  log_probs = jax.nn.log_softmax(logits, axis=1)
+  loss = -jnp.take_along_axis(log_probs, positives[:, None], axis=1).sum()
+  correct = jnp.sum(jnp.argmax(logits, axis=1) == positives)
+  entropy = -jnp.sum(jnp.exp(log_probs) * log_probs)
+  return loss, correct, entropy
+
+
+def info_nce(
+    q: jax.Array,
+    k: jax.Array,
+    temperature: float,
+    mesh: Mesh | None = None,
+    axis_name: str = 'data',
+) -> ContrastiveOutput:
+  """MoCo v3's InfoNCE of queries q against keys k ([N, D] each; row i of both is image i):
+  2 T * the mean cross-entropy of each query against the N keys, its own key the positive.
+
+  The keys are constants (the momentum encoder's). With a `mesh`, each device gathers every
+  device's keys and computes its own query rows, as the authors' concat_all_gather; the value
+  equals the unsharded one. Accuracy and entropy are those of the query rows.
+  """
+  dtype = jnp.promote_types(jnp.promote_types(q.dtype, k.dtype), jnp.float32)
+  q = _l2_normalize(q.astype(dtype))
+  k = jax.lax.stop_gradient(_l2_normalize(k.astype(dtype)))
+  n = q.shape[0]
+  if mesh is None or mesh.shape[axis_name] == 1:
+    sums = _query_rows(q, k, temperature, 0)
+  else:
+
+    def sharded_sums(q, k):
+      k_all = jax.lax.all_gather(k, axis_name, tiled=True)
+      offset = jax.lax.axis_index(axis_name) * q.shape[0]
+      sums = _query_rows(q, k_all, temperature, offset)
+      return tuple(jax.lax.psum(s, axis_name) for s in sums)
+
+    sums = jax.shard_map(
+        sharded_sums, mesh=mesh, in_specs=(P(axis_name), P(axis_name)), out_specs=P()
+    )(q, k)
+  loss, correct, entropy = sums
+  return ContrastiveOutput(
+      loss=2 * temperature * loss / n, accuracy=correct.astype(dtype) / n, entropy=entropy / n
+  )

@@ -88,6 +88,16 @@ def tiny_config(dataset):
   return config
 
 
+def tiny_method_config(name):
+  """configs/cifar10_<name>.py of a method on methods/siamese.py, its MLPs 32 wide and its
+  outputs 16-dimensional."""
+  config = load_config(f'cifar10_{name}')
+  section = config[name]
+  section.projector_hidden_dim = section.predictor_hidden_dim = 32
+  section.output_dim = 16
+  return config
+
+
 def _built_once(tmp_path_factory, name, build):
   """The folder `name`, made by `build(folder)` once per test run, even across xdist workers.
 

@@ -1,5 +1,5 @@
-"""NT-Xent against a naive numpy double loop, on one device and sharded over eight, chunked
-and not."""
+"""NT-Xent and MoCo v3's InfoNCE against naive numpy loops, on one device and sharded over
+eight (NT-Xent chunked and not)."""
 
 import functools
 import json
@@ -115,6 +115,47 @@ def test_loss_is_invariant_to_scale_of_projections():
   )
 
 
+def naive_info_nce(q, k, temperature):
+  """MoCo v3's ctr(q, k) by looping over queries (float64): 2 T * the mean of each query's
+  cross-entropy against all keys, its own key the positive; accuracy and entropy of the rows;
+  and the gradient of the loss with respect to q, written out by the chain rule."""
+  q_norm = np.linalg.norm(q, axis=1, keepdims=True)
+  q_hat, k_hat = q / q_norm, k / np.linalg.norm(k, axis=1, keepdims=True)
+  n = len(q)
+  loss = correct = entropy = 0.0
+  grad = np.zeros_like(q)
+  for i in range(n):
+    logits = np.array([q_hat[i] @ k_hat[j] / temperature for j in range(n)])
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    loss += -np.log(probs[i])
+    correct += float(np.argmax(logits) == i)
+    entropy += -np.sum(probs * np.log(probs))
+    # d(-log p_i)/d logits = probs - onehot(i); logits = q_hat k_hat^T / T.
+    d_q_hat = (probs - np.eye(n)[i]) @ k_hat / temperature
+    grad[i] = (d_q_hat - q_hat[i] * (q_hat[i] @ d_q_hat)) / q_norm[i]
+  scale = 2 * temperature / n
+  return scale * loss, correct / n, entropy / n, scale * grad
+
+
+@pytest.mark.parametrize('seed,n,d,temperature', [(0, 6, 5, 0.2), (1, 9, 16, 1.0)])
+def test_info_nce_value_gradient_and_metrics_match_naive_loop(seed, n, d, temperature):
+  rng = np.random.default_rng(seed)
+  k = rng.normal(size=(n, d))
+  q = 3.0 * (k + 0.5 * rng.normal(size=(n, d)))  # Correlated, unnormalised queries,
+  q[[0, 1]] = q[[1, 0]]  # two of them matched with the wrong key.
+  q32, k32 = jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32)
+  out = losses.info_nce(q32, k32, temperature)
+  loss, acc, ent, grad_q = naive_info_nce(q, k, temperature)
+  assert 0 < acc < 1
+  np.testing.assert_allclose(out.loss, loss, rtol=1e-5)
+  np.testing.assert_allclose(out.accuracy, acc, atol=1e-7)
+  np.testing.assert_allclose(out.entropy, ent, rtol=1e-5)
+  got_q, got_k = jax.grad(lambda q, k: losses.info_nce(q, k, temperature).loss, (0, 1))(q32, k32)
+  np.testing.assert_allclose(got_q, grad_q, atol=1e-5 * np.abs(grad_q).max())
+  assert not np.any(got_k)  # The keys are the momentum encoder's: constants.
+
+
 # In float64 (jax_enable_x64), so that the sharded and unsharded sums, taken in other orders,
 # agree to ~1e-15 and can be compared tightly on any machine (issue 21).
 _SHARDED_SCRIPT = textwrap.dedent("""
@@ -138,6 +179,12 @@ _SHARDED_SCRIPT = textwrap.dedent("""
       results[f'{devices}/{chunk}'] = dict(loss=float(loss), acc=float(out.accuracy),
                               entropy=float(out.entropy),
                               grads=[np.asarray(g).tolist() for g in grads])
+      if chunk == 0:  # MoCo v3's InfoNCE, the keys gathered from every device.
+        out = losses.info_nce(a, b, 0.2, mesh)
+        grad = jax.jit(jax.grad(lambda q, k: losses.info_nce(q, k, 0.2, mesh).loss))(a, b)
+        results[f'info_nce/{devices}'] = dict(loss=float(out.loss), acc=float(out.accuracy),
+                                              entropy=float(out.entropy),
+                                              grad=np.asarray(grad).tolist())
     print(json.dumps(results))
 """)
 
@@ -158,3 +205,11 @@ def test_sharded_loss_and_gradients_equal_single_device_and_naive():
     assert scale > 1e-2
     np.testing.assert_allclose(np.array(g8), np.array(g1), rtol=0, atol=1e-12 * scale)
     np.testing.assert_allclose(np.array(g8c), np.array(g1), rtol=0, atol=1e-12 * scale)
+  rng = np.random.default_rng(5)
+  q, k = rng.normal(size=(32, 16)), rng.normal(size=(32, 16))
+  eight, one = results['info_nce/8'], results['info_nce/1']
+  for got, want in zip(
+      [eight['loss'], eight['acc'], eight['entropy'], eight['grad']], naive_info_nce(q, k, 0.2)
+  ):
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+  np.testing.assert_allclose(eight['grad'], one['grad'], rtol=0, atol=1e-13)

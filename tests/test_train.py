@@ -26,7 +26,6 @@ _STEP_SCRIPT = textwrap.dedent("""
     from simclr_jax import methods
     from simclr_jax.core import optim, sharding, train_state
     from simclr_jax.config_files import load_config_file
-    from simclr_jax.methods import byol
     from simclr_jax.core.sharding import batch_sharded, create_mesh, replicated
     out_file, encoder, microbatches, method_names = sys.argv[1:]
     rng = np.random.default_rng(0)
@@ -34,16 +33,16 @@ _STEP_SCRIPT = textwrap.dedent("""
              'label': rng.integers(0, 10, size=16).astype(np.int32)}
     out = {}
     for name in method_names.split(','):
-      config = load_config_file(f'configs/cifar10{"_byol" if name == "byol" else ""}.py')
+      config = load_config_file(f'configs/cifar10{"" if name == "simclr" else "_" + name}.py')
       config.model.width_multiplier = 0.125
       config.model.conv_impl = 'xla'  # The patch matmuls accumulate in float32.
       config.image_size, config.batch_size, config.warmup_epochs = 16, 16, 0
       # Plain SGD at lr 1 (16 * 16 / 256) without momentum or decay: new params = params - grads.
       config.optimizer, config.learning_rate = 'sgd', 16.0
       config.momentum, config.weight_decay = 0.0, 0.0
-      if name == 'byol':
-        config.byol.projector_hidden_dim = config.byol.predictor_hidden_dim = 32
-        config.byol.output_dim = 16
+      if name != 'simclr':
+        config[name].projector_hidden_dim = config[name].predictor_hidden_dim = 32
+        config[name].output_dim = 16
       if encoder == 'vit':  # 24 wide, 4 tokens; dropout masks must not depend on the mesh.
         config.model.name, config.model.patch_size = 'vit_ti', 8
         config.model.dropout = config.model.drop_path = 0.1
@@ -76,9 +75,9 @@ _STEP_SCRIPT = textwrap.dedent("""
         return state.replace(params=params, batch_stats=as64(state.batch_stats),
                              opt_state=tx.init(params), method_state=method_state)
 
-      # BYOL has no gradient cache (no negatives to keep).
+      # Only SimCLR has the gradient cache.
       for devices, micro in itertools.product(
-          (8, 1), microbatches.split(',') if name != 'byol' else ['1']):
+          (8, 1), microbatches.split(',') if name == 'simclr' else ['1']):
         config.microbatches = int(micro)
         mesh = create_mesh(jax.devices()[:devices])
         state = sharding.run_once(init, out_shardings=replicated(mesh))
@@ -99,11 +98,12 @@ _STEP_SCRIPT = textwrap.dedent("""
 
 
 # Micro-batches (the gradient cache) of 8 pairs: BatchNorm over each micro-batch's 16 views on
-# all devices, the loss over all 16 pairs. BYOL: its target network's EMA and BatchNorm
-# statistics too, each view normalised on its own over all devices.
+# all devices, the loss over all 16 pairs. BYOL and MoCo v3: their target network's EMA and
+# BatchNorm statistics too, each view normalised on its own over all devices; MoCo v3's keys
+# gathered from all devices; SimSiam's stop-gradient.
 @pytest.mark.parametrize(
     'encoder,microbatches,method_names',
-    [('resnet', '1,2', 'simclr,byol'), ('vit', '2', 'simclr')],
+    [('resnet', '1,2', 'simclr,byol,mocov3,simsiam'), ('vit', '2', 'simclr')],
 )
 def test_train_step_on_eight_devices_equals_one_device(
     tmp_path, encoder, microbatches, method_names
@@ -115,7 +115,8 @@ def test_train_step_on_eight_devices_equals_one_device(
   assert any('grads' in k for k in keys) and any('batch_stats' in k for k in keys)
   assert {k.split('/')[1] for k in keys} == set(microbatches.split(','))
   if 'byol' in method_names:
-    assert any("method_state['target']['batch_stats']" in k for k in keys)
+    for name in ('byol', 'mocov3'):
+      assert any(f"{name}/1/method_state['target']['batch_stats']" in k for k in keys)
   for key in keys:
     eight, one = results['8/' + key], results['1/' + key]
     scale = np.abs(one).max()

@@ -16,6 +16,8 @@ from simclr_jax.core import train_state
 METHODS = {
     'simclr': 'simclr_jax.methods.simclr:SimCLR',
     'byol': 'simclr_jax.methods.byol:BYOL',
+    'mocov3': 'simclr_jax.methods.mocov3:MoCoV3',
+    'simsiam': 'simclr_jax.methods.simsiam:SimSiam',
 }
 
 

@@ -1,5 +1,6 @@
-"""SimCLR projection head (SimCLRv2 form)."""
+"""SimCLR's projection head (SimCLRv2 form) and the MLPs of the other methods."""
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -52,28 +53,41 @@ class ProjectionHead(nn.Module):
 
 
 class MLPHead(nn.Module):
-  """`num_layers - 1` x (dense -> BN -> ReLU), then a dense layer (all with biases).
+  """`num_layers - 1` x (dense -> BN -> ReLU), then a dense layer and, with `output_bn`, a
+  BatchNorm without scale or shift.
 
-  BYOL's projector and predictor (num_layers 2, hidden 4096, output 256).
+  BYOL's projector and predictor: biases everywhere, no output BN. SimSiam's and MoCo v3's:
+  bias-free dense layers before each BatchNorm (it centres them anyway).
   """
 
   hidden_dim: int
   output_dim: int
   num_layers: int = 2
+  hidden_bias: bool = True
+  output_bias: bool = True
+  output_bn: bool = False
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
+    bn = functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon,
+        dtype=self.dtype,
+    )
     for i in range(self.num_layers - 1):
-      x = nn.Dense(self.hidden_dim, dtype=self.dtype, name=f'dense{i + 1}')(x)
-      x = nn.BatchNorm(
-          use_running_average=not train,
-          momentum=self.bn_momentum,
-          epsilon=self.bn_epsilon,
-          dtype=self.dtype,
-          name=f'bn{i + 1}',
+      x = nn.Dense(
+          self.hidden_dim, use_bias=self.hidden_bias, dtype=self.dtype, name=f'dense{i + 1}'
       )(x)
-      x = nn.relu(x)
-    return nn.Dense(self.output_dim, dtype=self.dtype, name=f'dense{self.num_layers}')(x)
+      x = nn.relu(bn(name=f'bn{i + 1}')(x))
+    last = f'{self.num_layers}'
+    x = nn.Dense(self.output_dim, use_bias=self.output_bias, dtype=self.dtype, name=f'dense{last}')(
+        x
+    )
+    if self.output_bn:
+      x = bn(use_scale=False, use_bias=False, name=f'bn{last}')(x)
+    return x
