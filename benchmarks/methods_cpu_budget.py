@@ -30,7 +30,12 @@ from simclr_jax import input_pipeline
 from simclr_jax.core import huge_pages
 
 # method -> its CIFAR-10 config; each is brought to CPU scale by cpu_scale().
-METHOD_CONFIGS = {'simclr': 'cifar10_cpu', 'byol': 'cifar10_byol'}
+METHOD_CONFIGS = {
+    'simclr': 'cifar10_cpu',
+    'byol': 'cifar10_byol',
+    'mocov3': 'cifar10_mocov3',
+    'simsiam': 'cifar10_simsiam',
+}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('methods', list(METHOD_CONFIGS), 'Methods to train, each for the budget.')

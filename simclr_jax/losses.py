@@ -92,6 +92,24 @@ def _local_rows(z_a, z_b, z_a_all, z_b_all, temperature, row_offset, chunk_size)
   return sums
 
 
+def _sum_over_devices(local_sums, arrays, mesh, axis_name):
+  """The sums of local_sums(local, gathered, row_offset) over all rows of `arrays` ([N, ...]
+  each, split over `axis_name` of `mesh`): each device passes its own rows (local), every
+  device's rows (gathered) and the index of its first row; the results are summed over devices.
+  Gathered arrays a device does not read are not gathered (XLA drops them, and autodiff sends
+  them no gradient)."""
+  if mesh is None or mesh.shape[axis_name] == 1:
+    return local_sums(arrays, arrays, 0)
+
+  def sharded_sums(*local):
+    gathered = tuple(jax.lax.all_gather(x, axis_name, tiled=True) for x in local)
+    offset = jax.lax.axis_index(axis_name) * local[0].shape[0]
+    return tuple(jax.lax.psum(s, axis_name) for s in local_sums(local, gathered, offset))
+
+  specs = (P(axis_name),) * len(arrays)
+  return jax.shard_map(sharded_sums, mesh=mesh, in_specs=specs, out_specs=P())(*arrays)
+
+
 def nt_xent(
     z_a: jax.Array,
     z_b: jax.Array,
@@ -113,20 +131,14 @@ def nt_xent(
   z_b = _l2_normalize(z_b.astype(dtype))
   n = z_a.shape[0]
 
-  if mesh is None or mesh.shape[axis_name] == 1:
-    sums = _local_rows(z_a, z_b, z_a, z_b, temperature, 0, chunk_size)
-  else:
-
-    def sharded_sums(z_a, z_b):
-      z_a_all = jax.lax.all_gather(z_a, axis_name, tiled=True)
-      z_b_all = jax.lax.all_gather(z_b, axis_name, tiled=True)
-      offset = jax.lax.axis_index(axis_name) * z_a.shape[0]
-      sums = _local_rows(z_a, z_b, z_a_all, z_b_all, temperature, offset, chunk_size)
-      return tuple(jax.lax.psum(s, axis_name) for s in sums)
-
-    sums = jax.shard_map(
-        sharded_sums, mesh=mesh, in_specs=(P(axis_name), P(axis_name)), out_specs=P()
-    )(z_a, z_b)
+  sums = _sum_over_devices(
+      lambda local, gathered, offset: _local_rows(
+          *local, *gathered, temperature, offset, chunk_size
+      ),
+      (z_a, z_b),
+      mesh,
+      axis_name,
+  )
   loss, correct, entropy = sums
   # The reference's reduce_mean(loss_a + loss_b): the sum over all 2N anchors divided by N.
   return ContrastiveOutput(loss=loss / n, accuracy=correct.astype(dtype) / n, entropy=entropy / n)
@@ -162,19 +174,12 @@ def info_nce(
   q = _l2_normalize(q.astype(dtype))
   k = jax.lax.stop_gradient(_l2_normalize(k.astype(dtype)))
   n = q.shape[0]
-  if mesh is None or mesh.shape[axis_name] == 1:
-    sums = _query_rows(q, k, temperature, 0)
-  else:
-
-    def sharded_sums(q, k):
-      k_all = jax.lax.all_gather(k, axis_name, tiled=True)
-      offset = jax.lax.axis_index(axis_name) * q.shape[0]
-      sums = _query_rows(q, k_all, temperature, offset)
-      return tuple(jax.lax.psum(s, axis_name) for s in sums)
-
-    sums = jax.shard_map(
-        sharded_sums, mesh=mesh, in_specs=(P(axis_name), P(axis_name)), out_specs=P()
-    )(q, k)
+  sums = _sum_over_devices(
+      lambda local, gathered, offset: _query_rows(local[0], gathered[1], temperature, offset),
+      (q, k),
+      mesh,
+      axis_name,
+  )
   loss, correct, entropy = sums
   return ContrastiveOutput(
       loss=2 * temperature * loss / n, accuracy=correct.astype(dtype) / n, entropy=entropy / n

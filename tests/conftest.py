@@ -19,6 +19,17 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
 else:
   _OWN_CACHE = None
 
+# Tests compile far more than they run: XLA's CPU backend at -O0 compiles faster (alone,
+# test_vit.py + test_train_step.py: 128 s -> 114 s) and runs these tiny models about as fast
+# (the quality canary: 69 s -> 72 s); test_report.py's notebook run and gpu_check's dry run set
+# it too. Subprocesses and both xdist workers inherit it. Every persistent-cache entry is kept,
+# however quick its compile, so tests that compile the same computation share it.
+if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = ' '.join(
+      filter(None, [os.environ.get('XLA_FLAGS'), '--xla_backend_optimization_level=0'])
+  )
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+
 # Subprocesses and workers start with huge-page malloc, as the command-line program restarts
 # itself to (simclr_jax/core/huge_pages.py): faster steps, and no restart per program run.
 if huge_pages.supported():
@@ -170,6 +181,8 @@ _SLOW_FIRST = (
     'test_gpu_check.py::test_dry_run',
     'test_quality_canary.py',
     'test_train.py::test_train_step_on_eight_devices',
+    'test_vit.py::test_simclr_pretrains',
+    'test_siamese.py::test_pretrains',
 )
 
 

@@ -10,7 +10,10 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def run_on_eight_cpu_devices(script: str, *args: str) -> str:
   """Runs `script` with 8 host-platform devices; returns the last line it printed."""
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  flags = ' '.join(
+      filter(None, [os.environ.get('XLA_FLAGS'), '--xla_force_host_platform_device_count=8'])
+  )
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu')
   proc = subprocess.run(
       [sys.executable, '-c', script, *args],
       env=env,

@@ -20,6 +20,7 @@ from simclr_jax.core import optim
 from simclr_jax.core.sharding import create_mesh
 from simclr_jax.evaluators import features
 from simclr_jax.methods import siamese
+from simclr_jax.models import encoders
 
 
 def _cos(a, b):
@@ -49,6 +50,32 @@ class _ToyEncoder(nn.Module):
   def __call__(self, images, train: bool):
     x = nn.Dense(24)(images.reshape(images.shape[0], -1))
     return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+
+
+# This module is also an encoder family (models/encoders.py) of one model, the toy above, so
+# that whole runs compile quickly. The encoder is a module these methods only call; the
+# ResNet's own pieces are tested under SimCLR, and benchmarks/methods_cpu_budget.py trains it
+# under each method.
+NAMES = ('toy_dense',)
+
+
+def validate(model_config):
+  del model_config
+
+
+def build(model_config, *, image_size, dtype, fine_tune_after_block=-1, remat=False):
+  del model_config, image_size, dtype, fine_tune_after_block, remat
+  return _ToyEncoder(name='encoder')
+
+
+def num_parts(model_config):
+  del model_config
+  return 1
+
+
+def part_of(model_config, names):
+  del model_config, names
+  return 0
 
 
 def _get(tree, path):
@@ -187,9 +214,13 @@ def test_ema_decay_rises_from_base_to_one_on_a_cosine():
 
 
 @pytest.mark.parametrize('name', ['byol', 'mocov3', 'simsiam'])
-def test_pretrains_resumes_exactly_and_its_encoder_is_evaluated(name, cifar10_subset, tmp_path):
+def test_pretrains_resumes_exactly_and_its_encoder_is_evaluated(
+    name, cifar10_subset, tmp_path, monkeypatch
+):
   config = tiny_method_config(name)
   small = tiny_config(cifar10_subset)
+  monkeypatch.setattr(encoders, 'FAMILIES', encoders.FAMILIES + (__name__,))
+  small.model.name = 'toy_dense'
   for key in ('dataset', 'model', 'batch_size', 'num_train_steps', 'shuffle_buffer_size', 'eval'):
     config[key] = small[key]
   config.log_every_steps = config.checkpoint_every_steps = 2
@@ -211,6 +242,7 @@ def test_pretrains_resumes_exactly_and_its_encoder_is_evaluated(name, cifar10_su
 
   # Evaluation, embedding and export take its encoder like a SimCLR run's.
   eval_config = tiny_config(cifar10_subset)
+  eval_config.model = config.model
   eval_model = models.create_model(eval_config.model, image_size=32, num_classes=10)
   variables, step = features.restore_encoder_variables(eval_config, eval_model, workdir)
   assert step == 4

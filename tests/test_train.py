@@ -21,7 +21,7 @@ from simclr_jax.core import train_state
 # while a sharding bug (local negatives, per-device BatchNorm) moves them by percents.
 _STEP_SCRIPT = textwrap.dedent("""
     import functools, itertools, sys
-    import jax, jax.numpy as jnp, numpy as np
+    import flax.linen as nn, jax, jax.numpy as jnp, numpy as np
     jax.config.update('jax_enable_x64', True)
     from simclr_jax import methods
     from simclr_jax.core import optim, sharding, train_state
@@ -32,6 +32,13 @@ _STEP_SCRIPT = textwrap.dedent("""
     batch = {'views': rng.uniform(size=(16, 2, 16, 16, 3)),
              'label': rng.integers(0, 10, size=16).astype(np.int32)}
     out = {}
+
+    class Toy(nn.Module):  # Dense -> BatchNorm -> ReLU: quick to compile.
+      @nn.compact
+      def __call__(self, images, train):
+        x = nn.Dense(24, use_bias=False)(images.reshape(images.shape[0], -1))
+        return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+
     for name in method_names.split(','):
       config = load_config_file(f'configs/cifar10{"" if name == "simclr" else "_" + name}.py')
       config.model.width_multiplier = 0.125
@@ -50,10 +57,12 @@ _STEP_SCRIPT = textwrap.dedent("""
       model = method.create_model(10)
       # float64 throughout; two one-block stages (a stride-2 projection included) or two
       # transformer blocks compile far faster than the full depth.
-      shallow = {'stage_sizes': (1, 1)} if encoder == 'resnet' else {'depth': 2}
+      shallow = {'stage_sizes': (1, 1)} if encoder != 'vit' else {'depth': 2}
       model = model.clone(**{
           k: getattr(model, k).clone(dtype=jnp.float64, **(shallow if k == 'encoder' else {}))
           for k in ('encoder', 'head', 'predictor') if hasattr(model, k)})
+      if encoder == 'toy':
+        model = model.clone(encoder=Toy())
       schedule = optim.learning_rate_schedule(config, 160, 10)
       assert float(schedule(0)) == 1.0
       tx = method.create_optimizer(schedule)
@@ -100,10 +109,12 @@ _STEP_SCRIPT = textwrap.dedent("""
 # Micro-batches (the gradient cache) of 8 pairs: BatchNorm over each micro-batch's 16 views on
 # all devices, the loss over all 16 pairs. BYOL and MoCo v3: their target network's EMA and
 # BatchNorm statistics too, each view normalised on its own over all devices; MoCo v3's keys
-# gathered from all devices; SimSiam's stop-gradient.
+# gathered from all devices; SimSiam's stop-gradient. Those three share the step of
+# methods/siamese.py, tested on a Dense -> BatchNorm encoder (SimCLR's holds the ResNet's
+# BatchNorm layers equal on 8 devices).
 @pytest.mark.parametrize(
     'encoder,microbatches,method_names',
-    [('resnet', '1,2', 'simclr,byol,mocov3,simsiam'), ('vit', '2', 'simclr')],
+    [('resnet', '1,2', 'simclr'), ('toy', '1', 'byol,mocov3,simsiam'), ('vit', '2', 'simclr')],
 )
 def test_train_step_on_eight_devices_equals_one_device(
     tmp_path, encoder, microbatches, method_names

@@ -8,15 +8,12 @@ l2-normalised vectors (0 to 8); after each optimiser step the target moves towar
 online parameters with a decay tau rising from config.byol.base_ema to 1 on a cosine.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from simclr_jax import models
 from simclr_jax.methods import siamese
-from simclr_jax.models.heads import MLPHead
 
 _EPS = 1e-12  # Added to squared norms before normalising, as the authors' l2_normalize.
 
@@ -55,17 +52,10 @@ class BYOL(siamese.SiameseMethod):
   dims = ('projector_hidden_dim', 'predictor_hidden_dim', 'output_dim')
 
   def create_heads(self, dtype):
-    config, c = self.config, self.config.byol
-    mlp = functools.partial(
-        MLPHead,
-        output_dim=c.output_dim,
-        bn_momentum=config.model.bn_momentum,
-        bn_epsilon=config.model.bn_epsilon,
-        dtype=dtype,
-    )
+    c = self.config.byol
     return (
-        mlp(hidden_dim=c.projector_hidden_dim, name='head'),
-        mlp(hidden_dim=c.predictor_hidden_dim, name='predictor'),
+        self.mlp(dtype, hidden_dim=c.projector_hidden_dim, name='head'),
+        self.mlp(dtype, hidden_dim=c.predictor_hidden_dim, name='predictor'),
     )
 
   def pair_loss(self, mesh):

@@ -7,7 +7,9 @@ the keys gathered from every device, and the loss is ctr(q1, k2) + ctr(q2, k1) w
 ctr = 2 T * cross-entropy(q k^T / T, own key); the momentum m rises from config.mocov3.base_ema
 to 1 on a cosine (their --moco-m-cos); all dense layers are bias-free; the projector ends in a
 BatchNorm without scale or shift (the predictor too for ViTs); optionally the ViT's patch
-projection stays at its random initialisation (their --stop-grad-conv1).
+projection stays at its random initialisation (their --stop-grad-conv1). They move the momentum
+encoder at the start of a step, before the keys; the shared step moves it at the end of the
+previous one, towards the same online parameters: the same keys.
 """
 
 import functools
@@ -19,7 +21,6 @@ import optax
 from simclr_jax import losses
 from simclr_jax.core.sharding import DATA_AXIS
 from simclr_jax.methods import siamese
-from simclr_jax.models.heads import MLPHead
 
 
 def default_config():
@@ -81,16 +82,8 @@ class MoCoV3(siamese.SiameseMethod):
       )
 
   def create_heads(self, dtype):
-    config, c = self.config, self.config.mocov3
-    mlp = functools.partial(
-        MLPHead,
-        output_dim=c.output_dim,
-        hidden_bias=False,
-        output_bias=False,
-        bn_momentum=config.model.bn_momentum,
-        bn_epsilon=config.model.bn_epsilon,
-        dtype=dtype,
-    )
+    c = self.config.mocov3
+    mlp = functools.partial(self.mlp, dtype, hidden_bias=False, output_bias=False)
     return (
         mlp(
             hidden_dim=c.projector_hidden_dim,

@@ -23,7 +23,7 @@ from simclr_jax.core.sharding import batch_sharded
 from simclr_jax.methods import core
 from simclr_jax.methods import probe
 from simclr_jax.methods import simclr
-from simclr_jax.models.heads import DENSE_INIT
+from simclr_jax.models.heads import DENSE_INIT, MLPHead
 
 # The modules that an EMA target copies (the predictor and the probe are online only).
 TARGET_MODULES = ('encoder', 'head')
@@ -216,6 +216,17 @@ class SiameseMethod(core.Method):
   def pair_loss(self, mesh):
     """(p, target_z) [n, 2, d] each -> (loss, metrics): view v's predictions against the other
     view's target projections; the batch is sharded over `mesh`."""
+
+  def mlp(self, dtype, **kwargs) -> MLPHead:
+    """An MLPHead to the section's output_dim, with the encoder's BatchNorm settings."""
+    model = self.config.model
+    return MLPHead(
+        output_dim=self.config[self.section].output_dim,
+        bn_momentum=model.bn_momentum,
+        bn_epsilon=model.bn_epsilon,
+        dtype=dtype,
+        **kwargs,
+    )
 
   def create_model(self, num_classes):
     config = self.config

@@ -9,8 +9,6 @@ BN -> ReLU bottleneck and a dense output with a bias; with fixed_predictor_lr th
 keeps the peak learning rate while the rest follows the schedule (their --fix-pred-lr).
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -20,7 +18,6 @@ from simclr_jax import models
 from simclr_jax.core import optim
 from simclr_jax.methods import siamese
 from simclr_jax.methods import simclr
-from simclr_jax.models.heads import MLPHead
 
 _EPS = 1e-8  # torch's cosine_similarity clamps each norm at 1e-8.
 
@@ -64,24 +61,24 @@ class SimSiam(siamese.SiameseMethod):
   uses_target = False
 
   def create_heads(self, dtype):
-    config, c = self.config, self.config.simsiam
-    mlp = functools.partial(
-        MLPHead,
-        output_dim=c.output_dim,
-        hidden_bias=False,
-        bn_momentum=config.model.bn_momentum,
-        bn_epsilon=config.model.bn_epsilon,
-        dtype=dtype,
-    )
+    c = self.config.simsiam
     return (
-        mlp(
+        self.mlp(
+            dtype,
             hidden_dim=c.projector_hidden_dim,
             num_layers=c.projector_layers,
+            hidden_bias=False,
             output_bias=False,
             output_bn=True,
             name='head',
         ),
-        mlp(hidden_dim=c.predictor_hidden_dim, num_layers=2, name='predictor'),
+        self.mlp(
+            dtype,
+            hidden_dim=c.predictor_hidden_dim,
+            num_layers=2,
+            hidden_bias=False,
+            name='predictor',
+        ),
     )
 
   def create_optimizer(self, schedule):
