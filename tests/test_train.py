@@ -84,12 +84,13 @@ _STEP_SCRIPT = textwrap.dedent("""
         return state.replace(params=params, batch_stats=as64(state.batch_stats),
                              opt_state=tx.init(params), method_state=method_state)
 
+      initial = jax.device_get(sharding.run_once(init))  # On the host: copied to each mesh.
       # Only SimCLR has the gradient cache.
       for devices, micro in itertools.product(
           (8, 1), microbatches.split(',') if name == 'simclr' else ['1']):
         config.microbatches = int(micro)
         mesh = create_mesh(jax.devices()[:devices])
-        state = sharding.run_once(init, out_shardings=replicated(mesh))
+        state = jax.device_put(initial, replicated(mesh))
         params = jax.device_get(state.params)
         global_batch = jax.device_put(batch, batch_sharded(mesh))
         new_state, metrics = method.make_train_step(model, tx, schedule, mesh, 10)(
