@@ -203,9 +203,9 @@ class SiameseMethod(core.Method):
       )
     if self.config.microbatches != 1:
       raise ValueError(
-          f'config.microbatches={self.config.microbatches}: the gradient cache is for '
-          f"SimCLR's negatives; {self.section} needs none of them whole, so set "
-          'config.microbatches=1 (and lower batch_size to save memory).'
+          f'config.microbatches={self.config.microbatches}: the gradient cache is built into '
+          f"SimCLR's step only, not {self.section}'s; set config.microbatches=1 (and lower "
+          'batch_size to save memory).'
       )
 
   @abc.abstractmethod

@@ -34,8 +34,8 @@ def default_config():
 
 
 def negative_cosine(p, z):
-  """-cos(p, z) per row, in float32 or wider; z is a constant of the loss."""
-  p, z = models.at_least_float32(p), models.at_least_float32(jax.lax.stop_gradient(z))
+  """-cos(p, z) per row, in float32 or wider (siamese.loss_and_metrics stops z's gradient)."""
+  p, z = models.at_least_float32(p), models.at_least_float32(z)
   norm = lambda x: jnp.maximum(jnp.linalg.norm(x, axis=-1), _EPS)
   return -jnp.sum(p * z, axis=-1) / (norm(p) * norm(z))
 
@@ -87,7 +87,7 @@ class SimSiam(siamese.SiameseMethod):
     if not config.simsiam.fixed_predictor_lr:
       return tx
     peak = optim.scaled_learning_rate(config.learning_rate, config.batch_size, config.lr_scaling)
-    fixed = simclr.create_optimizer(config, optax.constant_schedule(peak))
+    fixed = optim.create_optimizer(config, optax.constant_schedule(peak))  # No probe in it.
     return optax.multi_transform({'rest': tx, 'predictor': fixed}, _predictor_labels)
 
   def pair_loss(self, mesh):
