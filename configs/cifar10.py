@@ -60,6 +60,13 @@ def get_config():
   # Values of the keys above that the second view of each pair uses instead (BYOL's asymmetric
   # blur and solarisation); empty: both views alike.
   config.augment.second_view = ml_collections.ConfigDict()
+  # Multi-crop (DINO only): `number` extra crops per image of side `size`, made as the first
+  # view with the other values here in place of its own (the DINO paper's: blur p 0.5).
+  config.augment.local_crops = ml_collections.ConfigDict()
+  config.augment.local_crops.number = 0  # Local crops per image; 0 = none (two views only).
+  config.augment.local_crops.size = 16  # Their side in pixels (DINO on 224 images: 96).
+  config.augment.local_crops.crop_area_min = 0.05  # Their crop area fraction ~ [min, max].
+  config.augment.local_crops.crop_area_max = 0.4
   # The weak policy: per view, with p crop_branch_prob a crop resized back and a flip, else
   # a flip and a colour jitter (torchvision ColorJitter's brightness/contrast/saturation/hue).
   config.augment.weak = ml_collections.ConfigDict()

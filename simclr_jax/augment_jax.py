@@ -19,6 +19,9 @@ import ml_collections
 import numpy as np
 
 _NUM_JITTER_OPS = 4  # brightness, contrast, saturation, hue.
+# fold_in index of an image's local crops' keys (and seeds in augment.py): apart from the two
+# views' split, which stays what it was without local crops.
+LOCAL_CROPS_STREAM = 2
 _MAX_ATTEMPTS = 100  # sample_distorted_bounding_box's max_attempts in augment.py.
 _MIN_OBJECT_COVERED = 0.1  # Its min_object_covered on the whole-image box.
 _GRAYSCALE_WEIGHTS = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale's.
@@ -389,11 +392,23 @@ def random_solarize(image, key, prob):
 def view_configs(config_augment):
   """(first, second) view's config.augment: the second with config.augment.second_view's
   values in place of the first's (BYOL's asymmetric blur and solarisation); both without
-  second_view. Shared with augment.py and the tf.data pipeline.
+  second_view and local_crops. Shared with augment.py and the tf.data pipeline.
   """
   values = config_augment.to_dict()
   overrides = values.pop('second_view', None) or {}
+  values.pop('local_crops', None)
   return ml_collections.ConfigDict(values), ml_collections.ConfigDict({**values, **overrides})
+
+
+def local_crops(config_augment) -> tuple[int, int, ml_collections.ConfigDict | None]:
+  """(number, size, view config) of the local crops of multi-crop (DINO): the first view's
+  config with config.augment.local_crops' other values in its place; (0, 0, None) without."""
+  c = config_augment.get('local_crops')  # A config.json saved before multi-crop has none.
+  if c is None or not c.number:
+    return 0, 0, None
+  overrides = {k: v for k, v in c.to_dict().items() if k not in ('number', 'size')}
+  first, _ = view_configs(config_augment)
+  return c.number, c.size, ml_collections.ConfigDict({**first.to_dict(), **overrides})
 
 
 def pretrain_view(image, key, config_augment, size):
@@ -466,3 +481,15 @@ def pretrain_views(images, keys, config_augment, size):
     )
 
   return jax.vmap(two_views)(to_float(images), _as_keys(keys))
+
+
+def local_views(images, keys, config_augment):
+  """The config.augment.local_crops of each image (multi-crop), from the same keys as
+  `pretrain_views` but a stream apart; float32 [N, number, size, size, 3] in [0, 1]."""
+  number, size, local = local_crops(config_augment)
+
+  def crops(image, key):
+    keys = jax.random.split(jax.random.fold_in(key, LOCAL_CROPS_STREAM), number)
+    return jax.vmap(lambda k: pretrain_view(image, k, local, size))(keys)
+
+  return jax.vmap(crops)(to_float(images), _as_keys(keys))

@@ -82,6 +82,33 @@ def _validate_view_augment(aug, where):
   )
 
 
+def _validate_local_crops(config):
+  """config.augment.local_crops: DINO's multi-crop, made as the first view with its values."""
+  local = config.augment.get('local_crops')
+  if local is None or not local.number:
+    return
+  where = 'config.augment.local_crops'
+  _require(
+      isinstance(local.number, int) and local.number > 0 and local.size > 0,
+      f'{where}.number={local.number} and size={local.size} must be positive integers (DINO: '
+      '8 or 10 crops of 96 pixels for 224-pixel views).',
+  )
+  unknown = sorted(set(local) - set(config.augment) - {'number', 'size'})
+  _require(
+      not unknown,
+      f'{where} sets {", ".join(unknown)}, which config.augment has not; it takes number, size '
+      'and config.augment keys (e.g. crop_area_min, blur_prob) whose values the local crops use.',
+  )
+  _validate_view_augment(augment_jax.local_crops(config.augment)[2], where)
+  _require(
+      config.mode != 'pretrain'
+      or config.method not in methods.METHODS
+      or methods.get(config).uses_local_crops,
+      f'{where}.number={local.number}: config.method={config.method!r} trains on two views '
+      'only; multi-crop is for DINO (configs/*_dino.py). Set it to 0.',
+  )
+
+
 def validate_config(config, *, num_devices: int, num_processes: int = 1):
   """Raises ValueError naming the first bad value in `config` and what is allowed."""
   _require(config.mode in MODES, f'config.mode={config.mode!r} is not known; use one of {MODES}.')
@@ -183,6 +210,7 @@ def validate_config(config, *, num_devices: int, num_processes: int = 1):
   first, second = augment_jax.view_configs(aug)
   _validate_view_augment(first, 'config.augment')
   _validate_view_augment(second, 'config.augment (second view)')
+  _validate_local_crops(config)
   if config.mode == 'pretrain':
     _require(
         config.method in methods.METHODS,

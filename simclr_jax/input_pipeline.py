@@ -219,7 +219,8 @@ def _shard_batches(
 def create_pretrain_dataset(
     config, *, local_batch_size: int, start_step: int = 0, process_index=None, process_count=None
 ) -> tf.data.Dataset:
-  """Infinite per-host dataset of {'views': [B, 2, S, S, 3], 'label': [B]}.
+  """Infinite per-host dataset of {'views': [B, 2, S, S, 3], 'label': [B]}, and with
+  config.augment.local_crops 'local_views' [B, number, size, size, 3] (multi-crop).
 
   With config.augment_on_device, of decoded images and seeds instead (see
   `_decoded_training_dataset`); the train step makes the views.
@@ -247,13 +248,26 @@ def create_pretrain_dataset(
     )
 
   view_configs = augment_jax.view_configs(config.augment)
+  num_local, local_size, local_config = augment_jax.local_crops(config.augment)
 
   def two_views(image, label, seed):
     seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 2), num=2)
     views = tf.stack(
         [augment.pretrain_view(image, s, c, config.image_size) for s, c in zip(seeds, view_configs)]
     )
-    return {'views': views, 'label': label}
+    example = {'views': views, 'label': label}
+    if num_local:  # Multi-crop: seeds a stream apart from the two views'.
+      local_seeds = tf.random.experimental.stateless_split(
+          tf.random.experimental.stateless_fold_in(seed, augment_jax.LOCAL_CROPS_STREAM),
+          num_local,
+      )
+      example['local_views'] = tf.stack(
+          [
+              augment.pretrain_view(image, s, local_config, local_size)
+              for s in tf.unstack(local_seeds, num=num_local)
+          ]
+      )
+    return example
 
   return _training_dataset(
       config,

@@ -68,7 +68,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     )
   tf.io.gfile.makedirs(workdir)
   mesh = create_mesh()
-  method = methods.get(config)
+  method = methods.get(config, info.num_examples)
   model = method.create_model(num_classes)
   total_steps = optim.total_train_steps(config, info.num_examples)
   schedule = optim.learning_rate_schedule(config, info.num_examples, total_steps)

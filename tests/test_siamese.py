@@ -44,11 +44,12 @@ REFERENCE_LOSSES = {
 
 
 class _ToyEncoder(nn.Module):
-  """Dense -> BatchNorm -> ReLU: fast to compile; the ResNet's step is in test_train.py."""
+  """Dense on 4x4 patches -> mean -> BatchNorm -> ReLU: fast to compile, for images of any size
+  (DINO's multi-crop); the ResNet's step is in test_train.py."""
 
   @nn.compact
   def __call__(self, images, train: bool):
-    x = nn.Dense(24)(images.reshape(images.shape[0], -1))
+    x = nn.Conv(24, (4, 4), strides=(4, 4), use_bias=False)(images).mean(axis=(1, 2))
     return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
 
 

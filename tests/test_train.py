@@ -31,12 +31,13 @@ _STEP_SCRIPT = textwrap.dedent("""
     rng = np.random.default_rng(0)
     batch = {'views': rng.uniform(size=(16, 2, 16, 16, 3)),
              'label': rng.integers(0, 10, size=16).astype(np.int32)}
+    local_views = rng.uniform(size=(16, 3, 8, 8, 3))  # DINO's multi-crop: 3 local crops.
     out = {}
 
-    class Toy(nn.Module):  # Dense -> BatchNorm -> ReLU: quick to compile.
+    class Toy(nn.Module):  # Patch dense -> mean -> BatchNorm -> ReLU: quick to compile.
       @nn.compact
       def __call__(self, images, train):
-        x = nn.Dense(24, use_bias=False)(images.reshape(images.shape[0], -1))
+        x = nn.Conv(24, (4, 4), strides=(4, 4), use_bias=False)(images).mean(axis=(1, 2))
         return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
 
     for name in method_names.split(','):
@@ -47,20 +48,23 @@ _STEP_SCRIPT = textwrap.dedent("""
       # Plain SGD at lr 1 (16 * 16 / 256) without momentum or decay: new params = params - grads.
       config.optimizer, config.learning_rate = 'sgd', 16.0
       config.momentum, config.weight_decay = 0.0, 0.0
-      if name != 'simclr':
+      if name == 'dino':
+        config.dino.hidden_dim, config.dino.bottleneck_dim, config.dino.output_dim = 32, 8, 16
+        config.dino.freeze_last_layer_epochs = 0  # Its gradient is compared too.
+      elif name != 'simclr':
         config[name].projector_hidden_dim = config[name].predictor_hidden_dim = 32
         config[name].output_dim = 16
       if encoder == 'vit':  # 24 wide, 4 tokens; dropout masks must not depend on the mesh.
         config.model.name, config.model.patch_size = 'vit_ti', 8
         config.model.dropout = config.model.drop_path = 0.1
-      method = methods.get(config)
+      method = methods.get(config, num_examples=160)
       model = method.create_model(10)
       # float64 throughout; two one-block stages (a stride-2 projection included) or two
       # transformer blocks compile far faster than the full depth.
       shallow = {'stage_sizes': (1, 1)} if encoder != 'vit' else {'depth': 2}
       model = model.clone(**{
           k: getattr(model, k).clone(dtype=jnp.float64, **(shallow if k == 'encoder' else {}))
-          for k in ('encoder', 'head', 'predictor') if hasattr(model, k)})
+          for k in ('encoder', 'head', 'predictor') if getattr(model, k, None) is not None})
       if encoder == 'toy':
         model = model.clone(encoder=Toy())
       schedule = optim.learning_rate_schedule(config, 160, 10)
@@ -78,8 +82,9 @@ _STEP_SCRIPT = textwrap.dedent("""
         params = perturb(state.params)
         as64 = lambda tree: jax.tree.map(lambda s: s.astype(jnp.float64), tree)
         method_state = state.method_state
-        if method_state:
-          method_state = {'target': {'params': perturb(method_state['target']['params']),
+        if method_state:  # DINO's centre too.
+          method_state = {**perturb(method_state),
+                          'target': {'params': perturb(method_state['target']['params']),
                                      'batch_stats': as64(method_state['target']['batch_stats'])}}
         return state.replace(params=params, batch_stats=as64(state.batch_stats),
                              opt_state=tx.init(params), method_state=method_state)
@@ -92,7 +97,9 @@ _STEP_SCRIPT = textwrap.dedent("""
         mesh = create_mesh(jax.devices()[:devices])
         state = jax.device_put(initial, replicated(mesh))
         params = jax.device_get(state.params)
-        global_batch = jax.device_put(batch, batch_sharded(mesh))
+        global_batch = jax.device_put(
+            {**batch, 'local_views': local_views} if name == 'dino' else batch,
+            batch_sharded(mesh))
         new_state, metrics = method.make_train_step(model, tx, schedule, mesh, 10)(
             state, global_batch)
         grads = jax.tree.map(lambda p, q: p - q, params, jax.device_get(new_state.params))
@@ -110,12 +117,13 @@ _STEP_SCRIPT = textwrap.dedent("""
 # Micro-batches (the gradient cache) of 8 pairs: BatchNorm over each micro-batch's 16 views on
 # all devices, the loss over all 16 pairs. BYOL and MoCo v3: their target network's EMA and
 # BatchNorm statistics too, each view normalised on its own over all devices; MoCo v3's keys
-# gathered from all devices; SimSiam's stop-gradient. Those three share the step of
+# gathered from all devices; SimSiam's stop-gradient; DINO's centre (all-reduced teacher
+# outputs) and its crops of two sizes, each size normalised together. Those three share the step of
 # methods/siamese.py, tested on a Dense -> BatchNorm encoder (SimCLR's holds the ResNet's
 # BatchNorm layers equal on 8 devices).
 @pytest.mark.parametrize(
     'encoder,microbatches,method_names',
-    [('resnet', '1,2', 'simclr'), ('toy', '1', 'byol,mocov3,simsiam'), ('vit', '2', 'simclr')],
+    [('resnet', '1,2', 'simclr'), ('toy', '1', 'byol,mocov3,simsiam,dino'), ('vit', '2', 'simclr')],
 )
 def test_train_step_on_eight_devices_equals_one_device(
     tmp_path, encoder, microbatches, method_names
@@ -127,8 +135,9 @@ def test_train_step_on_eight_devices_equals_one_device(
   assert any('grads' in k for k in keys) and any('batch_stats' in k for k in keys)
   assert {k.split('/')[1] for k in keys} == set(microbatches.split(','))
   if 'byol' in method_names:
-    for name in ('byol', 'mocov3'):
+    for name in ('byol', 'mocov3', 'dino'):
       assert any(f"{name}/1/method_state['target']['batch_stats']" in k for k in keys)
+    assert "dino/1/method_state['centre']" in keys
   for key in keys:
     eight, one = results['8/' + key], results['1/' + key]
     scale = np.abs(one).max()
@@ -136,7 +145,7 @@ def test_train_step_on_eight_devices_equals_one_device(
     # Really in float64 (the accuracies are ratios of counts, the learning rate and EMA decay
     # schedule constants).
     assert one.dtype != np.float32 or any(
-        k in key for k in ('accuracy', 'learning_rate', 'ema_decay')
+        k in key for k in ('accuracy', 'learning_rate', 'ema_decay', 'teacher_temperature')
     ), key
     np.testing.assert_allclose(eight, one, rtol=0, atol=1e-9 * scale + 1e-12, err_msg=key)
 

@@ -2,6 +2,7 @@
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +63,7 @@ def learning_rate_schedule(config, num_examples: int, total_steps: int) -> optax
   )
 
 
-def _names(path):
+def names(path):
   """A parameter's tree path as plain names: ('encoder', 'stem_conv', 'kernel')."""
   return [str(getattr(k, 'key', k)) for k in path]
 
@@ -76,8 +77,8 @@ def decay_mask(params, supervised_head: str | None = None):
   """
 
   def is_decayed(path, _):
-    names = _names(path)
-    return names[-1] == 'kernel' and supervised_head not in names
+    path_names = names(path)
+    return path_names[-1] == 'kernel' and supervised_head not in path_names
 
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 
@@ -135,13 +136,49 @@ def scale_updates(tx: optax.GradientTransformation, name: str, scale: float):
   return optax.GradientTransformation(tx.init, update)
 
 
+class FrozenForState(NamedTuple):
+  count: jax.Array  # Calls so far, up to num_steps.
+  inner: optax.OptState
+
+
+def frozen_for(tx: optax.GradientTransformation, num_steps: int):
+  """`tx`, updating nothing for its first `num_steps` calls: zero updates and tx's state left
+  as it was, so its first real update is as its first from init (DINO's last layer in epoch 1:
+  torch's grad = None skips the optimiser, momentum and step count included)."""
+
+  def init(params):
+    return FrozenForState(jnp.zeros([], jnp.int32), tx.init(params))
+
+  def update(updates, state, params=None):
+    new_updates, new_inner = tx.update(updates, state.inner, params)
+    frozen = state.count < num_steps
+    keep = lambda old, new: jnp.where(frozen, old, new)
+    return jax.tree.map(lambda u: keep(jnp.zeros_like(u), u), new_updates), FrozenForState(
+        jnp.minimum(state.count + 1, num_steps), jax.tree.map(keep, state.inner, new_inner)
+    )
+
+  return optax.GradientTransformation(init, update)
+
+
+def clip_each_by_norm(max_norm: float):
+  """Each parameter's gradient scaled to an L2 norm of at most `max_norm` (DINO's
+  clip_gradients: per parameter, not over all of them as optax.clip_by_global_norm)."""
+
+  def update(updates, state, params=None):
+    del params
+    clip = lambda g: g * jnp.minimum(1.0, max_norm / (jnp.linalg.norm(g) + 1e-6))
+    return jax.tree.map(clip, updates), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
 def frozen_mask(params, fine_tune_after_block: int, part_of):
   """True for the encoder parameters that fine-tuning freezes: those of parts 0 (the input
   side) to fine_tune_after_block, as `part_of(names under the encoder)` tells."""
 
   def is_frozen(path, _):
-    names = _names(path)
-    return names[0] == 'encoder' and part_of(names[1:]) <= fine_tune_after_block
+    path_names = names(path)
+    return path_names[0] == 'encoder' and part_of(path_names[1:]) <= fine_tune_after_block
 
   return jax.tree_util.tree_map_with_path(is_frozen, params)
 

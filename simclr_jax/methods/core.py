@@ -18,14 +18,18 @@ METHODS = {
     'byol': 'simclr_jax.methods.byol:BYOL',
     'mocov3': 'simclr_jax.methods.mocov3:MoCoV3',
     'simsiam': 'simclr_jax.methods.simsiam:SimSiam',
+    'dino': 'simclr_jax.methods.dino:DINO',
 }
 
 
 class Method(abc.ABC):
   """A pretraining method configured by `config` (the whole run's config)."""
 
-  def __init__(self, config):
+  uses_local_crops = False  # Whether it trains on config.augment.local_crops (multi-crop).
+
+  def __init__(self, config, num_examples: int = 0):
     self.config = config
+    self.num_examples = num_examples  # Of the pretraining split; 0 where not known.
 
   def validate(self, num_devices: int):
     """Raises ValueError naming the fix when a config value of this method is bad."""
@@ -50,12 +54,13 @@ class Method(abc.ABC):
     scalars to log."""
 
 
-def get(config) -> Method:
-  """The method of config.method; a ValueError listing the registered ones otherwise."""
+def get(config, num_examples: int = 0) -> Method:
+  """The method of config.method (pretraining on `num_examples` examples, where it matters); a
+  ValueError listing the registered ones otherwise."""
   if config.method not in METHODS:
     raise ValueError(
         f'config.method={config.method!r} is not known; registered methods: '
         f'{", ".join(METHODS)}.'
     )
   module, name = METHODS[config.method].split(':')
-  return getattr(importlib.import_module(module), name)(config)
+  return getattr(importlib.import_module(module), name)(config, num_examples)

@@ -32,13 +32,13 @@ TARGET_MODULES = ('encoder', 'head')
 class SiameseModel(nn.Module):
   """Encoder f, projector g (named 'head', like SimCLR's), predictor q and the online probe.
 
-  __call__ returns {'h', 'z' (projection), 'p' (prediction), 'probe_logits' if any}; `project`
-  is the target network's part, {'h', 'z'}.
+  __call__ returns {'h', 'z' (projection), 'p' (prediction) and 'probe_logits' if any};
+  `project` is the target network's part, {'h', 'z'}.
   """
 
   encoder: nn.Module
   head: nn.Module
-  predictor: nn.Module
+  predictor: nn.Module | None = None  # None: no 'p' (DINO).
   num_classes: int = 0
 
   def project(self, images, train: bool):
@@ -48,7 +48,8 @@ class SiameseModel(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool):
     out = self.project(images, train)
-    out['p'] = models.at_least_float32(self.predictor(out['z'], train))
+    if self.predictor is not None:
+      out['p'] = models.at_least_float32(self.predictor(out['z'], train))
     if self.num_classes:
       out['probe_logits'] = nn.Dense(self.num_classes, kernel_init=DENSE_INIT, name=probe.NAME)(
           jax.lax.stop_gradient(out['h'])
@@ -63,6 +64,13 @@ def ema_decay(step, base_ema: float, total_steps: int):
   """tau(step) = 1 - (1 - base_ema) * (1 + cos(pi * step / total_steps)) / 2."""
   progress = jnp.minimum(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 1.0)
   return 1.0 - (1.0 - base_ema) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+
+
+def ema_update(target_params, params, tau):
+  """target <- tau target + (1 - tau) online, for each module of the target."""
+  return jax.tree.map(
+      lambda t, o: t + (1.0 - tau) * (o - t), target_params, {k: params[k] for k in target_params}
+  )
 
 
 def per_view_forward(variables, views, *, model, mesh, method=None, dropout_rng=None):
@@ -146,11 +154,7 @@ def train_step(
   method_state = state.method_state
   if target is not None:
     tau = ema_schedule(state.step)
-    target_params = jax.tree.map(
-        lambda t, o: t + (1.0 - tau) * (o - t),
-        target['params'],
-        {k: params[k] for k in target['params']},
-    )
+    target_params = ema_update(target['params'], params, tau)
     method_state = {'target': {'params': target_params, 'batch_stats': target_stats}}
     metrics['ema_decay'] = tau
   new_state = state.replace(

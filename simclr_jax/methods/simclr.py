@@ -141,16 +141,19 @@ def loss_and_grads(
 
 
 def augment_batch(batch, *, config_augment, image_size, mesh):
-  """{'image', 'seed', 'label'} -> {'views', 'label'}: config.augment_on_device's views.
+  """{'image', 'seed', 'label'} -> {'views', 'label'} (and 'local_views' with
+  config.augment.local_crops): config.augment_on_device's views.
 
   Each example's views depend only on its own image and seed, so the vmapped augmentation
   splits over the 'data' axis like the batch, without communication.
   """
-  views = augment_jax.pretrain_views(batch['image'], batch['seed'], config_augment, image_size)
-  return {
-      'views': jax.lax.with_sharding_constraint(views, batch_sharded(mesh)),
-      'label': batch['label'],
+  views = {
+      'views': augment_jax.pretrain_views(batch['image'], batch['seed'], config_augment, image_size)
   }
+  if augment_jax.local_crops(config_augment)[0]:
+    views['local_views'] = augment_jax.local_views(batch['image'], batch['seed'], config_augment)
+  views = jax.lax.with_sharding_constraint(views, batch_sharded(mesh))
+  return {**views, 'label': batch['label']}
 
 
 def device_augment(config, mesh):

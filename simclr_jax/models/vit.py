@@ -158,6 +158,9 @@ class ViT(nn.Module):
   remat: bool = False
   dropout: float = 0.0
   drop_path: float = 0.0
+  # The images' side that a learned position embedding is sized for (0: the first call's);
+  # others get it resized bicubically.
+  image_size: int = 0
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -179,8 +182,18 @@ class ViT(nn.Module):
     batch, grid = x.shape[0], x.shape[1]
     x = x.reshape(batch, grid * x.shape[2], self.width)
     if self.position_embedding == 'learned':
-      tokens = grid * grid + (self.pool == 'cls')
+      base = self.image_size // p if self.image_size else grid
+      tokens = base * base + (self.pool == 'cls')
       pos = self.param('position_embedding', nn.initializers.normal(0.02), (1, tokens, self.width))
+      if grid != base:  # Other-sized images (multi-crop): the patches' grid resized, as DINO.
+        cls_pos, patch_pos = pos[:, : tokens - base * base], pos[:, tokens - base * base :]
+        patch_pos = jax.image.resize(
+            patch_pos.reshape(1, base, base, self.width),
+            (1, grid, grid, self.width),
+            'cubic',
+            antialias=False,
+        )
+        pos = jnp.concatenate([cls_pos, patch_pos.reshape(1, grid * grid, self.width)], axis=1)
     else:
       pos = sincos_position_embedding(grid, self.width)[None]
       if self.pool == 'cls':
@@ -200,7 +213,7 @@ class ViT(nn.Module):
 
 
 def build(model_config, *, image_size, dtype, fine_tune_after_block=-1, remat=False):
-  del image_size, fine_tune_after_block  # Freezing is the optimiser's (part_of).
+  del fine_tune_after_block  # Freezing is the optimiser's (part_of).
   _, depth, heads = SIZES[model_config.name]
   return ViT(
       width=width_of(model_config),
@@ -214,6 +227,7 @@ def build(model_config, *, image_size, dtype, fine_tune_after_block=-1, remat=Fa
       # A config.json saved before these existed trained without them.
       dropout=model_config.get('dropout', 0.0),
       drop_path=model_config.get('drop_path', 0.0),
+      image_size=image_size,
       name='encoder',
   )
 
