@@ -35,6 +35,7 @@ METHOD_CONFIGS = {
     'byol': 'cifar10_byol',
     'mocov3': 'cifar10_mocov3',
     'simsiam': 'cifar10_simsiam',
+    'dino': 'cifar10_dino',
 }
 
 FLAGS = flags.FLAGS
