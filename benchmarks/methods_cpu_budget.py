@@ -56,6 +56,13 @@ def cpu_scale(config, cpu):
   for key in ('eval_every_steps', 'log_every_steps', 'checkpoint_every_steps'):
     config[key] = cpu[key]
   config.eval.batch_size = cpu.eval.batch_size
+  if 'dino' in config:
+    # Its 1000-epoch recipe's epoch-long schedules, shrunk as the warm-up is: the last layer
+    # frozen for a tenth of the warm-up (1 of 10 epochs in the recipe), and the teacher's EMA
+    # from 0.99 as BYOL's and MoCo v3's (0.9995 would leave it near its start in a run this
+    # short).
+    config.dino.freeze_last_layer_epochs = cpu.warmup_epochs / 10
+    config.dino.base_ema = 0.99
   return config
 
 

@@ -3,14 +3,14 @@ recipe).
 
 Source: facebookresearch/dino, README ("vanilla" ViT-S/16 run on 8 GPUs) and main_dino.py's
 defaults: batch 64 x 8, AdamW lr 5e-4 x batch / 256 after 10 warm-up epochs, weight decay
-0.04, gradient clipping 3.0 per parameter, stochastic depth 0.1 in the student; head 2048 ->
-256 -> 65536 with the last layer's gain fixed and frozen in epoch 1; student T 0.1, teacher T
-0.04; tau 0.996 -> 1; 2 global views of 224 pixels (area 0.4-1; blur p 1.0 / 0.1,
-solarisation 0 / 0.2) and 8 local crops of 96 (area 0.05-0.4, blur 0.5), colour jitter 0.4,
-0.4, 0.2, 0.1 with p 0.8, grayscale 0.2. ViT-S: learned position embedding, h the [CLS] token.
-Differences: weight decay stays 0.04 (theirs rises to 0.4 on a cosine) and decays the kernels
-only (theirs: every weight matrix, position embedding and [CLS] token); the lr falls to 0, not
-1e-6; evaluation reads the student's encoder (the authors evaluate the teacher).
+0.04 rising to 0.4 on a cosine, gradient clipping 3.0 per parameter, stochastic depth 0.1 in
+the student; head 2048 -> 256 -> 65536 with the last layer's gain fixed and frozen in epoch 1;
+student T 0.1, teacher T 0.04; tau 0.996 -> 1; 2 global views of 224 pixels (area 0.4-1; blur
+p 1.0 / 0.1, solarisation 0 / 0.2) and 8 local crops of 96 (area 0.05-0.4, blur 0.5), colour
+jitter 0.4, 0.4, 0.2, 0.1 with p 0.8, grayscale 0.2. ViT-S: learned position embedding, h the
+[CLS] token. Differences: weight decay on the kernels only (theirs: every weight matrix,
+position embedding and [CLS] token); the lr falls to 0, not 1e-6; evaluation reads the
+student's encoder (the authors evaluate the teacher).
 
 Run (TPU/GPU hosts; the prepared TFDS `imagenet2012`, or an image folder):
   python -m simclr_jax.main --config=configs/imagenet_dino.py --workdir=gs://BUCKET/dino_vits \
@@ -47,6 +47,7 @@ def get_config():
   config.momentum = 0.9
   config.learning_rate = 5e-4  # Base lr, linearly scaled: 5e-4 * 512 / 256 = 1e-3.
   config.weight_decay = 0.04
+  config.dino.weight_decay_end = 0.4  # Rising on a cosine over the run.
   config.warmup_epochs = 10.0
   config.num_epochs = 100
   return config

@@ -272,6 +272,23 @@ def test_last_layer_waits_its_epochs_then_follows_its_schedule():
     )
 
 
+def test_weight_decay_rises_on_a_cosine_for_every_parameter_group():
+  config = _tiny_dino(freeze_last_layer_epochs=1, weight_decay_end=0.4)
+  config.optimizer, config.weight_decay, config.num_train_steps = 'adamw', 0.04, 10
+  method = methods.get(config, num_examples=32)  # 4 steps an epoch: 4 frozen steps.
+  params = {
+      'head': {'dense1': {'kernel': jnp.ones((3, 4))}, 'last_layer': {'kernel': jnp.ones((4, 5))}}
+  }
+  tx = method.create_optimizer(lambda count: 1.0)
+  state, zeros = tx.init(params), jax.tree.map(jnp.zeros_like, params)
+  for step in range(10):
+    # Zero gradients: AdamW's update is -lr wd(step) p, their cosine from 0.04 to 0.4.
+    wd = 0.4 + (0.04 - 0.4) * 0.5 * (1 + np.cos(np.pi * step / 10))
+    updates, state = tx.update(zeros, state, params)
+    np.testing.assert_allclose(updates['head']['dense1']['kernel'], -wd, rtol=1e-5)
+    np.testing.assert_allclose(updates['head']['last_layer']['kernel'], -wd * (step >= 4), 1e-5)
+
+
 def optax_chain_of(config, schedule):
   import optax  # pylint: disable=g-import-not-at-top
 

@@ -83,12 +83,13 @@ def decay_mask(params, supervised_head: str | None = None):
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
-def _lars(section, schedule: optax.Schedule, mask) -> optax.GradientTransformation:
-  """LARS with `section`'s weight decay, trust coefficient and momentum; `mask` picks the
-  parameters that get both decay and trust ratio (the reference excludes the same set)."""
+def _lars(section, schedule: optax.Schedule, mask, weight_decay=None):
+  """LARS with `section`'s weight decay (or `weight_decay`), trust coefficient and momentum;
+  `mask` picks the parameters that get both decay and trust ratio (the reference excludes the
+  same set)."""
   return optax.lars(
       schedule,
-      weight_decay=section.weight_decay,
+      weight_decay=section.weight_decay if weight_decay is None else weight_decay,
       weight_decay_mask=mask,
       trust_coefficient=section.lars_trust_coefficient,
       trust_ratio_mask=mask,
@@ -97,23 +98,28 @@ def _lars(section, schedule: optax.Schedule, mask) -> optax.GradientTransformati
 
 
 def create_optimizer(
-    config, schedule: optax.Schedule, supervised_head: str | None = None
+    config,
+    schedule: optax.Schedule,
+    supervised_head: str | None = None,
+    weight_decay: optax.ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformation:
   """The optimiser named by config.optimizer, with decay masked as in `decay_mask`.
 
   The updates of params[supervised_head] (SimCLR's online probe), if given, are scaled by
-  config.probe_learning_rate_scale.
+  config.probe_learning_rate_scale. `weight_decay` (a value or a schedule of the step) replaces
+  config.weight_decay.
   """
   mask = functools.partial(decay_mask, supervised_head=supervised_head)
+  decay = config.weight_decay if weight_decay is None else weight_decay
   if config.optimizer == 'lars':
-    tx = _lars(config, schedule, mask)
+    tx = _lars(config, schedule, mask, decay)
   elif config.optimizer == 'sgd':
     tx = optax.chain(
-        optax.add_decayed_weights(config.weight_decay, mask=mask),
+        optax.add_decayed_weights(decay, mask=mask),
         optax.sgd(schedule, momentum=config.momentum),
     )
   elif config.optimizer == 'adamw':
-    tx = optax.adamw(schedule, b1=config.momentum, weight_decay=config.weight_decay, mask=mask)
+    tx = optax.adamw(schedule, b1=config.momentum, weight_decay=decay, mask=mask)
   else:
     raise ValueError(
         f'config.optimizer={config.optimizer!r} is not known; use one of {OPTIMIZERS}.'

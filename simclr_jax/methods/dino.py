@@ -51,9 +51,22 @@ def default_config():
   c.warmup_teacher_temperature_epochs = 0  # 0: T_t = teacher_temperature throughout.
   c.centre_momentum = 0.9
   c.base_ema = 0.996  # The teacher's EMA decay at step 0, rising to 1 (cosine).
-  c.freeze_last_layer_epochs = 1  # Epochs without updates of the last layer.
+  c.freeze_last_layer_epochs = 1.0  # Epochs without updates of the last layer.
   c.clip_grad = 0.0  # Per-parameter gradient norm bound; 0 = no clipping.
+  # Weight decay at the end of a cosine from config.weight_decay (their ViTs: 0.04 -> 0.4);
+  # < 0: config.weight_decay throughout.
+  c.weight_decay_end = -1.0
   return c
+
+
+def cosine_between(start: float, end: float, total_steps: int) -> optax.Schedule:
+  """end + (start - end) (1 + cos(pi step / total_steps)) / 2: their cosine_scheduler."""
+
+  def schedule(step):
+    progress = jnp.minimum(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 1.0)
+    return end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+
+  return schedule
 
 
 def teacher_temperature(step, *, steps_per_epoch, warmup, final, warmup_epochs):
@@ -260,11 +273,16 @@ class DINO(core.Method):
 
   def create_optimizer(self, schedule):
     config, c = self.config, self.config.dino
-    tx = simclr.create_optimizer(config, schedule)
+    decay = None
+    if c.weight_decay_end >= 0:
+      total_steps = optim.total_train_steps(config, self.num_examples)
+      decay = cosine_between(config.weight_decay, c.weight_decay_end, total_steps)
+    tx = simclr.create_optimizer(config, schedule, decay)
     frozen_steps = int(c.freeze_last_layer_epochs * self.steps_per_epoch)
     if frozen_steps:
-      # The last layer's own optimiser starts at step frozen_steps: its schedule from there.
-      last = optim.create_optimizer(config, lambda count: schedule(count + frozen_steps))
+      # The last layer's own optimiser starts at step frozen_steps: its schedules from there.
+      shifted = lambda fn: fn if fn is None else (lambda count: fn(count + frozen_steps))
+      last = optim.create_optimizer(config, shifted(schedule), weight_decay=shifted(decay))
       tx = optax.multi_transform(
           {'rest': tx, LAST_LAYER: optim.frozen_for(last, frozen_steps)}, _last_layer_labels
       )

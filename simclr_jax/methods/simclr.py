@@ -241,10 +241,13 @@ def make_train_step(
   return train_state.jit_step(step_fn, mesh)
 
 
-def create_optimizer(config, schedule):
+def create_optimizer(config, schedule, weight_decay=None):
   """The pretraining optimiser, the online probe ('probe') out of weight decay and the trust
-  ratio and at config.probe_learning_rate_scale times the learning rate."""
-  return optim.create_optimizer(config, schedule, supervised_head=probe.NAME)
+  ratio and at config.probe_learning_rate_scale times the learning rate; `weight_decay` (a
+  value or a schedule) replaces config.weight_decay."""
+  return optim.create_optimizer(
+      config, schedule, supervised_head=probe.NAME, weight_decay=weight_decay
+  )
 
 
 class SimCLR(core.Method):
