@@ -10,7 +10,6 @@ import pytest
 
 import test_siamese
 from conftest import load_config, tiny_config
-from simclr_jax import augment_jax
 from simclr_jax import export
 from simclr_jax import input_pipeline
 from simclr_jax import methods
@@ -295,43 +294,29 @@ def optax_chain_of(config, schedule):
   return optax.chain(optim.clip_each_by_norm(0.5), optim.create_optimizer(config, schedule))
 
 
-def _first_batch(config, on_device):
-  config.augment_on_device = on_device
-  dataset = input_pipeline.create_pretrain_dataset(config, local_batch_size=4)
-  return next(iter(dataset.as_numpy_iterator()))
+def _first_batch(config):
+  """The first tf.data batch of 4, and the decoded images of the same examples in [0, 1]."""
+  batch = input_pipeline.create_pretrain_dataset(config, local_batch_size=4)
+  config.augment_on_device = True
+  decoded = input_pipeline.create_pretrain_dataset(config, local_batch_size=4)
+  config.augment_on_device = False
+  first = lambda dataset: next(iter(dataset.as_numpy_iterator()))
+  return first(batch), first(decoded)['image'] / 255.0
 
 
-def _local_crops(config, on_device):
-  """(images in [0, 1], views, local_views) of the first batch of 4."""
-  decoded = _first_batch(config, True)  # The same images as the tf.data views'.
-  if not on_device:
-    batch = _first_batch(config, False)
-    return decoded['image'] / 255.0, batch['views'], batch['local_views']
-  # The decoded stream, augmented as the train step does.
-  views = augment_jax.pretrain_views(decoded['image'], decoded['seed'], config.augment, 32)
-  local = augment_jax.local_views(decoded['image'], decoded['seed'], config.augment)
-  return decoded['image'] / 255.0, views, np.asarray(local)
-
-
-@pytest.mark.parametrize('on_device', [False, True])
-def test_pipelines_make_local_crops_a_stream_apart(cifar10_subset, on_device):
+def test_tf_data_makes_local_crops_a_stream_apart(cifar10_subset):
+  # In the train step (augment_on_device): the whole run below.
   config = tiny_config(cifar10_subset)
   config.batch_size = 4
-  plain = _first_batch(config, on_device)
+  plain, _ = _first_batch(config)
   config.augment.local_crops.number, config.augment.local_crops.size = 3, 12
-  images, views, local = _local_crops(config, on_device)
+  multi, _ = _first_batch(config)
   # The two views as without local crops; local crops of their size, each its own.
-  np.testing.assert_array_equal(
-      views,
-      augment_jax.pretrain_views(plain['image'], plain['seed'], config.augment, 32)
-      if on_device
-      else plain['views'],
-  )
+  np.testing.assert_array_equal(multi['views'], plain['views'])
+  local = multi['local_views']
   assert local.shape == (4, 3, 12, 12, 3) and 0 <= local.min() and local.max() <= 1
   flat = local.reshape(12, -1)
   assert min(np.abs(a - b).mean() for i, a in enumerate(flat) for b in flat[i + 1 :]) > 0.01
-  if on_device:
-    return  # Both pipelines take the local crops' config from augment_jax.local_crops.
   # Their own values of config.augment's keys: the whole image, unflipped and uncoloured,
   # resized to 12 (bicubic).
   for key, value in dict(
@@ -344,10 +329,10 @@ def test_pipelines_make_local_crops_a_stream_apart(cifar10_subset, on_device):
       solarize_prob=0.0,
   ).items():
     config.augment.local_crops[key] = value
-  images, _, local = _local_crops(config, on_device)
-  want = jax.image.resize(images, (4, 12, 12, 3), 'cubic', antialias=False)
+  multi, images = _first_batch(config)
+  want = np.clip(jax.image.resize(images, (4, 12, 12, 3), 'cubic', antialias=False), 0, 1)
   for crop in range(3):
-    np.testing.assert_allclose(local[:, crop], np.clip(want, 0, 1), atol=0.02)
+    np.testing.assert_allclose(multi['local_views'][:, crop], want, atol=0.02)
 
 
 def test_vit_takes_crops_of_another_size():
@@ -375,6 +360,8 @@ def test_pretrains_resumes_exactly_and_its_encoder_is_evaluated(
     config[key] = small[key]
   config.image_size = 32
   config.augment.local_crops.number, config.augment.local_crops.size = 2, 16
+  # The views and local crops made in the step (tf.data's: the pipeline test above).
+  config.augment_on_device = True
   config.log_every_steps = config.checkpoint_every_steps = 2
   config.eval_every_steps = 0
   config.dino.warmup_teacher_temperature = 0.04
