@@ -146,6 +146,10 @@ def get_config():
   config.pretrained_step = -1  # Checkpoint step to evaluate; -1 = the latest.
   config.eval = ml_collections.ConfigDict()
   config.eval.encoder = 'pretrained'  # pretrained | random (same architecture) | pixels.
+  # Which of a pretrained run's encoders: online (the one trained: SimCLR's, BYOL's online,
+  # DINO's student) | target (the EMA target: BYOL's, MoCo v3's momentum encoder, DINO's
+  # teacher, which the DINO authors evaluate).
+  config.eval.weights = 'online'
   # Labelled dataset of evaluations and monitors ('': config.dataset), e.g. when pretraining
   # on a flat folder of unlabelled images.
   config.eval.dataset = ''

@@ -8,7 +8,7 @@ decay 1e-6, classifier lr 0.1, 10 warm-up epochs; two 32-pixel views, torchvisio
 0.4, 0.4, 0.2, 0.1 with p 0.8, grayscale 0.2, no blur, solarisation only on the second view,
 p 0.2; no local crops). Differences: our LARS does not clip its lr (solo-learn's clip_lr);
 evaluation reads the student's encoder (as solo-learn's online and offline linear; the DINO
-authors evaluate the teacher).
+authors evaluate the teacher: --config.eval.weights=target).
 Multi-crop: add e.g. --config.augment.local_crops.number=6 (16-pixel crops of area 0.05-0.4,
 blur as the first view), which solo-learn's CIFAR run does not use.
 

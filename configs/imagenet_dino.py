@@ -9,8 +9,8 @@ student T 0.1, teacher T 0.04; tau 0.996 -> 1; 2 global views of 224 pixels (are
 p 1.0 / 0.1, solarisation 0 / 0.2) and 8 local crops of 96 (area 0.05-0.4, blur 0.5), colour
 jitter 0.4, 0.4, 0.2, 0.1 with p 0.8, grayscale 0.2. ViT-S: learned position embedding, h the
 [CLS] token. Differences: weight decay on the kernels only (theirs: every weight matrix,
-position embedding and [CLS] token); the lr falls to 0, not 1e-6; evaluation reads the
-student's encoder (the authors evaluate the teacher).
+position embedding and [CLS] token); the lr falls to 0, not 1e-6. Evaluate the teacher, as the
+authors do, with --config.eval.weights=target.
 
 Run (TPU/GPU hosts; the prepared TFDS `imagenet2012`, or an image folder):
   python -m simclr_jax.main --config=configs/imagenet_dino.py --workdir=gs://BUCKET/dino_vits \

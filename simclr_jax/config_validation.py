@@ -292,6 +292,11 @@ def _validate_eval_config(config, num_devices):
       f'config.eval.encoder={ev.encoder!r} is not known; use one of {EVAL_ENCODERS}.',
   )
   _require(
+      ev.get('weights', 'online') in ('online', 'target'),
+      f"config.eval.weights={ev.get('weights')!r} is not known; use online (the trained "
+      'encoder) or target (the EMA target: BYOL, MoCo v3, DINO).',
+  )
+  _require(
       ev.encoder != 'pretrained' or config.pretrained_workdir,
       'config.pretrained_workdir is empty; set it to the workdir of a pretraining run '
       '(or evaluate a baseline with --config.eval.encoder=random or pixels).',

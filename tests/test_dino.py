@@ -349,8 +349,8 @@ def test_vit_takes_crops_of_another_size():
   assert small.shape == (2, 192 // 8) and np.isfinite(small).all()
 
 
-def test_pretrains_resumes_exactly_and_its_encoder_is_evaluated(
-    cifar10_subset, tmp_path, monkeypatch
+def test_pretrains_resumes_exactly_and_its_encoders_are_evaluated(
+    cifar10_subset, pretrained_workdir, tmp_path, monkeypatch
 ):
   config = _tiny_dino()
   small = tiny_config(cifar10_subset)
@@ -383,6 +383,23 @@ def test_pretrains_resumes_exactly_and_its_encoder_is_evaluated(
   jax.tree.map(
       np.testing.assert_array_equal, variables['params']['encoder'], straight.params['encoder']
   )
+  # The teacher's encoder, as the DINO authors evaluate; a run without a target refuses.
+  eval_config.eval.weights = 'target'
+  variables, _ = features.restore_encoder_variables(eval_config, eval_model, workdir)
+  teacher = straight.method_state['target']
+  for collection in ('params', 'batch_stats'):
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        variables[collection]['encoder'],
+        teacher[collection]['encoder'],
+    )
+  eval_config.model = tiny_config(cifar10_subset).model
+  with pytest.raises(ValueError, match=r'\(simclr\) has no target network.*weights=online'):
+    features.restore_encoder_variables(
+        eval_config,
+        models.create_model(eval_config.model, image_size=32, num_classes=10),
+        str(pretrained_workdir),
+    )
   path = str(tmp_path / 'dino.npz')
   export.export(workdir, path, 'npz')
   exported, saved_config, _ = export.load(path)

@@ -46,7 +46,8 @@ def restore_encoder_variables(
   """Params and BatchNorm statistics from a pretraining checkpoint; returns (variables, step).
 
   Every method keeps the encoder it trains for evaluation under 'encoder', so any method's
-  run restores here; `with_head` also compares (and so needs) SimCLR's projection head.
+  run restores here (with config.eval.weights=target: its EMA target's, under method_state);
+  `with_head` also compares (and so needs) SimCLR's projection head.
 
   Moves nothing (the workdir is another run's). Raises ValueError when there is no
   checkpoint; when the checkpoint asked for (the latest by default) cannot be read, naming
@@ -83,6 +84,18 @@ def restore_encoder_variables(
   restored = checkpoints.restore_read_only(
       manager, step, '--step' if config.mode == 'report' else '--config.pretrained_step'
   )
+  if config.eval.get('weights', 'online') == 'target':  # A config.json saved before has none.
+    target = restored.get('method_state', {}).get('target')
+    if target is None:
+      raise ValueError(
+          f'config.eval.weights=target, but {pretrained_workdir} ({saved_method}) has no target '
+          "network (BYOL's, MoCo v3's momentum encoder, DINO's teacher); set "
+          'config.eval.weights=online.'
+      )
+    restored = {
+        collection: {**restored[collection], 'encoder': target[collection]['encoder']}
+        for collection in ('params', 'batch_stats')
+    }
   for collection in ('params', 'batch_stats'):
     want, got = _param_shapes(expected[collection]), _param_shapes(restored[collection])
     # What evaluation and fine-tuning take: the encoder and maybe the projection head (the
