@@ -18,6 +18,7 @@ _FIELDS = {
     'protocol',
     'dataset',
     'encoder',
+    'weights',
     'checkpoint_step',
     'top1',
     'top5',
@@ -44,6 +45,7 @@ def test_linear_eval_writes_documented_results(cifar10_subset, pretrained_workdi
   assert saved == json.loads(json.dumps(results))
   assert _FIELDS | {'l2', 'holdout_accuracy'} <= set(saved)
   assert saved['protocol'] == 'linear' and saved['checkpoint_step'] == 4
+  assert saved['weights'] == 'online'
   assert saved['num_train_examples'] == 260 and saved['num_eval_examples'] == 100
   assert saved['feature_dim'] == 64  # ResNet-18 at width 1/8.
   assert 0 <= saved['top1'] <= saved['top5'] <= 1
@@ -68,6 +70,7 @@ def test_pixel_knn_eval_matches_numpy_knn_on_the_decoded_splits(cifar10_subset, 
   results = evaluate.evaluate(config, str(tmp_path))
   assert results['protocol'] == 'knn' and results['encoder'] == 'pixels'
   assert results['checkpoint_step'] is None and results['feature_dim'] == 32 * 32 * 3
+  assert results['weights'] is None
   # Bank: the train split; queries: the test split (embedding the train split twice, or
   # using the test images as the bank, would find each query itself: top-1 1.0).
   expected = brute_force_accuracies(

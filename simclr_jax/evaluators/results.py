@@ -35,6 +35,8 @@ def results_header(config, protocol: str, checkpoint_step) -> dict:
       'train_split': config.train_split,
       'eval_split': config.eval.split,
       'encoder': config.eval.encoder,
+      # online or target (the run's EMA target); None for the baselines.
+      'weights': config.eval.get('weights', 'online') if checkpoint_step is not None else None,
       'model': config.model.name,
       'width_multiplier': config.model.width_multiplier,
       'pretrained_workdir': (config.pretrained_workdir if checkpoint_step is not None else None),
