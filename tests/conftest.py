@@ -28,11 +28,6 @@ if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = ' '.join(
       filter(None, [os.environ.get('XLA_FLAGS'), '--xla_backend_optimization_level=0'])
   )
-# One thread per XLA CPU computation: three workers and their subprocesses already share the
-# two cores, and XLA's spinning pool threads would only take time from one another (alone,
-# test_siamese.py's runs: 66 s -> 58 s).
-if '--xla_cpu_multi_thread_eigen' not in os.environ['XLA_FLAGS']:
-  os.environ['XLA_FLAGS'] += ' --xla_cpu_multi_thread_eigen=false'
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 # Subprocesses and workers start with huge-page malloc, as the command-line program restarts
