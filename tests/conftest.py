@@ -173,7 +173,7 @@ def pretrained_workdir(cifar10_subset, tmp_path_factory):
   )
 
 
-# Multi-process tests that take minutes of wall time; run first, so that with `-n 3` the
+# Multi-process tests that take minutes of wall time; run first, so that with `-n 2` the
 # other worker fills the time with the rest of the suite instead of waiting at the end.
 _SLOW_FIRST = (
     'test_multihost.py::test_two_processes',
