@@ -47,6 +47,17 @@ def warmup_cosine_schedule(peak: float, warmup_steps: int, total_steps: int) -> 
   return schedule
 
 
+def cosine_between(start: float, end: float, total_steps: int) -> optax.Schedule:
+  """end + (start - end) (1 + cos(pi step / total_steps)) / 2, then `end`: from start to end
+  on a half cosine (the EMA decay of the target networks, DINO's weight decay)."""
+
+  def schedule(step):
+    progress = jnp.minimum(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 1.0)
+    return end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+
+  return schedule
+
+
 def warmup_steps(warmup_epochs: float, num_examples: int, batch_size: int) -> int:
   """Warm-up steps as the reference counts them: int(round(epochs * examples // batch)).
 

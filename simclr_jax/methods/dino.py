@@ -59,16 +59,6 @@ def default_config():
   return c
 
 
-def cosine_between(start: float, end: float, total_steps: int) -> optax.Schedule:
-  """end + (start - end) (1 + cos(pi step / total_steps)) / 2: their cosine_scheduler."""
-
-  def schedule(step):
-    progress = jnp.minimum(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 1.0)
-    return end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-
-  return schedule
-
-
 def teacher_temperature(step, *, steps_per_epoch, warmup, final, warmup_epochs):
   """T_t of the epoch of `step`: numpy's linspace(warmup, final, warmup_epochs) over the first
   warmup_epochs epochs, then `final`."""
@@ -212,20 +202,16 @@ class DINO(core.Method):
   """DINO with its head (config.dino), multi-crop and the online probe."""
 
   uses_local_crops = True
-  _dims = ('hidden_dim', 'bottleneck_dim', 'output_dim', 'head_layers')
 
   def validate(self, num_devices):
     del num_devices
-    config = self.config
-    if 'dino' not in config:
-      raise ValueError(
-          "config.method='dino' needs the config.dino section: start from "
-          'configs/cifar10_dino.py or configs/imagenet_dino.py.'
-      )
-    c = config.dino
-    for name in self._dims:
-      if not (isinstance(c[name], int) and c[name] > 0):
-        raise ValueError(f'config.dino.{name}={c[name]!r} must be a positive integer.')
+    siamese.validate_section(
+        self.config,
+        'dino',
+        'configs/cifar10_dino.py or configs/imagenet_dino.py',
+        ('hidden_dim', 'bottleneck_dim', 'output_dim', 'head_layers'),
+    )
+    c = self.config.dino
     for name in ('student_temperature', 'teacher_temperature', 'warmup_teacher_temperature'):
       if not c[name] > 0:
         raise ValueError(f'config.dino.{name}={c[name]} must be > 0 (e.g. 0.1 and 0.04).')
@@ -235,12 +221,6 @@ class DINO(core.Method):
     for name in ('warmup_teacher_temperature_epochs', 'freeze_last_layer_epochs', 'clip_grad'):
       if not c[name] >= 0:
         raise ValueError(f'config.dino.{name}={c[name]} must be >= 0 (0: off).')
-    if config.microbatches != 1:
-      raise ValueError(
-          f'config.microbatches={config.microbatches}: the gradient cache is built into '
-          "SimCLR's step only, not DINO's; set config.microbatches=1 (and lower batch_size to "
-          'save memory).'
-      )
 
   @property
   def steps_per_epoch(self) -> int:
@@ -276,7 +256,7 @@ class DINO(core.Method):
     decay = None
     if c.weight_decay_end >= 0:
       total_steps = optim.total_train_steps(config, self.num_examples)
-      decay = cosine_between(config.weight_decay, c.weight_decay_end, total_steps)
+      decay = optim.cosine_between(config.weight_decay, c.weight_decay_end, total_steps)
     tx = simclr.create_optimizer(config, schedule, decay)
     frozen_steps = int(c.freeze_last_layer_epochs * self.steps_per_epoch)
     if frozen_steps:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from simclr_jax import models
+from simclr_jax.core import optim
 from simclr_jax.core import train_state
 from simclr_jax.core.sharding import batch_sharded
 from simclr_jax.methods import core
@@ -62,8 +63,7 @@ class SiameseModel(nn.Module):
 
 def ema_decay(step, base_ema: float, total_steps: int):
   """tau(step) = 1 - (1 - base_ema) * (1 + cos(pi * step / total_steps)) / 2."""
-  progress = jnp.minimum(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 1.0)
-  return 1.0 - (1.0 - base_ema) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+  return optim.cosine_between(base_ema, 1.0, total_steps)(step)
 
 
 def ema_update(target_params, params, tau):
@@ -181,6 +181,27 @@ def target_of(variables) -> dict[str, Any]:
   }
 
 
+def validate_section(config, section: str, example_configs: str, dims):
+  """What a method with a target network checks of its config: its section is there
+  (`example_configs` named if not), the section's `dims` are positive integers, and one
+  micro-batch (the gradient cache is SimCLR's)."""
+  if section not in config:
+    raise ValueError(
+        f'config.method={section!r} needs the config.{section} section: start from '
+        f'{example_configs}.'
+    )
+  for name in dims:
+    value = config[section][name]
+    if not (isinstance(value, int) and value > 0):
+      raise ValueError(f'config.{section}.{name}={value!r} must be a positive integer.')
+  if config.microbatches != 1:
+    raise ValueError(
+        f'config.microbatches={config.microbatches}: the gradient cache is built into '
+        f"SimCLR's step only, not {section}'s; set config.microbatches=1 (and lower batch_size "
+        'to save memory).'
+    )
+
+
 class SiameseMethod(core.Method):
   """A method of this family: its config section, heads and pair loss."""
 
@@ -191,25 +212,12 @@ class SiameseMethod(core.Method):
 
   def validate(self, num_devices):
     del num_devices
-    if self.section not in self.config:
-      raise ValueError(
-          f'config.method={self.section!r} needs the config.{self.section} section: start from '
-          f'{self.example_configs}.'
-      )
+    validate_section(self.config, self.section, self.example_configs, self.dims)
     c = self.config[self.section]
-    for name in self.dims:
-      if not (isinstance(c[name], int) and c[name] > 0):
-        raise ValueError(f'config.{self.section}.{name}={c[name]!r} must be a positive integer.')
     if self.uses_target and not 0 <= c.base_ema <= 1:
       raise ValueError(
           f"config.{self.section}.base_ema={c.base_ema} must be in [0, 1] (the target's EMA "
           'decay at step 0, rising to 1; e.g. 0.996 or 0.99).'
-      )
-    if self.config.microbatches != 1:
-      raise ValueError(
-          f'config.microbatches={self.config.microbatches}: the gradient cache is built into '
-          f"SimCLR's step only, not {self.section}'s; set config.microbatches=1 (and lower "
-          'batch_size to save memory).'
       )
 
   @abc.abstractmethod
