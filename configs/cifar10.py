@@ -95,7 +95,8 @@ def get_config():
   # reference: a projection shortcut (1x1 conv + BN) on the first block of every stage, as in
   # google-research/simclr; torchvision: only where the shape changes (loads torchvision weights).
   config.model.shortcut = 'reference'
-  # ViT encoders (model.name vit_ti, vit_s, vit_b, vit_l: models/vit.py) read these five.
+  # ViT encoders (model.name vit_ti, vit_s, vit_b, vit_l: models/vit.py) read these six.
+  config.model.depth = 0  # Transformer blocks; 0: the size's (12, or 24 for vit_l).
   config.model.patch_size = 4  # Patch side: 4 at 32x32 (64 tokens), 16 at 224x224.
   config.model.pool = 'cls'  # h: the [CLS] token (cls) or the mean of the patch tokens (gap).
   config.model.position_embedding = 'learned'  # learned | sincos (fixed 2-D, as MoCo v3).

@@ -76,6 +76,11 @@ def test_bad_vit_settings_are_named(cifar_config):
   cifar_config.model.width_multiplier, cifar_config.model.pool = 1.0, 'max'
   with pytest.raises(ValueError, match=r"config.model.pool='max' is not known"):
     config_validation.validate_config(cifar_config, num_devices=1)
+  cifar_config.model.pool, cifar_config.model.depth = 'cls', -1
+  with pytest.raises(
+      ValueError, match=r"config.model.depth=-1 must be an integer >= 0 \(0: vit_s's 12"
+  ):
+    config_validation.validate_config(cifar_config, num_devices=1)
 
 
 def _tiny_vit(dataset):
@@ -88,6 +93,7 @@ def _tiny_vit(dataset):
 def test_simclr_pretrains_and_evaluates_a_vit(cifar10_subset, tmp_path):
   config = _tiny_vit(cifar10_subset)
   config.model.dropout = config.model.drop_path = 0.1
+  config.model.depth = 3  # config.model.depth in use; three blocks compile far faster than 12.
   config.microbatches = 2  # The gradient cache, its dropout keys per micro-batch included.
   state = train.train_and_evaluate(config, str(tmp_path / 'pretrain'))
   # Resumed from step 2, the run draws the same dropout masks as the uninterrupted one.
@@ -97,7 +103,7 @@ def test_simclr_pretrains_and_evaluates_a_vit(cifar10_subset, tmp_path):
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(a, b)
   assert sorted(state.params['encoder']) == sorted(
-      ['patch_embedding', 'position_embedding', 'cls', 'norm'] + [f'block{i}' for i in range(1, 13)]
+      ['patch_embedding', 'position_embedding', 'cls', 'norm'] + [f'block{i}' for i in range(1, 4)]
   )
   records = [json.loads(line) for line in open(tmp_path / 'pretrain' / 'metrics.jsonl')]
   assert np.isfinite(records[-1]['contrastive_loss']) and 0 <= records[-1]['knn_top1'] <= 1
@@ -110,15 +116,13 @@ def test_simclr_pretrains_and_evaluates_a_vit(cifar10_subset, tmp_path):
   train_data, test_data = run.embed_splits()
   assert train_data[0].shape == (40, 24) and test_data[0].shape == (40, 24)
   assert 0 <= report.probe_results(run, train_data, test_data)[0]['knn']['top1'] <= 1
-  # Freezing counts the embeddings (0) and the 12 blocks; the final LayerNorm goes with block 12.
+  # Freezing counts the embeddings (0) and the blocks; the final LayerNorm goes with the last.
+  names = ('patch_embedding', 'cls', 'block1', 'block3', 'norm')
+  assert [models.encoder_part_of(config.model)([n]) for n in names] == [0, 0, 1, 3, 3]
+  assert models.num_encoder_parts(config.model) == 4
+  config.model.depth = 0  # The size's 12 blocks.
   part_of = models.encoder_part_of(config.model)
-  assert [part_of([n]) for n in ('patch_embedding', 'cls', 'block1', 'block12', 'norm')] == [
-      0,
-      0,
-      1,
-      12,
-      12,
-  ]
+  assert [part_of([n]) for n in ('block1', 'block12', 'norm')] == [1, 12, 12]
   assert models.num_encoder_parts(config.model) == 13
 
 

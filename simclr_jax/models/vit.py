@@ -5,7 +5,8 @@ pre-LN transformer blocks (multi-head self-attention and a GELU MLP), final Laye
 Sizes as in the literature (width, depth, heads): ViT-Ti (192, 12, 3), ViT-S (384, 12, 6),
 ViT-B (768, 12, 12), ViT-L (1024, 24, 16); the MLP is 4x the width. Any patch size
 (config.model.patch_size: 16 for ImageNet, 4 for CIFAR's 32x32, i.e. 64 tokens).
-config.model.width_multiplier scales the width (the heads stay), for small test models.
+config.model.width_multiplier scales the width (the heads stay), for small test models;
+config.model.depth (0: the size's) sets the number of blocks, e.g. shallower ViTs for short runs.
 """
 
 import math
@@ -35,6 +36,11 @@ def width_of(model_config) -> int:
   return int(round(SIZES[model_config.name][0] * model_config.width_multiplier))
 
 
+def depth_of(model_config) -> int:
+  # A config.json saved before config.model.depth existed has the size's depth.
+  return model_config.get('depth', 0) or SIZES[model_config.name][1]
+
+
 def validate(model_config):
   width, _, heads = SIZES[model_config.name]
   scaled = width_of(model_config)
@@ -47,6 +53,12 @@ def validate(model_config):
   if not (isinstance(model_config.patch_size, int) and model_config.patch_size >= 1):
     raise ValueError(
         f'config.model.patch_size={model_config.patch_size!r} must be an integer >= 1.'
+    )
+  depth = model_config.get('depth', 0)
+  if not (isinstance(depth, int) and depth >= 0):
+    raise ValueError(
+        f"config.model.depth={depth!r} must be an integer >= 0 (0: {model_config.name}'s "
+        f'{SIZES[model_config.name][1]} blocks).'
     )
   for name in ('dropout', 'drop_path'):
     if not 0 <= model_config[name] < 1:
@@ -214,11 +226,10 @@ class ViT(nn.Module):
 
 def build(model_config, *, image_size, dtype, fine_tune_after_block=-1, remat=False):
   del fine_tune_after_block  # Freezing is the optimiser's (part_of).
-  _, depth, heads = SIZES[model_config.name]
   return ViT(
       width=width_of(model_config),
-      depth=depth,
-      heads=heads,
+      depth=depth_of(model_config),
+      heads=SIZES[model_config.name][2],
       patch_size=model_config.patch_size,
       pool=model_config.pool,
       position_embedding=model_config.position_embedding,
@@ -234,12 +245,12 @@ def build(model_config, *, image_size, dtype, fine_tune_after_block=-1, remat=Fa
 
 def num_parts(model_config):
   """The embeddings (0) and each block (1..depth); the final LayerNorm goes with the last."""
-  return SIZES[model_config.name][1] + 1
+  return depth_of(model_config) + 1
 
 
 def part_of(model_config, names):
   if names[0].startswith('block'):
     return int(names[0][len('block') :])
   if names[0] == 'norm':
-    return SIZES[model_config.name][1]  # With the last block.
+    return depth_of(model_config)  # With the last block.
   return 0  # Patch and position embeddings, [CLS].
