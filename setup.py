@@ -34,7 +34,7 @@ setuptools.setup(
         # nbclient, nbformat and ipykernel run notebooks/ headless; threadpoolctl (a
         # scikit-learn dependency) keeps t-SNE to one OpenMP thread in the tests; scipy's
         # two-sample tests compare the JAX and tf.data augmentations; ruff is the linter and
-        # pyink (with black, which it builds on) the formatter (tests/test_lint.py, .ci/run);
+        # pyink (with black, which it builds on) the formatter (.ci/run);
         # pytest-xdist runs the tests on both cores of a small machine
         # (most of their time is single-threaded XLA compilation).
         'test': [

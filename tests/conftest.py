@@ -99,6 +99,22 @@ def tiny_config(dataset):
   return config
 
 
+def pretrain_in_this_process(argv):
+  """What `python -m simclr_jax.main ARGV` does for a pretraining run, without a new
+  interpreter's start-up (~10 s of imports and JAX set-up)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  from simclr_jax import main  # pylint: disable=g-import-not-at-top
+
+  flag_values = flags.FlagValues()
+  # The config file's --config.KEY overrides become flags when it is defined, from sys_argv.
+  config_flags.DEFINE_config_file('config', flag_values=flag_values, sys_argv=['main', *argv])
+  flags.DEFINE_string('workdir', None, '', flag_values=flag_values)
+  flag_values(['main', *argv])
+  main.run(flag_values.config, flag_values.workdir)
+
+
 def tiny_method_config(name):
   """configs/cifar10_<name>.py of a method on methods/siamese.py, its MLPs 32 wide and its
   outputs 16-dimensional."""

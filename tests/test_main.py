@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+from conftest import pretrain_in_this_process
 from multidevice import REPO_ROOT
 from simclr_jax import cli_errors
 from simclr_jax.core import workdir_lock
@@ -87,16 +88,16 @@ _LONG_RUN = (
 _TIMING = {'steps_per_sec', 'images_per_sec'}
 
 
-def test_sigterm_sigkill_and_torn_save_resume_exactly(cifar10_subset, tmp_path):
+def test_sigterm_sigkill_and_torn_save_resume_exactly(cifar10_subset, tmp_path, capsys):
   cache = tmp_path / 'cache'
   reference = tmp_path / 'reference'
-  # Given relative to the working directory, saved absolute (for the report and notebook).
-  out, _ = _run_cli(reference, os.path.relpath(cifar10_subset, REPO_ROOT), cache, *_LONG_RUN)
+  command, _ = _cli(reference, cifar10_subset, cache, *_LONG_RUN)
+  pretrain_in_this_process(command[3:])  # The uninterrupted run, in this process.
+  out = capsys.readouterr().out
   # The uninterrupted run: checkpoints, config, TensorBoard events and every scalar.
   assert _checkpoints(reference) == [12, 18, 24]  # keep_checkpoints=3.
   saved = json.loads((reference / 'config.json').read_text())
   assert saved['model']['width_multiplier'] == 0.125
-  assert saved['dataset'] == os.path.abspath(cifar10_subset)
   # The summary: steps, final metrics, checkpoint, what to run next.
   assert out.startswith('Done: 24 steps (to step 24) in ')
   assert f'Checkpoint: {reference}/checkpoints/24.' in out
@@ -107,7 +108,8 @@ def test_sigterm_sigkill_and_torn_save_resume_exactly(cifar10_subset, tmp_path):
   assert _REQUIRED_SCALARS <= set(expected[-1])  # Step 1 (compilation) has no throughput.
 
   workdir = tmp_path / 'interrupted'
-  command, env = _cli(workdir, cifar10_subset, cache, *_LONG_RUN)
+  # Given relative to the working directory, saved absolute (for the report and notebook).
+  command, env = _cli(workdir, os.path.relpath(cifar10_subset, REPO_ROOT), cache, *_LONG_RUN)
   # SIGTERM mid-run: a checkpoint at the current step, a one-line note, exit status 0.
   proc = subprocess.Popen(
       command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -116,6 +118,8 @@ def test_sigterm_sigkill_and_torn_save_resume_exactly(cifar10_subset, tmp_path):
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-5000:]
+  saved = json.loads((workdir / 'config.json').read_text())
+  assert saved['dataset'] == os.path.abspath(cifar10_subset)
   (note,) = out.strip().splitlines()
   assert note.startswith('SIGTERM: saved a checkpoint at step ') and 'same command' in note
   stopped = int(note.split('at step ')[1].split()[0])

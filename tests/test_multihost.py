@@ -2,7 +2,8 @@
 
 launch/local.sh starts 2 processes of `python -m simclr_jax.main` with 2 CPU devices each
 (jax.distributed on localhost, gloo collectives); they must log the same losses as 1 process
-with 1 device, stop together at the same step on SIGTERM with a checkpoint, and resume from it.
+with 1 device (this test's own, from the same flags), stop together at the same step on SIGTERM
+with a checkpoint, and resume from it.
 (One process with several devices equal to one device is tested in test_train.py.)
 """
 
@@ -17,6 +18,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import pretrain_in_this_process
 from multidevice import REPO_ROOT
 from simclr_jax.core import distributed
 
@@ -109,14 +111,9 @@ def test_two_processes_equal_one_and_stop_and_resume_together(cifar10_subset, tm
   local = [str(REPO_ROOT / 'launch' / 'local.sh'), '2', '2']
   two = tmp_path / 'two_processes'
   cache = tmp_path / 'cache'
-  one = [sys.executable, '-m', 'simclr_jax.main']
   procs = {
       tmp_path
       / 'two.log': _start(local + _flags(two, cifar10_subset), tmp_path / 'two.log', cache),
-      tmp_path
-      / 'one.log': _start(
-          one + _flags(tmp_path / 'one_device', cifar10_subset), tmp_path / 'one.log', cache
-      ),
   }
 
   # SIGTERM to local.sh, which passes it on to both processes, once the first step is logged.
@@ -131,16 +128,12 @@ def test_two_processes_equal_one_and_stop_and_resume_together(cifar10_subset, tm
   assert sorted(process for process, _ in notes) == ['0', '1'], logs['two']
   (stopped,) = {int(step) for _, step in notes}  # The same step in both.
   assert 1 <= stopped < _STEPS and os.listdir(two / 'checkpoints') == [str(stopped)]
-
-  resumed = _wait(
-      {
-          tmp_path
-          / 'resumed.log': _start(
-              local + _flags(two, cifar10_subset), tmp_path / 'resumed.log', cache
-          )
-      },
-      deadline,
-  )
+  resuming = {
+      tmp_path
+      / 'resumed.log': _start(local + _flags(two, cifar10_subset), tmp_path / 'resumed.log', cache)
+  }
+  pretrain_in_this_process(_flags(tmp_path / 'one_device', cifar10_subset))
+  resumed = _wait(resuming, deadline)
   assert f'Resuming from checkpoint at step {stopped}' in resumed['resumed']
   expected = _metrics(tmp_path / 'one_device')
   got = _metrics(two)  # Process 0 alone writes it: one record per step.

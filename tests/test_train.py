@@ -27,7 +27,7 @@ _STEP_SCRIPT = textwrap.dedent("""
     from simclr_jax.core import optim, sharding, train_state
     from simclr_jax.config_files import load_config_file
     from simclr_jax.core.sharding import batch_sharded, create_mesh, replicated
-    out_file, encoder, microbatches, method_names = sys.argv[1:]
+    out_file, cases = sys.argv[1:]
     rng = np.random.default_rng(0)
     batch = {'views': rng.uniform(size=(16, 2, 16, 16, 3)),
              'label': rng.integers(0, 10, size=16).astype(np.int32)}
@@ -40,75 +40,77 @@ _STEP_SCRIPT = textwrap.dedent("""
         x = nn.Conv(24, (4, 4), strides=(4, 4), use_bias=False)(images).mean(axis=(1, 2))
         return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
 
-    for name in method_names.split(','):
-      config = load_config_file(f'configs/cifar10{"" if name == "simclr" else "_" + name}.py')
-      config.model.width_multiplier = 0.125
-      config.model.conv_impl = 'xla'  # The patch matmuls accumulate in float32.
-      config.image_size, config.batch_size, config.warmup_epochs = 16, 16, 0
-      # Plain SGD at lr 1 (16 * 16 / 256) without momentum or decay: new params = params - grads.
-      config.optimizer, config.learning_rate = 'sgd', 16.0
-      config.momentum, config.weight_decay = 0.0, 0.0
-      if name == 'dino':
-        config.dino.hidden_dim, config.dino.bottleneck_dim, config.dino.output_dim = 32, 8, 16
-        config.dino.freeze_last_layer_epochs = 0  # Its gradient is compared too.
-      elif name != 'simclr':
-        config[name].projector_hidden_dim = config[name].predictor_hidden_dim = 32
-        config[name].output_dim = 16
-      if encoder == 'vit':  # 24 wide, 4 tokens; dropout masks must not depend on the mesh.
-        config.model.name, config.model.patch_size = 'vit_ti', 8
-        config.model.dropout = config.model.drop_path = 0.1
-      method = methods.get(config, num_examples=160)
-      model = method.create_model(10)
-      # float64 throughout; two one-block stages (a stride-2 projection included) or two
-      # transformer blocks compile far faster than the full depth.
-      shallow = {'stage_sizes': (1, 1)} if encoder != 'vit' else {'depth': 2}
-      model = model.clone(**{
-          k: getattr(model, k).clone(dtype=jnp.float64, **(shallow if k == 'encoder' else {}))
-          for k in ('encoder', 'head', 'predictor') if getattr(model, k, None) is not None})
-      if encoder == 'toy':
-        model = model.clone(encoder=Toy())
-      schedule = optim.learning_rate_schedule(config, 160, 10)
-      assert float(schedule(0)) == 1.0
-      tx = method.create_optimizer(schedule)
+    for case, spec in enumerate(cases.split(';')):
+      encoder, microbatches, method_names = spec.split(':')
+      for name in method_names.split(','):
+        config = load_config_file(f'configs/cifar10{"" if name == "simclr" else "_" + name}.py')
+        config.model.width_multiplier = 0.125
+        config.model.conv_impl = 'xla'  # The patch matmuls accumulate in float32.
+        config.image_size, config.batch_size, config.warmup_epochs = 16, 16, 0
+        # Plain SGD at lr 1 (16 * 16 / 256) without momentum or decay: new params = params - grads.
+        config.optimizer, config.learning_rate = 'sgd', 16.0
+        config.momentum, config.weight_decay = 0.0, 0.0
+        if name == 'dino':
+          config.dino.hidden_dim, config.dino.bottleneck_dim, config.dino.output_dim = 32, 8, 16
+          config.dino.freeze_last_layer_epochs = 0  # Its gradient is compared too.
+        elif name != 'simclr':
+          config[name].projector_hidden_dim = config[name].predictor_hidden_dim = 32
+          config[name].output_dim = 16
+        if encoder == 'vit':  # 24 wide, 4 tokens; dropout masks must not depend on the mesh.
+          config.model.name, config.model.patch_size = 'vit_ti', 8
+          config.model.dropout = config.model.drop_path = 0.1
+        method = methods.get(config, num_examples=160)
+        model = method.create_model(10)
+        # float64 throughout; two one-block stages (a stride-2 projection included) or two
+        # transformer blocks compile far faster than the full depth.
+        shallow = {'stage_sizes': (1, 1)} if encoder != 'vit' else {'depth': 2}
+        model = model.clone(**{
+            k: getattr(model, k).clone(dtype=jnp.float64, **(shallow if k == 'encoder' else {}))
+            for k in ('encoder', 'head', 'predictor') if getattr(model, k, None) is not None})
+        if encoder == 'toy':
+          model = model.clone(encoder=Toy())
+        schedule = optim.learning_rate_schedule(config, 160, 10)
+        assert float(schedule(0)) == 1.0
+        tx = method.create_optimizer(schedule)
 
-      def init():
-        state = method.init_state(model, tx, jax.random.PRNGKey(0))
-        # Random BN scales: at init the zeroed block scales would hide most of the gradients;
-        # a target apart from the online network.
-        keys = iter(jax.random.split(jax.random.PRNGKey(1), 1000))
-        perturb = lambda tree: jax.tree.map(
-            lambda p: p.astype(jnp.float64) + 0.3 * jax.random.normal(next(keys), p.shape,
-                                                                      jnp.float64), tree)
-        params = perturb(state.params)
-        as64 = lambda tree: jax.tree.map(lambda s: s.astype(jnp.float64), tree)
-        method_state = state.method_state
-        if method_state:  # DINO's centre too.
-          method_state = {**perturb(method_state),
-                          'target': {'params': perturb(method_state['target']['params']),
-                                     'batch_stats': as64(method_state['target']['batch_stats'])}}
-        return state.replace(params=params, batch_stats=as64(state.batch_stats),
-                             opt_state=tx.init(params), method_state=method_state)
+        def init():
+          state = method.init_state(model, tx, jax.random.PRNGKey(0))
+          # Random BN scales: at init the zeroed block scales would hide most of the gradients;
+          # a target apart from the online network.
+          keys = iter(jax.random.split(jax.random.PRNGKey(1), 1000))
+          perturb = lambda tree: jax.tree.map(
+              lambda p: p.astype(jnp.float64) + 0.3 * jax.random.normal(next(keys), p.shape,
+                                                                        jnp.float64), tree)
+          params = perturb(state.params)
+          as64 = lambda tree: jax.tree.map(lambda s: s.astype(jnp.float64), tree)
+          method_state = state.method_state
+          if method_state:  # DINO's centre too.
+            method_state = {**perturb(method_state),
+                            'target': {'params': perturb(method_state['target']['params']),
+                                       'batch_stats': as64(method_state['target']['batch_stats'])}}
+          return state.replace(params=params, batch_stats=as64(state.batch_stats),
+                               opt_state=tx.init(params), method_state=method_state)
 
-      initial = jax.device_get(sharding.run_once(init))  # On the host: copied to each mesh.
-      # Only SimCLR has the gradient cache.
-      for devices, micro in itertools.product(
-          (8, 1), microbatches.split(',') if name == 'simclr' else ['1']):
-        config.microbatches = int(micro)
-        mesh = create_mesh(jax.devices()[:devices])
-        state = jax.device_put(initial, replicated(mesh))
-        params = jax.device_get(state.params)
-        global_batch = jax.device_put(
-            {**batch, 'local_views': local_views} if name == 'dino' else batch,
-            batch_sharded(mesh))
-        new_state, metrics = method.make_train_step(model, tx, schedule, mesh, 10)(
-            state, global_batch)
-        grads = jax.tree.map(lambda p, q: p - q, params, jax.device_get(new_state.params))
-        trees = {'metrics': metrics, 'grads': grads, 'batch_stats': new_state.batch_stats,
-                 'method_state': new_state.method_state}
-        for tree_name, tree in trees.items():
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-            key = f'{devices}/{name}/{micro}/{tree_name}{jax.tree_util.keystr(path)}'
-            out[key] = np.asarray(leaf)
+        initial = jax.device_get(sharding.run_once(init))  # On the host: copied to each mesh.
+        # Only SimCLR has the gradient cache.
+        for devices, micro in itertools.product(
+            (8, 1), microbatches.split(',') if name == 'simclr' else ['1']):
+          config.microbatches = int(micro)
+          mesh = create_mesh(jax.devices()[:devices])
+          state = jax.device_put(initial, replicated(mesh))
+          params = jax.device_get(state.params)
+          global_batch = jax.device_put(
+              {**batch, 'local_views': local_views} if name == 'dino' else batch,
+              batch_sharded(mesh))
+          new_state, metrics = method.make_train_step(model, tx, schedule, mesh, 10)(
+              state, global_batch)
+          grads = jax.tree.map(lambda p, q: p - q, params, jax.device_get(new_state.params))
+          trees = {'metrics': metrics, 'grads': grads, 'batch_stats': new_state.batch_stats,
+                   'method_state': new_state.method_state}
+          for tree_name, tree in trees.items():
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+              key = f'{case}/{devices}/{name}/{micro}/{tree_name}{jax.tree_util.keystr(path)}'
+              out[key] = np.asarray(leaf)
     np.savez(out_file, **out)
     print('saved')
 """)
@@ -121,33 +123,38 @@ _STEP_SCRIPT = textwrap.dedent("""
 # outputs) and its crops of two sizes, each size normalised together. Those three share the step of
 # methods/siamese.py, tested on a Dense -> BatchNorm encoder (SimCLR's holds the ResNet's
 # BatchNorm layers equal on 8 devices).
-@pytest.mark.parametrize(
-    'encoder,microbatches,method_names',
-    [('resnet', '1,2', 'simclr'), ('toy', '1', 'byol,mocov3,simsiam,dino'), ('vit', '2', 'simclr')],
+# One interpreter for the three cases: each start costs ~10 s of imports and JAX set-up.
+_CASES = (
+    ('resnet', '1,2', 'simclr'),
+    ('toy', '1', 'byol,mocov3,simsiam,dino'),
+    ('vit', '2', 'simclr'),
 )
-def test_train_step_on_eight_devices_equals_one_device(
-    tmp_path, encoder, microbatches, method_names
-):
+
+
+def test_train_step_on_eight_devices_equals_one_device(tmp_path):
   out_file = tmp_path / 'out.npz'
-  run_on_eight_cpu_devices(_STEP_SCRIPT, str(out_file), encoder, microbatches, method_names)
+  run_on_eight_cpu_devices(_STEP_SCRIPT, str(out_file), ';'.join(':'.join(c) for c in _CASES))
   results = np.load(out_file)
-  keys = [k[2:] for k in results.files if k.startswith('8/')]
-  assert any('grads' in k for k in keys) and any('batch_stats' in k for k in keys)
-  assert {k.split('/')[1] for k in keys} == set(microbatches.split(','))
-  if 'byol' in method_names:
-    for name in ('byol', 'mocov3', 'dino'):
-      assert any(f"{name}/1/method_state['target']['batch_stats']" in k for k in keys)
-    assert "dino/1/method_state['centre']" in keys
-  for key in keys:
-    eight, one = results['8/' + key], results['1/' + key]
-    scale = np.abs(one).max()
-    assert scale > 0 or 'metrics' in key, key
-    # Really in float64 (the accuracies are ratios of counts, the learning rate and EMA decay
-    # schedule constants).
-    assert one.dtype != np.float32 or any(
-        k in key for k in ('accuracy', 'learning_rate', 'ema_decay', 'teacher_temperature')
-    ), key
-    np.testing.assert_allclose(eight, one, rtol=0, atol=1e-9 * scale + 1e-12, err_msg=key)
+  for case, (_, microbatches, method_names) in enumerate(_CASES):
+    keys = [k[len(f'{case}/8/') :] for k in results.files if k.startswith(f'{case}/8/')]
+    assert any('grads' in k for k in keys) and any('batch_stats' in k for k in keys)
+    assert {k.split('/')[1] for k in keys} == set(microbatches.split(','))
+    if 'byol' in method_names:
+      for name in ('byol', 'mocov3', 'dino'):
+        assert any(f"{name}/1/method_state['target']['batch_stats']" in k for k in keys)
+      assert "dino/1/method_state['centre']" in keys
+    for key in keys:
+      eight, one = results[f'{case}/8/{key}'], results[f'{case}/1/{key}']
+      scale = np.abs(one).max()
+      assert scale > 0 or 'metrics' in key, key
+      # Really in float64 (the accuracies are ratios of counts, the learning rate and EMA decay
+      # schedule constants).
+      assert one.dtype != np.float32 or any(
+          k in key for k in ('accuracy', 'learning_rate', 'ema_decay', 'teacher_temperature')
+      ), key
+      np.testing.assert_allclose(
+          eight, one, rtol=0, atol=1e-9 * scale + 1e-12, err_msg=f'{_CASES[case]}: {key}'
+      )
 
 
 def test_non_finite_updates_are_not_applied():
