@@ -105,14 +105,17 @@ def pretrain_in_this_process(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
-  from simclr_jax import main  # pylint: disable=g-import-not-at-top
+  from simclr_jax import train  # pylint: disable=g-import-not-at-top
+  from simclr_jax.core import run_config  # pylint: disable=g-import-not-at-top
 
   flag_values = flags.FlagValues()
   # The config file's --config.KEY overrides become flags when it is defined, from sys_argv.
   config_flags.DEFINE_config_file('config', flag_values=flag_values, sys_argv=['main', *argv])
   flags.DEFINE_string('workdir', None, '', flag_values=flag_values)
   flag_values(['main', *argv])
-  main.run(flag_values.config, flag_values.workdir)
+  # As main.run (importing simclr_jax.main would define its flags in absl's global FLAGS).
+  config = run_config.with_absolute_paths(flag_values.config)
+  train.train_and_evaluate(config, flag_values.workdir)
 
 
 def tiny_method_config(name):
@@ -164,6 +167,16 @@ def cifar10_subset(cifar10_dir, tmp_path_factory):
       tmp_path_factory,
       'cifar10_subset',
       lambda root: _symlinked_subset(cifar10_dir, root, {'train': 26, 'test': 10}),
+  )
+
+
+@pytest.fixture(scope='session')
+def cifar10_small_subset(cifar10_dir, tmp_path_factory):
+  """Symlinked subset of real CIFAR-10: 10 train and 2 test images per class."""
+  return _built_once(
+      tmp_path_factory,
+      'cifar10_small_subset',
+      lambda root: _symlinked_subset(cifar10_dir, root, {'train': 10, 'test': 2}),
   )
 
 
