@@ -10,7 +10,13 @@ row order), with classes OUT/labels.npy and OUT/classes.txt, and OUT/embed_info.
 that cannot be decoded are left out and named in OUT/skipped.txt (or, with
 --skip_bad_images=false, named in an error before anything is embedded). Rows are written to a
 memory-mapped file as batches finish, so a million images need no more memory than one batch.
-The batch is split over this host's devices.
+The batch is split over this process's devices.
+
+Several processes (the --coordinator_address, --num_processes, --process_id flags of
+simclr_jax.main, or SLURM / Cloud TPU VM detection; `MODULE=simclr_jax.embed launch/local.sh`)
+each embed a contiguous share of the images on their own devices into a part file in OUT;
+process 0 then joins the parts in order, so OUT must be a folder every process can read and
+write (a shared file system). The result equals one process's.
 
 --query embeds the query image(s) and prints the --k nearest rows of OUT/embeddings.npy by
 cosine similarity (embedding DIR first if OUT has no embeddings of this checkpoint), and plots
@@ -19,6 +25,7 @@ them in OUT/neighbours.png.
 
 import json
 import os
+import socket
 import time
 
 from absl import app
@@ -31,6 +38,8 @@ import tensorflow as tf
 from simclr_jax import augment
 from simclr_jax import cli_errors
 from simclr_jax import models
+from simclr_jax.core import distributed
+from simclr_jax.core import distributed_flags
 from simclr_jax.core import run_config
 from simclr_jax.core import workdirs
 from simclr_jax.core import writers
@@ -84,14 +93,15 @@ def _dataset(paths, image_size, batch_size):
 
 
 class Encoder:
-  """A run's encoder on this host's devices: images [N, S, S, 3] in [0, 1] -> h [N, D]."""
+  """A run's encoder on this process's devices: images [N, S, S, 3] in [0, 1] -> h [N, D]."""
 
   def __init__(self, workdir: str, step: int = -1):
     config = run_config.load_config(workdirs.absolute(workdir))
     config.mode = 'report'  # Names --step in the messages of the shared restore.
     config.pretrained_workdir = workdirs.absolute(workdir)
     self.config = config
-    self.mesh = create_mesh()
+    # This process's devices only: with several processes each embeds its own share.
+    self.mesh = create_mesh(jax.local_devices())
     self.model = models.create_model(config.model, image_size=config.image_size)
     variables, self.step = features.restore_encoder_variables(
         config, self.model, workdirs.absolute(workdir), step
@@ -103,12 +113,93 @@ class Encoder:
     return features.features_of_array(self._fn, self.variables, images, self.mesh.size)
 
 
+def _share(num_images: int, process: int, num_processes: int) -> slice:
+  """The contiguous rows process `process` of `num_processes` embeds."""
+  return slice(num_images * process // num_processes, num_images * (process + 1) // num_processes)
+
+
+def _embed_share(encoder, paths, part, batch_size, total):
+  """Embeds `paths` into the .npy file `part` (a row per path; rows of undecodable files stay
+  zero); returns (decoded mask, feature dimension or None when nothing decoded)."""
+  done = np.zeros(len(paths), bool)
+  table, feature_dim = None, None
+  start = last_log = time.perf_counter()
+  for images, indices in _dataset(paths, encoder.config.image_size, batch_size):
+    h = encoder(images.numpy())
+    if table is None:
+      feature_dim = h.shape[1]
+      workdirs.require_free_space(
+          os.path.dirname(part), 4 * feature_dim * len(paths), 'the embeddings'
+      )
+      table = np.lib.format.open_memmap(
+          part, mode='w+', dtype=np.float32, shape=(len(paths), feature_dim)
+      )
+    table[indices.numpy()] = h
+    done[indices.numpy()] = True
+    if time.perf_counter() - last_log > _PROGRESS_EVERY_SECS:
+      last_log = time.perf_counter()
+      rate = done.sum() / (last_log - start)
+      share = '' if len(paths) == total else f" (this process's share of {total})"
+      logging.info(
+          'Embedded %d of %d images%s, %.0f/s, %.0f s to go.',
+          done.sum(),
+          len(paths),
+          share,
+          rate,
+          (len(paths) - done.sum()) / rate,
+      )
+  if table is not None:
+    table.flush()
+    del table
+  return done, feature_dim
+
+
+def _join_shares(shares, target):
+  """Writes the decoded rows of every share's part, in order, to the .npy file `target`;
+  returns the decoded mask of all images. `shares`: [{'part', 'done', 'feature_dim'}]."""
+  for process, share in enumerate(shares):
+    for name in ('part', 'done'):
+      if share[name] and not os.path.exists(share[name]):
+        raise ValueError(
+            f'Process 0 cannot see {share[name]}, which process {process} wrote: --output must '
+            'be a folder every process can read (a shared file system).'
+        )
+  (feature_dim,) = {share['feature_dim'] for share in shares if share['feature_dim']}
+  done = np.concatenate([np.load(s['done']) if s['done'] else np.zeros(0, bool) for s in shares])
+  if len(shares) == 1 and done.all():
+    os.replace(shares[0]['part'], target)  # Nothing to join.
+    return done
+  workdirs.require_free_space(
+      os.path.dirname(target), 4 * feature_dim * int(done.sum()), 'the embeddings'
+  )
+  joined = np.lib.format.open_memmap(
+      target, mode='w+', dtype=np.float32, shape=(int(done.sum()), feature_dim)
+  )
+  row = 0
+  for share in shares:
+    if not share['part']:
+      continue
+    part = np.load(share['part'], mmap_mode='r')
+    kept = np.flatnonzero(np.load(share['done']))
+    for s in range(0, len(kept), _QUERY_CHUNK_ROWS):  # A chunk at a time: any size fits.
+      rows = kept[s : s + _QUERY_CHUNK_ROWS]
+      joined[row : row + len(rows)] = part[rows]
+      row += len(rows)
+  joined.flush()
+  return done
+
+
 def embed_folder(encoder, folder, output, batch_size=0, skip_bad_images=True) -> dict:
   """Embeds every image below `folder` into OUTPUT (see the module docstring); returns the
-  summary written to OUTPUT/embed_info.json."""
+  summary written to OUTPUT/embed_info.json. With several processes, each embeds its share
+  and process 0 joins them; every process returns the summary."""
   paths, labels, classes = list_images(folder)
+  process, num_processes = jax.process_index(), jax.process_count()
+  mine = paths[_share(len(paths), process, num_processes)]
   if not skip_bad_images:
-    bad = image_folder.find_unreadable_images(paths)
+    bad = image_folder.find_unreadable_images(mine)
+    texts = distributed.all_gather_text('embed/bad_images', json.dumps(bad))
+    bad = [tuple(b) for text in texts for b in json.loads(text)]
     if bad:
       raise ValueError(
           f'{len(bad)} of the {len(paths)} images below {folder} cannot be decoded: '
@@ -116,48 +207,60 @@ def embed_folder(encoder, folder, output, batch_size=0, skip_bad_images=True) ->
       )
   batch_size = batch_size or encoder.config.eval.batch_size
   os.makedirs(output, exist_ok=True)
-  done = np.zeros(len(paths), bool)
-  table, start, last_log = None, time.perf_counter(), time.perf_counter()
+  start = time.perf_counter()
   target = os.path.join(output, 'embeddings.npy')
-  aside = f'{target}.tmp{os.getpid()}.npy'  # This process's own: two runs at once cannot mix.
-  for images, indices in _dataset(paths, encoder.config.image_size, batch_size):
-    h = encoder(images.numpy())
-    if table is None:
-      feature_dim = h.shape[1]
-      workdirs.require_free_space(output, 4 * h.shape[1] * len(paths), 'the embeddings')
-      table = np.lib.format.open_memmap(
-          aside, mode='w+', dtype=np.float32, shape=(len(paths), h.shape[1])
+  # This process's own files: two runs at once cannot mix.
+  stem = f'{target}.part{process}.{socket.gethostname()}.{os.getpid()}'
+  share = {'part': None, 'done': None, 'feature_dim': None}
+  try:
+    if mine:
+      done, feature_dim = _embed_share(encoder, mine, stem + '.npy', batch_size, len(paths))
+      np.save(stem + '.done.npy', done)
+      share = {
+          'part': stem + '.npy' if feature_dim else None,
+          'done': stem + '.done.npy',
+          'feature_dim': feature_dim,
+      }
+  except (OSError, ValueError) as e:
+    if num_processes == 1:
+      raise
+    share = {'error': f'process {process}: {e}'}  # Said to every process: all stop with it.
+  shares = [json.loads(t) for t in distributed.all_gather_text('embed/shares', json.dumps(share))]
+  joined = ''
+  try:
+    if process == 0 and not any('error' in s for s in shares):
+      if not any(s['feature_dim'] for s in shares):
+        raise ValueError(f'None of the {len(paths)} images below {folder} could be decoded.')
+      done = _join_shares(shares, f'{target}.tmp{os.getpid()}.npy')
+      os.replace(f'{target}.tmp{os.getpid()}.npy', target)
+      summary = _write_listing(encoder, folder, output, paths, labels, classes, done, shares)
+      summary['wall_time_sec'] = time.perf_counter() - start
+      workdirs.write_atomically(
+          os.path.join(output, 'embed_info.json'), json.dumps(summary, indent=2)
       )
-    table[indices.numpy()] = h
-    done[indices.numpy()] = True
-    if time.perf_counter() - last_log > _PROGRESS_EVERY_SECS:
-      last_log = time.perf_counter()
-      rate = done.sum() / (last_log - start)
-      logging.info(
-          'Embedded %d of %d images (%.0f/s, %.0f s to go).',
-          done.sum(),
-          len(paths),
-          rate,
-          (len(paths) - done.sum()) / rate,
-      )
-  if table is None:
-    raise ValueError(f'None of the {len(paths)} images below {folder} could be decoded.')
+  except (OSError, ValueError) as e:
+    if num_processes == 1:
+      raise
+    joined = f'process 0: {e}'
+  finally:
+    # Once process 0 is done with them (the gather waits for it), each removes its own parts.
+    joined = distributed.all_gather_text('embed/joined', joined)[0]
+    for path in (stem + '.npy', stem + '.done.npy', f'{target}.tmp{os.getpid()}.npy'):
+      if os.path.exists(path):
+        os.remove(path)
+  errors = [s['error'] for s in shares if 'error' in s] + ([joined] if joined else [])
+  if errors:
+    raise ValueError(errors[0])
+  with open(os.path.join(output, 'embed_info.json')) as f:
+    return json.load(f)
+
+
+def _write_listing(encoder, folder, output, paths, labels, classes, done, shares) -> dict:
+  """paths.txt, skipped.txt and the labels of the embedded rows; returns their summary."""
   kept = np.flatnonzero(done)
   skipped = [paths[i] for i in np.flatnonzero(~done)]
-  if skipped:  # Rewritten without the holes, a chunk at a time.
-    compact = np.lib.format.open_memmap(
-        aside + '.compact.npy', mode='w+', dtype=np.float32, shape=(len(kept), table.shape[1])
-    )
-    for s in range(0, len(kept), _QUERY_CHUNK_ROWS):
-      compact[s : s + _QUERY_CHUNK_ROWS] = table[kept[s : s + _QUERY_CHUNK_ROWS]]
-    compact.flush()
-    del table
-    os.replace(aside + '.compact.npy', aside)
+  if skipped:
     logging.warning('Skipped %d images that cannot be decoded, e.g. %s.', len(skipped), skipped[0])
-  else:
-    table.flush()
-    del table
-  os.replace(aside, target)
   workdirs.write_atomically(
       os.path.join(output, 'paths.txt'), ''.join(paths[i] + '\n' for i in kept)
   )
@@ -167,18 +270,16 @@ def embed_folder(encoder, folder, output, batch_size=0, skip_bad_images=True) ->
     workdirs.write_atomically(
         os.path.join(output, 'classes.txt'), ''.join(c + '\n' for c in classes)
     )
-  summary = {
+  return {
       'workdir': encoder.config.pretrained_workdir,
       'step': encoder.step,
       'images': os.path.abspath(folder),
       'num_embedded': int(len(kept)),
       'num_skipped': len(skipped),
-      'feature_dim': int(feature_dim),
+      'feature_dim': int(next(s['feature_dim'] for s in shares if s['feature_dim'])),
       'classes': classes,
-      'wall_time_sec': time.perf_counter() - start,
+      'num_processes': len(shares),
   }
-  workdirs.write_atomically(os.path.join(output, 'embed_info.json'), json.dumps(summary, indent=2))
-  return summary
 
 
 def nearest(encoder, output, query, k):
@@ -263,6 +364,7 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_string('query', '', 'An image or folder of images to look up in OUTPUT.', **define)
   flags.DEFINE_integer('k', 10, 'Neighbours per query.', **define)
   flags.DEFINE_bool('verbose', False, 'Show the traceback of known errors.', **define)
+  distributed_flags.define(flag_values)
 
 
 def _embedded_here(output, encoder):
@@ -281,14 +383,16 @@ def main(argv, flag_values=flags.FLAGS):
   with cli_errors.as_sentences(f.verbose):
     if not f.images and not f.query:
       raise ValueError('Pass --images=DIR to embed, and/or --query=IMAGE_OR_DIR to look up.')
+    distributed_flags.initialize(f)
     encoder = Encoder(f.workdir, f.step)
     if f.images and not (f.query and _embedded_here(f.output, encoder)):
       summary = embed_folder(encoder, f.images, f.output, f.batch_size, f.skip_bad_images)
-      print(
-          f'Embedded {summary["num_embedded"]} images into {f.output}/embeddings.npy '
-          f'({summary["num_skipped"]} skipped).'
-      )
-    if f.query:
+      if jax.process_index() == 0:
+        print(
+            f'Embedded {summary["num_embedded"]} images into {f.output}/embeddings.npy '
+            f'({summary["num_skipped"]} skipped).'
+        )
+    if f.query and jax.process_index() == 0:  # Process 0 answers for a multi-process run.
       if not _embedded_here(f.output, encoder):
         raise ValueError(f'{f.output} holds no embeddings of this checkpoint; add --images=DIR.')
       results = nearest(encoder, f.output, f.query, f.k)

@@ -34,6 +34,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from simclr_jax import cli_errors
+from simclr_jax.core import distributed_flags
 
 # The programs are imported when a run starts (JAX and TensorFlow take seconds to load), so
 # that --help, --show_config and flag errors answer at once.
@@ -55,19 +56,7 @@ flags.DEFINE_bool(
     'Show the traceback of known errors (bad config, missing data, workdir in '
     'use, disk full), not only the sentence that explains them.',
 )
-flags.DEFINE_string(
-    'coordinator_address',
-    None,
-    'Multi-process runs: HOST:PORT of process 0, where the processes meet '
-    '(not needed under SLURM or on Cloud TPU VMs).',
-)
-flags.DEFINE_integer('num_processes', None, 'Multi-process runs: the number of processes.')
-flags.DEFINE_integer('process_id', None, 'Multi-process runs: this process, in [0, N).')
-flags.DEFINE_list(
-    'local_device_ids',
-    None,
-    'Multi-process runs: the local devices this process uses (default: all).',
-)
+distributed_flags.define()
 
 
 _HELP_FLAGS = ('-h', '-?', '--help', '-help', '--helpshort', '--helpfull')
@@ -78,6 +67,7 @@ def _parse_flags(argv):
   if any(arg in _HELP_FLAGS for arg in argv[1:]):
     print(__doc__)
     print(FLAGS.module_help(sys.modules[__name__]))
+    print(FLAGS.module_help(distributed_flags))
     sys.exit(0)
   try:
     argv = FLAGS(argv)
@@ -120,17 +110,11 @@ def main(argv):
     from simclr_jax.core import huge_pages
 
     huge_pages.reexec_with_huge_pages()
-  from simclr_jax.core import distributed
   from simclr_jax.core import workdir_lock
   from simclr_jax.core import writers
 
   with cli_errors.as_sentences(FLAGS.verbose):
-    distributed.initialize(
-        FLAGS.coordinator_address,
-        FLAGS.num_processes,
-        FLAGS.process_id,
-        [int(i) for i in FLAGS.local_device_ids or ()],
-    )
+    distributed_flags.initialize(FLAGS)
     writers.quiet_orbax_logs()
     logging.info('Config:\n%s', FLAGS.config)
     with workdir_lock.hold(FLAGS.workdir):

@@ -1,7 +1,10 @@
 """simclr_jax.embed: any folder embedded row by row, bad files named, neighbours found."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 from absl import flags
 import numpy as np
@@ -9,6 +12,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from multidevice import REPO_ROOT
 from simclr_jax import embed
 
 
@@ -103,3 +107,61 @@ def test_command_line_query_and_figure(pretrained_workdir, cifar10_subset, tmp_p
   lines = capsys.readouterr().out.splitlines()
   assert f'{tmp_path}/mine/img2.jpg:' in lines and (tmp_path / 'out' / 'neighbours.png').exists()
   assert lines[lines.index(f'{tmp_path}/mine/img2.jpg:') + 1].endswith('img2.jpg')
+
+
+def test_two_processes_embed_like_one(encoder, pretrained_workdir, cifar10_subset, tmp_path):
+  root = tmp_path / 'labelled'  # 31 images in 3 classes, one undecodable: shares of 15 and 16.
+  for name in ('bird', 'cat', 'ship'):
+    shutil.copytree(cifar10_subset / 'test' / name, root / name)
+  (root / 'cat' / 'broken.jpg').write_bytes(b'not an image')
+  one = embed.embed_folder(encoder, str(root), str(tmp_path / 'one'), 8)
+  env = dict(os.environ, MODULE='simclr_jax.embed', PYTHON=sys.executable)
+  proc = subprocess.run(
+      [
+          str(REPO_ROOT / 'launch' / 'local.sh'),
+          '2',
+          '1',
+          f'--workdir={pretrained_workdir}',
+          f'--images={root}',
+          f'--output={tmp_path / "two"}',
+          '--batch_size=8',
+      ],
+      cwd=REPO_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  lines = proc.stdout.splitlines()  # Both processes' output and logs, each line prefixed.
+  assert f'[0] Embedded 30 images into {tmp_path}/two/embeddings.npy (1 skipped).' in lines
+  assert not any(line.startswith('[1] Embedded') for line in lines)  # Process 0 speaks.
+  two = json.loads((tmp_path / 'two' / 'embed_info.json').read_text())
+  assert two['num_processes'] == 2 and one['num_processes'] == 1
+  for name in ('paths.txt', 'skipped.txt', 'classes.txt'):
+    assert (tmp_path / 'two' / name).read_text() == (tmp_path / 'one' / name).read_text(), name
+  np.testing.assert_array_equal(
+      np.load(tmp_path / 'two' / 'labels.npy'), np.load(tmp_path / 'one' / 'labels.npy')
+  )
+  # The same rows from batches split otherwise (shares of 15 and 16 images, batches of 8).
+  np.testing.assert_allclose(
+      np.load(tmp_path / 'two' / 'embeddings.npy'),
+      np.load(tmp_path / 'one' / 'embeddings.npy'),
+      rtol=1e-5,
+      atol=1e-6,
+  )
+  assert sorted(os.listdir(tmp_path / 'two')) == sorted(os.listdir(tmp_path / 'one'))
+
+
+def test_a_part_process_0_cannot_see_is_named(tmp_path):
+  done = tmp_path / 'done.npy'
+  np.save(done, np.ones(3, bool))
+  shares = [
+      {'part': str(tmp_path / 'missing.npy'), 'done': str(done), 'feature_dim': 4},
+      {'part': None, 'done': None, 'feature_dim': None},
+  ]
+  with pytest.raises(
+      ValueError,
+      match=r'Process 0 cannot see .*missing\.npy, which process 0 .* shared file system',
+  ):
+    embed._join_shares(shares, str(tmp_path / 'joined.npy'))

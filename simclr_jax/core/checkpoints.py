@@ -18,6 +18,7 @@ import re
 from absl import logging
 from etils import epath
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 # Private, but the only place to make a failed restore wait for its other reads
@@ -443,8 +444,11 @@ def restore_read_only(manager, step: int, step_flag: str = '--config.pretrained_
       whose metadata reads, to pass as `step_flag`.
   """
   try:
-    read_metadata(manager.directory, step)
-    return _restore(manager, step)
+    metadata = read_metadata(manager.directory, step)
+    # Into host arrays: restored as saved, each array would live on the saving run's devices,
+    # which another process of a multi-process job cannot address.
+    as_numpy = jax.tree.map(lambda x: np.empty(x.shape, x.dtype), metadata)
+    return _restore(manager, step, ocp.args.StandardRestore(as_numpy))
   except UnreadableCheckpointError as e:
     reason = str(e)
   readable = []
