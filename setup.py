@@ -52,5 +52,8 @@ setuptools.setup(
         ],
         # benchmarks/throughput.py --torch: the PyTorch CPU speed reference.
         'torch_reference': ['torch==2.13.0'],
+        # tests/test_export_torch.py against the real torchvision (a CUDA build of ~5.5 GB that
+        # runs on the CPU; PyPI's torchvision does not load beside torch 2.13.0's CPU build).
+        'torchvision': ['torch==2.14.1', 'torchvision==0.29.1'],
     },
 )

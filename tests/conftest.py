@@ -1,12 +1,18 @@
 """Shared fixtures: the configs and the real CIFAR-10 folder."""
 
 import fcntl
+import importlib.util
 import os
 import pathlib
 import shutil
 import tempfile
 
 import pytest
+
+# torchvision (the `torchvision` extra, for tests/test_export_torch.py) crashes the interpreter
+# when imported after TensorFlow (seen with torch 2.14.1, torchvision 0.29.1, TF 2.21): first.
+if importlib.util.find_spec('torchvision') is not None:
+  import torchvision  # noqa: F401
 
 from simclr_jax.core import huge_pages
 

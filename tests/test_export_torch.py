@@ -1,10 +1,12 @@
 """export --format=torch: the state_dict, loaded by the model card's own lines into torchvision's
-ResNet, gives our h. torchvision itself cannot be installed next to this environment's PyTorch
-build, so the lines run against an independent PyTorch ResNet written here from torchvision's
-definition (the same module names and structure), put in torchvision's place; with torchvision
-installed they run against the real one."""
+ResNet, gives our h. With the `torchvision` extra installed (README, "Exporting the encoder")
+the lines run against the real torchvision; with PyTorch alone (the `torch_reference` extra,
+whose torch build PyPI's torchvision does not load beside), against an independent PyTorch
+ResNet written here from torchvision's definition (the same module names and structure), put in
+torchvision's place. SIMCLR_REQUIRE_TORCHVISION=1 makes the real one a requirement."""
 
 import importlib.util
+import os
 import sys
 import types
 
@@ -17,6 +19,8 @@ from simclr_jax import export
 from simclr_jax import models
 from simclr_jax.core.sharding import run_once
 
+if os.environ.get('SIMCLR_REQUIRE_TORCHVISION') == '1':
+  import torchvision  # noqa: F401  An error here, not a skip.
 torch = pytest.importorskip('torch')
 nn = torch.nn
 
