@@ -211,6 +211,21 @@ def embed_folder(encoder, folder, output, batch_size=0, skip_bad_images=True) ->
   target = os.path.join(output, 'embeddings.npy')
   # This process's own files: two runs at once cannot mix.
   stem = f'{target}.part{process}.{socket.gethostname()}.{os.getpid()}'
+  # Every process's names, before any writes (the gather waits for all): others are stale.
+  ours = [os.path.basename(s) for s in distributed.all_gather_text('embed/stems', stem)]
+  stale = sorted(
+      n
+      for n in os.listdir(output)
+      if n.startswith('embeddings.npy.') and not any(n.startswith(o + '.') for o in ours)
+  )
+  if stale and process == 0:  # A killed run's parts: the finished files were never touched.
+    logging.warning(
+        '%s holds %d part files of an embedding run that did not finish (e.g. %s); unless '
+        'another run is writing there now, delete them to free their space.',
+        output,
+        len(stale),
+        stale[0],
+    )
   share = {'part': None, 'done': None, 'feature_dim': None}
   try:
     if mine:

@@ -59,12 +59,19 @@ def test_embeds_a_flat_folder_row_by_row(encoder, cifar10_subset, tmp_path):
   np.testing.assert_allclose(table[1:], direct, rtol=1e-5, atol=1e-5)
 
 
-def test_class_folders_give_labels_and_queries_find_themselves(encoder, cifar10_subset, tmp_path):
+def test_class_folders_give_labels_and_queries_find_themselves(
+    encoder, cifar10_subset, tmp_path, caplog
+):
   root = tmp_path / 'labelled'
   for name in ('cat', 'ship'):
     shutil.copytree(cifar10_subset / 'test' / name, root / name)
-  embed.embed_folder(encoder, str(root), str(tmp_path / 'out'))
   out = tmp_path / 'out'
+  out.mkdir()
+  (out / 'embeddings.npy.part1.host.99.npy').write_bytes(b'a killed run')
+  embed.embed_folder(encoder, str(root), str(out))
+  # Named, not deleted: another run may be writing there.
+  assert '1 part files of an embedding run that did not finish' in caplog.text
+  assert (out / 'embeddings.npy.part1.host.99.npy').exists()
   paths = (out / 'paths.txt').read_text().splitlines()
   labels = np.load(out / 'labels.npy')
   assert (out / 'classes.txt').read_text() == 'cat\nship\n'
@@ -150,7 +157,7 @@ def test_two_processes_embed_like_one(encoder, pretrained_workdir, cifar10_subse
       rtol=1e-5,
       atol=1e-6,
   )
-  assert sorted(os.listdir(tmp_path / 'two')) == sorted(os.listdir(tmp_path / 'one'))
+  assert sorted(os.listdir(tmp_path / 'two')) == sorted(os.listdir(tmp_path / 'one'))  # No parts.
 
 
 def test_a_part_process_0_cannot_see_is_named(tmp_path):
