@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Multi-process runs on this machine: N processes of `python -m simclr_jax.main` (or of the
 # program $MODULE names, e.g. simclr_jax.embed) with D CPU devices each, joined by
-# jax.distributed on localhost (CPU collectives: gloo). Each output line starts with its process id. If a process fails, the others are killed and the script
-# exits with its status; SIGINT or SIGTERM is passed on to every process, which then saves a
-# checkpoint at the same step and exits (rerun the command to resume).
+# jax.distributed on localhost (CPU collectives: gloo). Each output line starts with its
+# process id. If a process fails, the others are killed and the script exits with its status;
+# SIGINT or SIGTERM is passed on to every process, which then saves a checkpoint at the same
+# step and exits (rerun the command to resume).
 #
 # Usage (from the repository root):
 #   launch/local.sh N D --config=CONFIG --workdir=WORKDIR [--config.KEY=VALUE ...]
@@ -17,7 +18,7 @@
 set -euo pipefail
 
 if (( $# < 2 )); then
-  sed -n '2,16p' "$0" >&2
+  sed -n '2,17p' "$0" >&2
   exit 2
 fi
 num_processes=$1

@@ -154,7 +154,7 @@ def _embed_share(encoder, paths, part, batch_size, total):
   return done, feature_dim
 
 
-def _join_shares(shares, target):
+def _join_shares(shares, feature_dim, target):
   """Writes the decoded rows of every share's part, in order, to the .npy file `target`;
   returns the decoded mask of all images. `shares`: [{'part', 'done', 'feature_dim'}]."""
   for process, share in enumerate(shares):
@@ -164,7 +164,6 @@ def _join_shares(shares, target):
             f'Process 0 cannot see {share[name]}, which process {process} wrote: --output must '
             'be a folder every process can read (a shared file system).'
         )
-  (feature_dim,) = {share['feature_dim'] for share in shares if share['feature_dim']}
   done = np.concatenate([np.load(s['done']) if s['done'] else np.zeros(0, bool) for s in shares])
   if len(shares) == 1 and done.all():
     os.replace(shares[0]['part'], target)  # Nothing to join.
@@ -213,12 +212,12 @@ def embed_folder(encoder, folder, output, batch_size=0, skip_bad_images=True) ->
   stem = f'{target}.part{process}.{socket.gethostname()}.{os.getpid()}'
   # Every process's names, before any writes (the gather waits for all): others are stale.
   ours = [os.path.basename(s) for s in distributed.all_gather_text('embed/stems', stem)]
-  stale = sorted(
+  stale = process == 0 and sorted(
       n
       for n in os.listdir(output)
       if n.startswith('embeddings.npy.') and not any(n.startswith(o + '.') for o in ours)
   )
-  if stale and process == 0:  # A killed run's parts: the finished files were never touched.
+  if stale:  # A killed run's parts: the finished files were never touched.
     logging.warning(
         '%s holds %d part files of an embedding run that did not finish (e.g. %s); unless '
         'another run is writing there now, delete them to free their space.',
@@ -244,11 +243,14 @@ def embed_folder(encoder, folder, output, batch_size=0, skip_bad_images=True) ->
   joined = ''
   try:
     if process == 0 and not any('error' in s for s in shares):
-      if not any(s['feature_dim'] for s in shares):
+      dims = {s['feature_dim'] for s in shares if s['feature_dim']}
+      if not dims:
         raise ValueError(f'None of the {len(paths)} images below {folder} could be decoded.')
-      done = _join_shares(shares, f'{target}.tmp{os.getpid()}.npy')
+      (feature_dim,) = dims
+      done = _join_shares(shares, feature_dim, f'{target}.tmp{os.getpid()}.npy')
       os.replace(f'{target}.tmp{os.getpid()}.npy', target)
-      summary = _write_listing(encoder, folder, output, paths, labels, classes, done, shares)
+      summary = _write_listing(encoder, folder, output, paths, labels, classes, done)
+      summary.update(feature_dim=feature_dim, num_processes=num_processes)
       summary['wall_time_sec'] = time.perf_counter() - start
       workdirs.write_atomically(
           os.path.join(output, 'embed_info.json'), json.dumps(summary, indent=2)
@@ -270,7 +272,7 @@ def embed_folder(encoder, folder, output, batch_size=0, skip_bad_images=True) ->
     return json.load(f)
 
 
-def _write_listing(encoder, folder, output, paths, labels, classes, done, shares) -> dict:
+def _write_listing(encoder, folder, output, paths, labels, classes, done) -> dict:
   """paths.txt, skipped.txt and the labels of the embedded rows; returns their summary."""
   kept = np.flatnonzero(done)
   skipped = [paths[i] for i in np.flatnonzero(~done)]
@@ -291,9 +293,7 @@ def _write_listing(encoder, folder, output, paths, labels, classes, done, shares
       'images': os.path.abspath(folder),
       'num_embedded': int(len(kept)),
       'num_skipped': len(skipped),
-      'feature_dim': int(next(s['feature_dim'] for s in shares if s['feature_dim'])),
       'classes': classes,
-      'num_processes': len(shares),
   }
 
 

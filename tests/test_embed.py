@@ -171,4 +171,4 @@ def test_a_part_process_0_cannot_see_is_named(tmp_path):
       ValueError,
       match=r'Process 0 cannot see .*missing\.npy, which process 0 .* shared file system',
   ):
-    embed._join_shares(shares, str(tmp_path / 'joined.npy'))
+    embed._join_shares(shares, 4, str(tmp_path / 'joined.npy'))
