@@ -12,12 +12,18 @@ r"""Pretrain within a wall-clock budget on CIFAR-10, then evaluate against hones
    architecture and raw pixels, each by the linear protocol (L-BFGS logistic regression, L2
    chosen on held-out train examples) and by kNN (k=200), on the full train and test splits
    (--encoders picks which).
+With --encoders=torch (the `torchvision` extra), benchmarks/torch_train.py pretrains the same
+config in PyTorch for the same budget in its own process (--torch_python), and the same
+programs score its encoder's features. Steps 1-2 run only for the encoder `pretrained`; run
+`pretrained` and `torch` as two commands at once, each pinned to its own cores (taskset), to
+compare them on one machine at one time.
 
 Writes WORKDIR/benchmark_results.json and prints a Markdown table for BENCHMARKS.md.
 """
 
 import json
 import os
+import subprocess
 import sys
 
 from absl import app
@@ -29,8 +35,10 @@ sys.path.insert(0, REPO_ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import budget_runs
-from simclr_jax.core import huge_pages
+import numpy as np
+from simclr_jax import evaluators
 from simclr_jax import input_pipeline
+from simclr_jax.core import huge_pages
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -52,8 +60,62 @@ flags.DEFINE_list(
     'encoders',
     ['pretrained', 'random', 'pixels'],
     'Encoders to evaluate; the baselines do not depend on the pretraining run (the '
-    'pixel one takes about an hour on 2 cores).',
+    'pixel one takes about an hour on 2 cores); torch: the PyTorch reference.',
 )
+flags.DEFINE_string(
+    'torch_python', sys.executable, 'Python with torch and torchvision for --encoders=torch.'
+)
+flags.DEFINE_integer('torch_threads', 0, "PyTorch's threads (0: the CPUs this process may use).")
+flags.DEFINE_integer('torch_workers', 1, 'DataLoader worker processes of the PyTorch run.')
+
+ENCODERS = ('pretrained', 'random', 'pixels', 'torch')
+
+
+def pretrain(config, budget_sec):
+  """Calibration and the budget's pretraining run: (run record, pretraining workdir)."""
+  steps, steps_per_sec, _ = budget_runs.plan_steps(
+      config, FLAGS.workdir, budget_sec, FLAGS.calibration_steps
+  )
+  config.num_train_steps = steps
+  pretrain_dir = os.path.join(FLAGS.workdir, 'pretrain')
+  pretrain_sec, _ = budget_runs.timed_pretraining(config, pretrain_dir)
+  final = budget_runs.last_metrics(pretrain_dir)
+  info = input_pipeline.get_dataset_info(config, config.train_split)
+  return {
+      'steps': steps,
+      'epochs': steps * config.batch_size / info.num_examples,
+      'pretrain_wall_sec': pretrain_sec,
+      'calibrated_steps_per_sec': steps_per_sec,
+      'final_contrastive_loss': final['contrastive_loss'],
+      'final_probe_accuracy': final.get('probe_accuracy'),
+  }, pretrain_dir
+
+
+def torch_reference(config, budget_sec):
+  """benchmarks/torch_train.py for the budget, its features scored as evaluate_encoder does."""
+  if not os.path.isdir(config.dataset):
+    raise app.UsageError(f'--encoders=torch reads an image folder; {config.dataset} is not one.')
+  output = os.path.join(FLAGS.workdir, 'torch_features.npz')
+  threads = FLAGS.torch_threads or len(os.sched_getaffinity(0))
+  command = [
+      FLAGS.torch_python,
+      os.path.join(REPO_ROOT, 'benchmarks', 'torch_train.py'),
+      json.dumps(config.to_dict()),
+      config.dataset,
+      str(budget_sec),
+      output,
+      str(threads),
+      str(FLAGS.torch_workers),
+  ]
+  subprocess.run(command, check=True)
+  with open(os.path.splitext(output)[0] + '.json') as f:
+    results = json.load(f)
+  with np.load(output) as data:
+    train_set, test_set = (data['train_x'], data['train_y']), (data['test_x'], data['test_y'])
+  results['feature_dim'] = int(train_set[0].shape[1])
+  for name in ('linear', 'knn'):
+    results[name] = evaluators.score(name, config, train_set, test_set, 10)
+  return results
 
 
 def main(argv):
@@ -63,16 +125,14 @@ def main(argv):
     huge_pages.reexec_with_huge_pages()
   config.dataset = FLAGS.dataset
   config.eval.max_examples = FLAGS.eval_max_examples
+  unknown = sorted(set(FLAGS.encoders) - set(ENCODERS))
+  if unknown:
+    raise app.UsageError(f'--encoders: unknown {unknown}; known: {", ".join(ENCODERS)}.')
   os.makedirs(FLAGS.workdir, exist_ok=True)
   budget_sec = 60 * FLAGS.budget_minutes
-  steps, steps_per_sec, _ = budget_runs.plan_steps(
-      config, FLAGS.workdir, budget_sec, FLAGS.calibration_steps
-  )
-  config.num_train_steps = steps
-  pretrain_dir = os.path.join(FLAGS.workdir, 'pretrain')
-  pretrain_sec, _ = budget_runs.timed_pretraining(config, pretrain_dir)
-  final = budget_runs.last_metrics(pretrain_dir)
-  info = input_pipeline.get_dataset_info(config, config.train_split)
+  run, pretrain_dir = {}, os.path.join(FLAGS.workdir, 'pretrain')
+  if 'pretrained' in FLAGS.encoders:
+    run, pretrain_dir = pretrain(config, budget_sec)
   results = {
       'machine': budget_runs.machine(),
       'config': os.path.relpath(config_flags.get_config_filename(FLAGS['config']), REPO_ROOT),
@@ -82,30 +142,28 @@ def main(argv):
       'width_multiplier': config.model.width_multiplier,
       'batch_size': config.batch_size,
       'budget_minutes': FLAGS.budget_minutes,
-      'pretrain_steps': steps,
-      'pretrain_epochs': steps * config.batch_size / info.num_examples,
-      'pretrain_wall_sec': pretrain_sec,
-      'calibrated_steps_per_sec': steps_per_sec,
-      'final_contrastive_loss': final['contrastive_loss'],
-      'final_probe_accuracy': final.get('probe_accuracy'),
-      'encoders': {
-          encoder: budget_runs.evaluate_encoder(config, pretrain_dir, encoder, ['linear', 'knn'])
-          for encoder in FLAGS.encoders
-      },
+      **run,
+      'encoders': {},
   }
+  for encoder in FLAGS.encoders:
+    if encoder == 'torch':
+      scores = torch_reference(config, budget_sec)
+    else:
+      scores = budget_runs.evaluate_encoder(config, pretrain_dir, encoder, ['linear', 'knn'])
+    results['encoders'][encoder] = scores
   with open(os.path.join(FLAGS.workdir, 'benchmark_results.json'), 'w') as f:
     json.dump(results, f, indent=2)
   print(json.dumps(results, indent=2))
-  print(
-      f'\nPretraining: {steps} steps ({results["pretrain_epochs"]:.2f} epochs) in '
-      f'{pretrain_sec / 60:.1f} min on {results["machine"]}.\n'
-  )
-  print('| encoder | linear top-1 | linear top-5 | kNN top-1 | feature dim |')
-  print('|---|---|---|---|---|')
+  print(f'\n{FLAGS.budget_minutes:g} minutes of pretraining on {results["machine"]}.\n')
+  print('| encoder | steps (epochs) | linear top-1 | linear top-5 | kNN top-1 | feature dim |')
+  print('|---|---|---|---|---|---|')
   for encoder, r in results['encoders'].items():
+    source = {'pretrained': run, 'torch': r}.get(encoder)
+    steps = f'{source["steps"]} ({source["epochs"]:.2f})' if source else '-'
     print(
-        f'| {encoder} | {100 * r["linear"]["top1"]:.2f}% | {100 * r["linear"]["top5"]:.2f}% '
-        f'| {100 * r["knn"]["top1"]:.2f}% | {r["feature_dim"]} |'
+        f'| {encoder} | {steps} | {100 * r["linear"]["top1"]:.2f}% '
+        f'| {100 * r["linear"]["top5"]:.2f}% | {100 * r["knn"]["top1"]:.2f}% '
+        f'| {r["feature_dim"]} |'
     )
 
 
