@@ -178,7 +178,7 @@ def train(config, dataset, budget_sec, workers, calibration_steps=20):
         group['lr'] = learning_rate(config, step, total_steps or 10**9, num_examples)
       optimizer.step()
       step += 1
-      losses.append(float(contrastive))
+      losses.append(contrastive.item())
       if step == calibration_steps:
         calibration_start = time.perf_counter()
       if step == 2 * calibration_steps:
