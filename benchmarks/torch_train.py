@@ -161,7 +161,10 @@ def train(config, dataset, budget_sec, workers, calibration_steps=20):
       config.lars_trust_coefficient,
       config.momentum,
   )
-  views = TwoViews(augmentation(config.augment, config.image_size))
+  # Pretraining views of config.pretrain_image_size (0: image_size), as simclr_jax's.
+  views = TwoViews(
+      augmentation(config.augment, config.get('pretrain_image_size', 0) or config.image_size)
+  )
   data = loader(os.path.join(dataset, config.train_split), views, config.batch_size, True, workers)
   num_examples = len(data.dataset)
   total_steps, step, losses = None, 0, []

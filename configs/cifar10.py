@@ -27,6 +27,9 @@ def get_config():
   config.tfds_data_dir = ''  # TFDS data_dir; '' uses TFDS's default (~/tensorflow_datasets).
   config.train_split = 'train'  # Split (TFDS) or sub-folder (image folder) to pretrain on.
   config.image_size = 32  # Side of the square crops fed to the encoder; <= 32 uses the CIFAR stem.
+  # Side of the pretraining views (0: image_size). Smaller trains faster; evaluation still feeds
+  # image_size images, which suits an encoder trained on crops (Touvron et al. 2019, FixRes).
+  config.pretrain_image_size = 0
   config.shuffle_buffer_size = 50_000  # Examples in the tf.data shuffle buffer (per shard).
   config.skip_bad_images = False  # Image folders: leave out undecodable files (else: an error).
   config.prefetch_batches = 2  # Global batches placed on the devices ahead of the train step.

@@ -389,6 +389,12 @@ def random_solarize(image, key, prob):
   return _random_apply(lambda x, _: solarize(x), image, key, prob)
 
 
+def pretrain_size(config) -> int:
+  """Side of the pretraining views: config.pretrain_image_size, or config.image_size when that
+  is 0 (or absent, in a config.json saved before the option)."""
+  return config.get('pretrain_image_size', 0) or config.image_size
+
+
 def view_configs(config_augment):
   """(first, second) view's config.augment: the second with config.augment.second_view's
   values in place of the first's (BYOL's asymmetric blur and solarisation); both without

@@ -136,6 +136,12 @@ def validate_config(config, *, num_devices: int, num_processes: int = 1):
       f'config.image_size={config.image_size!r} must be an integer >= 8 '
       '(32 for CIFAR, 224 for ImageNet).',
   )
+  pretrain_size = config.get('pretrain_image_size', 0)
+  _require(
+      isinstance(pretrain_size, int) and (pretrain_size == 0 or pretrain_size >= 8),
+      f'config.pretrain_image_size={pretrain_size!r} must be 0 (the image_size) or an '
+      'integer >= 8.',
+  )
   _require(
       isinstance(config.batch_size, int) and config.batch_size >= 2,
       f'config.batch_size={config.batch_size!r} must be an integer >= 2.',

@@ -248,12 +248,13 @@ def create_pretrain_dataset(
     )
 
   view_configs = augment_jax.view_configs(config.augment)
+  size = augment_jax.pretrain_size(config)
   num_local, local_size, local_config = augment_jax.local_crops(config.augment)
 
   def two_views(image, label, seed):
     seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 2), num=2)
     views = tf.stack(
-        [augment.pretrain_view(image, s, c, config.image_size) for s, c in zip(seeds, view_configs)]
+        [augment.pretrain_view(image, s, c, size) for s, c in zip(seeds, view_configs)]
     )
     example = {'views': views, 'label': label}
     if num_local:  # Multi-crop: seeds a stream apart from the two views'.

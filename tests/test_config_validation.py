@@ -36,6 +36,7 @@ from simclr_jax import train
         ),
         ('augment.crop_area_min', 0.0, r'config.augment.crop_area_min=0.0 and crop_area_max=1.0'),
         ('image_size', 4, r'config.image_size=4 must be an integer >= 8'),
+        ('pretrain_image_size', 4, r'config.pretrain_image_size=4 must be 0 \(the image_size\)'),
         ('augment.policy', 'strong', r"config.augment.policy='strong' is not known; use one of"),
         ('augment.weak.hue', 0.6, r'config.augment.weak.hue=0.6 must be in \[0, 0.5\]'),
         (

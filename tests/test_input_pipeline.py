@@ -194,6 +194,14 @@ def test_batches_have_shapes_dtypes_and_labels(image_folder):
     np.testing.assert_array_equal(batch['label'], _LABEL_OF_ID[ids[:, 0]])
 
 
+def test_pretrain_image_size_sets_the_side_of_the_views(image_folder):
+  config = _identity_config(image_folder, pretrain_image_size=SIZE - 2)
+  (batch,) = _batches(config, 1, local_batch_size=4)
+  assert batch['views'].shape == (4, 2, SIZE - 2, SIZE - 2, 3)
+  ids = _ids(batch['views'])
+  np.testing.assert_array_equal(ids[:, 0], ids[:, 1])
+
+
 def test_weak_policy_makes_seeded_views(image_folder):
   config = _config(image_folder)
   config.augment.policy = 'weak'

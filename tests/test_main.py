@@ -31,8 +31,12 @@ _REQUIRED_SCALARS = {
 }
 
 
-def _cli(workdir, dataset, cache_dir, *overrides):
-  """(command, env) of a tiny pretraining run through the command line."""
+def _cli(workdir, dataset, *overrides):
+  """(command, env) of a tiny pretraining run through the command line.
+
+  It shares the suite's compilation cache (tests/conftest.py): the run in this process and those
+  through the command line compile the same steps once.
+  """
   command = [
       sys.executable,
       '-m',
@@ -49,12 +53,12 @@ def _cli(workdir, dataset, cache_dir, *overrides):
       '--config.shuffle_buffer_size=256',
       *overrides,
   ]
-  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(cache_dir))
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
   return command, env
 
 
-def _run_cli(workdir, dataset, cache_dir, *overrides):
-  command, env = _cli(workdir, dataset, cache_dir, *overrides)
+def _run_cli(workdir, dataset, *overrides):
+  command, env = _cli(workdir, dataset, *overrides)
   proc = subprocess.run(
       command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
   )
@@ -89,9 +93,8 @@ _TIMING = {'steps_per_sec', 'images_per_sec'}
 
 
 def test_sigterm_sigkill_and_torn_save_resume_exactly(cifar10_subset, tmp_path, capsys):
-  cache = tmp_path / 'cache'
   reference = tmp_path / 'reference'
-  command, _ = _cli(reference, cifar10_subset, cache, *_LONG_RUN)
+  command, _ = _cli(reference, cifar10_subset, *_LONG_RUN)
   pretrain_in_this_process(command[3:])  # The uninterrupted run, in this process.
   out = capsys.readouterr().out
   # The uninterrupted run: checkpoints, config, TensorBoard events and every scalar.
@@ -109,7 +112,7 @@ def test_sigterm_sigkill_and_torn_save_resume_exactly(cifar10_subset, tmp_path, 
 
   workdir = tmp_path / 'interrupted'
   # Given relative to the working directory, saved absolute (for the report and notebook).
-  command, env = _cli(workdir, os.path.relpath(cifar10_subset, REPO_ROOT), cache, *_LONG_RUN)
+  command, env = _cli(workdir, os.path.relpath(cifar10_subset, REPO_ROOT), *_LONG_RUN)
   # SIGTERM mid-run: a checkpoint at the current step, a one-line note, exit status 0.
   proc = subprocess.Popen(
       command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -142,7 +145,7 @@ def test_sigterm_sigkill_and_torn_save_resume_exactly(cifar10_subset, tmp_path, 
     if path.is_file():
       path.write_bytes(b'')
 
-  _, log = _run_cli(workdir, cifar10_subset, cache, *_LONG_RUN)
+  _, log = _run_cli(workdir, cifar10_subset, *_LONG_RUN)
   assert f'Resuming from checkpoint at step {last}' in log
   resumed = _read_metrics(workdir)
   assert [m['step'] for m in resumed] == list(range(1, 25))

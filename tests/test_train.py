@@ -12,6 +12,7 @@ import pytest
 
 from conftest import tiny_config
 from multidevice import run_on_eight_cpu_devices
+from simclr_jax import augment_jax
 from simclr_jax import train
 from simclr_jax.core import train_state
 
@@ -187,17 +188,30 @@ def test_divergence_stops_with_the_step_and_last_good_checkpoint(cifar10_subset,
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state))
 
 
-def test_augment_on_device_trains(cifar10_subset, tmp_path):
+def test_augment_on_device_trains_on_smaller_views(cifar10_subset, tmp_path, monkeypatch):
   # tf.data only decodes; the jitted step makes the views. Their distribution is tested in
   # test_augment_jax.py, the decoded stream's determinism and resume in test_input_pipeline.py.
+  # Views of 24 pixels, evaluated (the kNN monitor) at the images' 32.
   config = tiny_config(cifar10_subset)
   config.augment_on_device = True
-  config.num_train_steps, config.eval_every_steps = 2, 0
+  config.pretrain_image_size = 24
+  config.num_train_steps, config.eval_every_steps = 2, 2
   # Crop and flip only: the colour stages would double the compile time of this test.
   config.augment.color_jitter_prob = config.augment.grayscale_prob = 0.0
+  view_shapes = []
+  pretrain_views = augment_jax.pretrain_views
+
+  def recorded(*args):
+    views = pretrain_views(*args)
+    view_shapes.append(views.shape)
+    return views
+
+  monkeypatch.setattr(augment_jax, 'pretrain_views', recorded)
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 2
+  assert view_shapes == [(32, 2, 24, 24, 3)]  # Traced once, for the whole batch.
   with open(tmp_path / 'metrics.jsonl') as f:
     records = [json.loads(line) for line in f]
   assert [r['step'] for r in records] == [2]
   assert np.isfinite(records[0]['loss']) and records[0]['contrastive_loss'] > 0
+  assert 0 <= records[0]['knn_top1'] <= 1

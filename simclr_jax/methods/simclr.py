@@ -162,7 +162,10 @@ def device_augment(config, mesh):
   if not config.augment_on_device:
     return None
   return functools.partial(
-      augment_batch, config_augment=config.augment, image_size=config.image_size, mesh=mesh
+      augment_batch,
+      config_augment=config.augment,
+      image_size=augment_jax.pretrain_size(config),
+      mesh=mesh,
   )
 
 
