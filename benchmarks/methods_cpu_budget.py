@@ -5,10 +5,11 @@ r"""Every pretraining method for the same CPU budget on CIFAR-10, scored by the 
 
 Each method trains its own CIFAR-10 recipe (METHOD_CONFIGS: lr, schedule, augmentation, heads)
 at the CPU scale of configs/cifar10_cpu.py: ResNet-18 at width 0.25, batch 128, the CPU
-convolutions, a short warm-up. SimCLR's arm is configs/cifar10_cpu.py itself. As in
-benchmarks/cifar10_cpu_budget.py, a calibration run sets the steps so that the whole run fits
-the wall-clock budget (the schedule completes); the encoder is then scored by the linear
-protocol (L-BFGS, L2 chosen on held-out train examples) and kNN (k = 200) on the full splits.
+convolutions, its pretraining views' side, a short warm-up. SimCLR's arm is
+configs/cifar10_cpu.py itself. As in benchmarks/cifar10_cpu_budget.py, a calibration run sets
+the steps so that the whole run fits the wall-clock budget (the schedule completes); the
+encoder is then scored by the linear protocol (L-BFGS, L2 chosen on held-out train examples)
+and kNN (k = 200) on the full splits.
 
 Writes WORKDIR/methods_results.json and prints a Markdown table for BENCHMARKS.md.
 """
@@ -52,6 +53,7 @@ def cpu_scale(config, cpu):
   config.model.width_multiplier = cpu.model.width_multiplier
   config.model.conv_impl = cpu.model.conv_impl
   config.batch_size = cpu.batch_size
+  config.pretrain_image_size = cpu.pretrain_image_size  # Compute per step, as the width.
   config.warmup_epochs = cpu.warmup_epochs
   for key in ('eval_every_steps', 'log_every_steps', 'checkpoint_every_steps'):
     config[key] = cpu[key]
