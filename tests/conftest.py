@@ -124,6 +124,15 @@ def pretrain_in_this_process(argv):
   train.train_and_evaluate(config, flag_values.workdir)
 
 
+@pytest.fixture
+def toy_encoder(monkeypatch):
+  """tests/toy_encoder.py registered as an encoder family; returns its config.model.name."""
+  from simclr_jax.models import encoders  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.setattr(encoders, 'FAMILIES', encoders.FAMILIES + ('toy_encoder',))
+  return 'toy_dense'
+
+
 def tiny_method_config(name):
   """configs/cifar10_<name>.py of a method on methods/siamese.py, its MLPs 32 wide and its
   outputs 16-dimensional."""

@@ -156,8 +156,11 @@ def test_flat_folder_is_one_unlabelled_split(cifar10_subset, tmp_path):
   assert 'broken.jpg (' in source.decode_error_message('train', None)
 
 
-def test_pretraining_on_a_flat_folder_monitors_eval_dataset(cifar10_subset, tmp_path, caplog):
+def test_pretraining_on_a_flat_folder_monitors_eval_dataset(
+    cifar10_subset, tmp_path, caplog, toy_encoder
+):
   config = tiny_config(_flat_folder(cifar10_subset, tmp_path / 'flat'))
+  config.model.name = toy_encoder
   config.skip_bad_images = True
   config.num_train_steps = 2
   caplog.set_level(logging.INFO)

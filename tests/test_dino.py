@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import test_siamese
+from toy_encoder import ToyEncoder
 from conftest import load_config, tiny_config
 from simclr_jax import export
 from simclr_jax import input_pipeline
@@ -20,7 +21,6 @@ from simclr_jax.core import optim
 from simclr_jax.core.sharding import create_mesh
 from simclr_jax.evaluators import features
 from simclr_jax.methods import dino
-from simclr_jax.models import encoders
 from simclr_jax.models.heads import DINOHead
 
 
@@ -132,7 +132,7 @@ def test_step_descends_the_reference_loss_with_teacher_and_centre_held_constant(
   config.optimizer, config.learning_rate, config.momentum, config.weight_decay = 'sgd', 32, 0, 0
   config.probe_learning_rate_scale = 1.0
   method = methods.get(config, num_examples=80)
-  model = method.create_model(10).clone(encoder=test_siamese._ToyEncoder())
+  model = method.create_model(10).clone(encoder=ToyEncoder())
   schedule = optim.learning_rate_schedule(config, 80, 10)
   tx = method.create_optimizer(schedule)
   state = method.init_state(model, tx, jax.random.PRNGKey(0))
@@ -350,12 +350,11 @@ def test_vit_takes_crops_of_another_size():
 
 
 def test_pretrains_resumes_exactly_and_its_encoders_are_evaluated(
-    cifar10_subset, pretrained_workdir, tmp_path, monkeypatch
+    cifar10_subset, pretrained_workdir, tmp_path, toy_encoder
 ):
   config = _tiny_dino()
   small = tiny_config(cifar10_subset)
-  monkeypatch.setattr(encoders, 'FAMILIES', encoders.FAMILIES + ('test_siamese',))
-  small.model.name = 'toy_dense'
+  small.model.name = toy_encoder
   for key in ('dataset', 'model', 'batch_size', 'num_train_steps', 'shuffle_buffer_size', 'eval'):
     config[key] = small[key]
   config.image_size = 32

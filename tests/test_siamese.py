@@ -4,13 +4,13 @@ checkpoint); evaluation and export of their encoders; config errors. Each loss a
 paper's pseudo-code: tests/test_byol.py, test_mocov3.py, test_simsiam.py; 8 devices equal 1:
 tests/test_train.py."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import tiny_config, tiny_method_config
+from toy_encoder import ToyEncoder
 from simclr_jax import export
 from simclr_jax import methods
 from simclr_jax import models
@@ -20,7 +20,6 @@ from simclr_jax.core import optim
 from simclr_jax.core.sharding import create_mesh
 from simclr_jax.evaluators import features
 from simclr_jax.methods import siamese
-from simclr_jax.models import encoders
 
 
 def _cos(a, b):
@@ -43,42 +42,6 @@ REFERENCE_LOSSES = {
 }
 
 
-class _ToyEncoder(nn.Module):
-  """Dense on 4x4 patches -> mean -> BatchNorm -> ReLU: fast to compile, for images of any size
-  (DINO's multi-crop); the ResNet's step is in test_train.py."""
-
-  @nn.compact
-  def __call__(self, images, train: bool):
-    x = nn.Conv(24, (4, 4), strides=(4, 4), use_bias=False)(images).mean(axis=(1, 2))
-    return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
-
-
-# This module is also an encoder family (models/encoders.py) of one model, the toy above, so
-# that whole runs compile quickly. The encoder is a module these methods only call; the
-# ResNet's own pieces are tested under SimCLR, and benchmarks/methods_cpu_budget.py trains it
-# under each method.
-NAMES = ('toy_dense',)
-
-
-def validate(model_config):
-  del model_config
-
-
-def build(model_config, *, image_size, dtype, fine_tune_after_block=-1, remat=False):
-  del model_config, image_size, dtype, fine_tune_after_block, remat
-  return _ToyEncoder(name='encoder')
-
-
-def num_parts(model_config):
-  del model_config
-  return 1
-
-
-def part_of(model_config, names):
-  del model_config, names
-  return 0
-
-
 def _get(tree, path):
   for key in path:
     tree = tree[key.key]
@@ -94,7 +57,7 @@ def test_step_descends_the_reference_loss_with_the_target_held_constant(name):
   config.probe_learning_rate_scale = 1.0
   method = methods.get(config)
   uses_target = method.uses_target
-  model = method.create_model(10).clone(encoder=_ToyEncoder())
+  model = method.create_model(10).clone(encoder=ToyEncoder())
   schedule = optim.learning_rate_schedule(config, 80, 10)
   tx = method.create_optimizer(schedule)
   state = method.init_state(model, tx, jax.random.PRNGKey(0))
@@ -216,12 +179,11 @@ def test_ema_decay_rises_from_base_to_one_on_a_cosine():
 
 @pytest.mark.parametrize('name', ['byol', 'mocov3', 'simsiam'])
 def test_pretrains_resumes_exactly_and_its_encoder_is_evaluated(
-    name, cifar10_subset, tmp_path, monkeypatch
+    name, cifar10_subset, tmp_path, toy_encoder
 ):
   config = tiny_method_config(name)
   small = tiny_config(cifar10_subset)
-  monkeypatch.setattr(encoders, 'FAMILIES', encoders.FAMILIES + (__name__,))
-  small.model.name = 'toy_dense'
+  small.model.name = toy_encoder
   for key in ('dataset', 'model', 'batch_size', 'num_train_steps', 'shuffle_buffer_size', 'eval'):
     config[key] = small[key]
   config.log_every_steps = config.checkpoint_every_steps = 2

@@ -169,8 +169,11 @@ def test_non_finite_updates_are_not_applied():
     assert int(state['step']) == (5 if finite else 4)
 
 
-def test_divergence_stops_with_the_step_and_last_good_checkpoint(cifar10_subset, tmp_path):
+def test_divergence_stops_with_the_step_and_last_good_checkpoint(
+    cifar10_subset, tmp_path, toy_encoder
+):
   config = tiny_config(cifar10_subset)
+  config.model.name = toy_encoder
   # Plain SGD at an absurd learning rate overflows within a few steps.
   config.optimizer, config.learning_rate, config.warmup_epochs = 'sgd', 1e30, 0.0
   config.num_train_steps, config.log_every_steps, config.checkpoint_every_steps = 6, 1, 1
@@ -188,11 +191,14 @@ def test_divergence_stops_with_the_step_and_last_good_checkpoint(cifar10_subset,
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state))
 
 
-def test_augment_on_device_trains_on_smaller_views(cifar10_subset, tmp_path, monkeypatch):
+def test_augment_on_device_trains_on_smaller_views(
+    cifar10_subset, tmp_path, monkeypatch, toy_encoder
+):
   # tf.data only decodes; the jitted step makes the views. Their distribution is tested in
   # test_augment_jax.py, the decoded stream's determinism and resume in test_input_pipeline.py.
   # Views of 24 pixels, evaluated (the kNN monitor) at the images' 32.
   config = tiny_config(cifar10_subset)
+  config.model.name = toy_encoder
   config.augment_on_device = True
   config.pretrain_image_size = 24
   config.num_train_steps, config.eval_every_steps = 2, 2
