@@ -127,10 +127,11 @@ def pretrain_in_this_process(argv):
 @pytest.fixture
 def toy_encoder(monkeypatch):
   """tests/toy_encoder.py registered as an encoder family; returns its config.model.name."""
+  import toy_encoder as family  # pylint: disable=g-import-not-at-top
   from simclr_jax.models import encoders  # pylint: disable=g-import-not-at-top
 
-  monkeypatch.setattr(encoders, 'FAMILIES', encoders.FAMILIES + ('toy_encoder',))
-  return 'toy_dense'
+  monkeypatch.setattr(encoders, 'FAMILIES', encoders.FAMILIES + (family.__name__,))
+  return family.NAME
 
 
 def tiny_method_config(name):

@@ -22,24 +22,20 @@ from simclr_jax.core import train_state
 # while a sharding bug (local negatives, per-device BatchNorm) moves them by percents.
 _STEP_SCRIPT = textwrap.dedent("""
     import functools, itertools, sys
-    import flax.linen as nn, jax, jax.numpy as jnp, numpy as np
+    import jax, jax.numpy as jnp, numpy as np
     jax.config.update('jax_enable_x64', True)
     from simclr_jax import methods
     from simclr_jax.core import optim, sharding, train_state
     from simclr_jax.config_files import load_config_file
     from simclr_jax.core.sharding import batch_sharded, create_mesh, replicated
+    sys.path.insert(0, 'tests')  # The script runs from the repository root.
+    from toy_encoder import ToyEncoder
     out_file, cases = sys.argv[1:]
     rng = np.random.default_rng(0)
     batch = {'views': rng.uniform(size=(16, 2, 16, 16, 3)),
              'label': rng.integers(0, 10, size=16).astype(np.int32)}
     local_views = rng.uniform(size=(16, 3, 8, 8, 3))  # DINO's multi-crop: 3 local crops.
     out = {}
-
-    class Toy(nn.Module):  # Patch dense -> mean -> BatchNorm -> ReLU: quick to compile.
-      @nn.compact
-      def __call__(self, images, train):
-        x = nn.Conv(24, (4, 4), strides=(4, 4), use_bias=False)(images).mean(axis=(1, 2))
-        return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
 
     for case, spec in enumerate(cases.split(';')):
       encoder, microbatches, method_names = spec.split(':')
@@ -69,7 +65,7 @@ _STEP_SCRIPT = textwrap.dedent("""
             k: getattr(model, k).clone(dtype=jnp.float64, **(shallow if k == 'encoder' else {}))
             for k in ('encoder', 'head', 'predictor') if getattr(model, k, None) is not None})
         if encoder == 'toy':
-          model = model.clone(encoder=Toy())
+          model = model.clone(encoder=ToyEncoder())
         schedule = optim.learning_rate_schedule(config, 160, 10)
         assert float(schedule(0)) == 1.0
         tx = method.create_optimizer(schedule)
