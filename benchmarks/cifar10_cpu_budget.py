@@ -8,6 +8,8 @@ r"""Pretrain within a wall-clock budget on CIFAR-10, then evaluate against hones
    measures the step rate and the start-up cost (compilation, first batches).
 2. Pretraining: num_train_steps is set so that the whole run (start-up included) fits the
    budget, so the learning-rate schedule completes; the measured wall time is reported.
+   --train_steps=N skips step 1 and sets N instead (runs are deterministic on CPU, so a
+   recipe change of equal step cost is compared with a past run of N steps exactly).
 3. Evaluation of the pretrained encoder, a randomly initialised encoder of the same
    architecture and raw pixels, each by the linear protocol (L-BFGS logistic regression, L2
    chosen on held-out train examples) and by kNN (k=200), on the full train and test splits
@@ -55,6 +57,13 @@ flags.DEFINE_string(
 flags.DEFINE_string('workdir', '/tmp/simclr_budget', 'Where runs and results are written.')
 flags.DEFINE_float('budget_minutes', 20.0, 'Wall-clock budget of the pretraining run.')
 flags.DEFINE_integer('calibration_steps', 40, 'Steps of the calibration run.')
+flags.DEFINE_integer(
+    'train_steps',
+    0,
+    'If > 0, pretrain exactly this many steps without calibration (the budget only labels '
+    'the results): compares recipes of equal step cost at equal steps, free of the '
+    "calibration's timing noise.",
+)
 flags.DEFINE_integer('eval_max_examples', 0, 'If > 0, evaluate on a subset per split (faster).')
 flags.DEFINE_list(
     'encoders',
@@ -73,9 +82,12 @@ ENCODERS = ('pretrained', 'random', 'pixels', 'torch')
 
 def pretrain(config, budget_sec):
   """Calibration and the budget's pretraining run: (run record, pretraining workdir)."""
-  steps, steps_per_sec, _ = budget_runs.plan_steps(
-      config, FLAGS.workdir, budget_sec, FLAGS.calibration_steps
-  )
+  if FLAGS.train_steps > 0:
+    steps, steps_per_sec = FLAGS.train_steps, None
+  else:
+    steps, steps_per_sec, _ = budget_runs.plan_steps(
+        config, FLAGS.workdir, budget_sec, FLAGS.calibration_steps
+    )
   config.num_train_steps = steps
   pretrain_dir = os.path.join(FLAGS.workdir, 'pretrain')
   pretrain_sec, _ = budget_runs.timed_pretraining(config, pretrain_dir)
